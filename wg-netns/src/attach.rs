@@ -1,0 +1,345 @@
+//! The birthplace pattern: create a WireGuard interface in one namespace (its
+//! UDP socket lives there for good), configure it, move it into another
+//! namespace under its final name, then give it addresses, MTU and routes.
+//!
+//! This is what a CNI ADD does: the birthplace is the node (the runtime's
+//! namespace), the target is the pod. Encrypted traffic leaves from the node;
+//! the pod only ever sees clear-text packets on its WireGuard interface.
+//!
+//! ```no_run
+//! use wg_netns::{Backend, Birthplace, DeviceConfig, IfName, InterfaceSpec, Netns, PrivateKey};
+//! let node = Netns::current()?;
+//! let pod = Netns::from_path("/var/run/netns/pod1")?;
+//! let backend = Backend::detect()?;
+//! let place = Birthplace::new(&node, &pod, &backend);
+//! let spec = InterfaceSpec::new(IfName::derived("wgb", "container-id/wg0")?, IfName::new("wg0")?)
+//!     .device(DeviceConfig::new().private_key(PrivateKey::generate()?))
+//!     .address("10.13.13.210/24".parse()?);
+//! let attached = place.attach(&spec)?;
+//! // later, from another process:
+//! let found = place.find(&spec.name, &spec.birth_name)?;
+//! assert_eq!(found.map(|a| a.index), Some(attached.index));
+//! place.detach(&spec.name, &spec.birth_name)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use ipnetwork::IpNetwork;
+
+use crate::backend::{wait_userspace_gone, Backend, BackendKind, WgDevice};
+use crate::device::DeviceConfig;
+use crate::error::{Error, Result};
+use crate::key::PublicKey;
+use crate::netns::Netns;
+use crate::rtnl::{IfName, Route, Rtnl, IFNAMSIZ_MAX};
+
+impl IfName {
+    /// A short name derived deterministically from `id` (for example a
+    /// container id and interface name): `prefix` followed by hex digits of a
+    /// 64-bit FNV-1a hash, filling the 15-byte limit. The same `id` always
+    /// gives the same name, so a later call can find the interface without
+    /// stored state.
+    ///
+    /// ```
+    /// use wg_netns::IfName;
+    /// let a = IfName::derived("wgb", "0123abcd/wg0").unwrap();
+    /// assert_eq!(a, IfName::derived("wgb", "0123abcd/wg0").unwrap());
+    /// assert_ne!(a, IfName::derived("wgb", "0123abcd/wg1").unwrap());
+    /// assert_eq!(a.as_str().len(), 15);
+    /// ```
+    pub fn derived(prefix: &str, id: &str) -> Result<IfName> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let digits = IFNAMSIZ_MAX.saturating_sub(prefix.len()).min(16);
+        if digits < 6 {
+            return Err(Error::invalid(
+                "interface name prefix",
+                format!("{prefix:?} leaves fewer than 6 characters for the hash"),
+            ));
+        }
+        IfName::new(format!("{prefix}{:016x}", h)[..prefix.len() + digits].to_string())
+    }
+}
+
+/// What [`Birthplace::attach`] creates.
+#[derive(Debug, Clone)]
+pub struct InterfaceSpec {
+    /// Name in the birth namespace; for userspace devices it also names the
+    /// control socket for the device's whole life, so it must be unique on
+    /// the machine.
+    pub birth_name: IfName,
+    /// Final name in the target namespace.
+    pub name: IfName,
+    /// Device configuration applied before the move.
+    pub device: DeviceConfig,
+    /// Addresses in the target namespace.
+    pub addresses: Vec<IpNetwork>,
+    /// Routes in the target namespace; a route without `oif` goes through
+    /// this interface.
+    pub routes: Vec<Route>,
+    /// MTU; `None` keeps the implementation's default (1420).
+    pub mtu: Option<u32>,
+}
+
+impl InterfaceSpec {
+    /// A spec with nothing but the two names.
+    pub fn new(birth_name: IfName, name: IfName) -> Self {
+        InterfaceSpec {
+            birth_name,
+            name,
+            device: DeviceConfig::new(),
+            addresses: Vec::new(),
+            routes: Vec::new(),
+            mtu: None,
+        }
+    }
+
+    /// Set the device configuration.
+    pub fn device(mut self, cfg: DeviceConfig) -> Self {
+        self.device = cfg;
+        self
+    }
+
+    /// Add an address.
+    pub fn address(mut self, addr: IpNetwork) -> Self {
+        self.addresses.push(addr);
+        self
+    }
+
+    /// Add a route.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Set the MTU.
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
+        self
+    }
+}
+
+/// An interface created by [`Birthplace::attach`] or located by [`Birthplace::find`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Interface index in the target namespace.
+    pub index: u32,
+    /// Name in the target namespace.
+    pub name: IfName,
+    /// Birth name (userspace control socket name).
+    pub birth_name: IfName,
+    /// Backend kind.
+    pub kind: BackendKind,
+    /// The device's public key, when it has a private key.
+    pub public_key: Option<PublicKey>,
+    /// The interface's MTU.
+    pub mtu: u32,
+}
+
+/// A pair of namespaces and a backend: where interfaces are born and where they go.
+#[derive(Debug, Clone, Copy)]
+pub struct Birthplace<'a> {
+    /// Where the interface is created and its UDP socket lives.
+    pub birth: &'a Netns,
+    /// Where the interface ends up.
+    pub target: &'a Netns,
+    /// Which implementation creates it.
+    pub backend: &'a Backend,
+}
+
+impl<'a> Birthplace<'a> {
+    /// Bundle the namespaces and the backend.
+    pub fn new(birth: &'a Netns, target: &'a Netns, backend: &'a Backend) -> Self {
+        Birthplace {
+            birth,
+            target,
+            backend,
+        }
+    }
+
+    fn same_namespace(&self) -> Result<bool> {
+        self.birth.same_as(self.target)
+    }
+
+    /// Create, configure, move and address an interface. On any failure
+    /// everything created so far is removed from both namespaces.
+    pub fn attach(&self, spec: &InterfaceSpec) -> Result<Attachment> {
+        spec.device.validate()?;
+        let birth_rtnl = Rtnl::open(self.birth)?;
+        let (dev, link) = WgDevice::create(self.birth, &spec.birth_name, self.backend)?;
+        let mut moved = false;
+        let result = self.finish_attach(spec, &birth_rtnl, &dev, link.index, &mut moved);
+        match result {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                // Roll back: the link is in the target (after the move) or
+                // still at its birthplace; deleting it ends a userspace daemon.
+                if moved {
+                    if let Ok(t) = Rtnl::open(self.target) {
+                        if let Ok(l) = t.link_by_name(&spec.name) {
+                            let _ = t.delete_link(l.index);
+                        }
+                    }
+                } else {
+                    let _ = birth_rtnl.delete_link(link.index);
+                }
+                let _ = dev.stop_daemon();
+                Err(e)
+            }
+        }
+    }
+
+    fn finish_attach(
+        &self,
+        spec: &InterfaceSpec,
+        birth_rtnl: &Rtnl,
+        dev: &WgDevice,
+        birth_index: u32,
+        moved: &mut bool,
+    ) -> Result<Attachment> {
+        dev.set(&spec.device)?;
+        let same = self.same_namespace()?;
+        let target_rtnl = if same {
+            if spec.name != spec.birth_name {
+                birth_rtnl.rename(birth_index, &spec.name)?;
+                *moved = true;
+            }
+            None
+        } else {
+            birth_rtnl.move_to_netns(birth_index, self.target, Some(&spec.name))?;
+            *moved = true;
+            Some(Rtnl::open(self.target)?)
+        };
+        let rtnl = target_rtnl.as_ref().unwrap_or(birth_rtnl);
+        let link = rtnl.link_by_name(&spec.name)?;
+        if let Some(mtu) = spec.mtu {
+            rtnl.set_mtu(link.index, mtu)?;
+        }
+        for addr in &spec.addresses {
+            rtnl.add_address(link.index, *addr)?;
+        }
+        rtnl.set_up(link.index, true)?;
+        for r in &spec.routes {
+            let mut r = r.clone();
+            if r.oif.is_none() {
+                r.oif = Some(link.index);
+            }
+            rtnl.add_route(&r)?;
+        }
+        let link = rtnl.link_by_index(link.index)?;
+        Ok(Attachment {
+            index: link.index,
+            name: spec.name.clone(),
+            birth_name: spec.birth_name.clone(),
+            kind: self.backend.kind(),
+            public_key: spec.device.private_key.as_ref().map(|k| k.public_key()),
+            mtu: link.mtu,
+        })
+    }
+
+    /// Locate an interface attached earlier: `name` in the target namespace,
+    /// with its device reachable (kernel: a `wireguard` link; userspace: the
+    /// control socket of `birth_name` answers). `Ok(None)` when absent.
+    pub fn find(&self, name: &IfName, birth_name: &IfName) -> Result<Option<Attachment>> {
+        let rtnl = Rtnl::open(self.target)?;
+        let link = match rtnl.link_by_name(name) {
+            Ok(l) => l,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let dev = match self.device(name, birth_name) {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if self.backend.kind() == BackendKind::Kernel && link.kind.as_deref() != Some("wireguard") {
+            return Ok(None);
+        }
+        let state = dev.get()?;
+        Ok(Some(Attachment {
+            index: link.index,
+            name: name.clone(),
+            birth_name: birth_name.clone(),
+            kind: self.backend.kind(),
+            public_key: state.public_key,
+            mtu: link.mtu,
+        }))
+    }
+
+    /// A control handle on an attached interface.
+    pub fn device(&self, name: &IfName, birth_name: &IfName) -> Result<WgDevice> {
+        match self.backend {
+            Backend::Kernel => WgDevice::open_kernel(self.target, name),
+            Backend::Userspace(u) => WgDevice::open_userspace(u, birth_name.as_str()),
+        }
+    }
+
+    /// Remove an attached interface and everything it left: the link in the
+    /// target, a link still at its birthplace after a partial attach, and a
+    /// userspace daemon and its socket. Idempotent; returns whether anything
+    /// was removed.
+    pub fn detach(&self, name: &IfName, birth_name: &IfName) -> Result<bool> {
+        let mut removed = false;
+        let pid = match self.backend {
+            Backend::Userspace(u) => WgDevice::open_userspace(u, birth_name.as_str())
+                .ok()
+                .and_then(|d| d.daemon_pid()),
+            Backend::Kernel => None,
+        };
+        let rtnl = Rtnl::open(self.target)?;
+        if let Ok(l) = rtnl.link_by_name(name) {
+            // Only delete what is ours: a WireGuard link, or a TUN whose
+            // control socket is our birth name.
+            let ours = match self.backend {
+                Backend::Kernel => l.kind.as_deref() == Some("wireguard"),
+                Backend::Userspace(_) => pid.is_some(),
+            };
+            if ours {
+                match rtnl.delete_link(l.index) {
+                    Ok(()) => removed = true,
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        removed |= cleanup_birth(self.birth, birth_name, self.backend, pid)?;
+        Ok(removed)
+    }
+}
+
+/// Remove what an attachment may have left at its birthplace when the target
+/// namespace is gone or was never reached: a link still called `birth_name`,
+/// and a userspace daemon with its socket. Idempotent.
+pub fn cleanup_birth(
+    birth: &Netns,
+    birth_name: &IfName,
+    backend: &Backend,
+    pid: Option<u32>,
+) -> Result<bool> {
+    let mut removed = false;
+    let rtnl = Rtnl::open(birth)?;
+    if let Ok(l) = rtnl.link_by_name(birth_name) {
+        if matches!(l.kind.as_deref(), Some("wireguard") | Some("tun")) {
+            match rtnl.delete_link(l.index) {
+                Ok(()) => removed = true,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if let Backend::Userspace(u) = backend {
+        let socket = u.socket_path(birth_name.as_str());
+        let pid = pid.or_else(|| {
+            WgDevice::open_userspace(u, birth_name.as_str())
+                .ok()
+                .and_then(|d| d.daemon_pid())
+        });
+        if socket.exists() || pid.is_some() {
+            wait_userspace_gone(u, &socket, pid, std::time::Duration::from_secs(3))?;
+            removed = true;
+        }
+    }
+    Ok(removed)
+}

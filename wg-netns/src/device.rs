@@ -1,0 +1,556 @@
+//! WireGuard device configuration and state, independent of the backend.
+//!
+//! [`DeviceConfig`] is what to write (a change, in WireGuard's own terms:
+//! "replace peers", "remove this peer", "replace its allowed IPs");
+//! [`Device`] is what was read back. [`DeviceConfig::diff`] turns a current
+//! state and a desired configuration into the smallest change that takes one
+//! to the other, so updating one peer of a 10,000-peer device sends one peer.
+//!
+//! ```
+//! use std::time::Duration;
+//! use wg_netns::{DeviceConfig, PeerConfig, PrivateKey};
+//! let me = PrivateKey::generate().unwrap();
+//! let them = PrivateKey::generate().unwrap().public_key();
+//! let cfg = DeviceConfig::new()
+//!     .private_key(me)
+//!     .listen_port(51820)
+//!     .replace_peers()
+//!     .peer(
+//!         PeerConfig::new(them)
+//!             .endpoint("192.0.2.1:51820".parse().unwrap())
+//!             .allowed_ip("10.13.13.0/24".parse().unwrap())
+//!             .persistent_keepalive(Duration::from_secs(25)),
+//!     );
+//! assert_eq!(cfg.peers.len(), 1);
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use ipnetwork::IpNetwork;
+
+use crate::key::{PresharedKey, PrivateKey, PublicKey};
+use crate::rtnl::normalize;
+
+/// The configuration of one peer, as a change to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's public key (its identity).
+    pub public_key: PublicKey,
+    /// Preshared key: `None` leaves it unchanged, an all-zero key removes it.
+    pub preshared_key: Option<PresharedKey>,
+    /// Endpoint: `None` leaves it unchanged.
+    pub endpoint: Option<SocketAddr>,
+    /// Allowed IPs to add (or to set, with [`PeerConfig::replace_allowed_ips`]).
+    pub allowed_ips: Vec<IpNetwork>,
+    /// Persistent keepalive: `None` leaves it unchanged, zero turns it off.
+    pub persistent_keepalive: Option<Duration>,
+    /// Replace the peer's allowed IPs instead of adding to them.
+    pub replace_allowed_ips: bool,
+    /// Remove this peer.
+    pub remove: bool,
+    /// Only update the peer if it exists; never create it.
+    pub update_only: bool,
+}
+
+impl PeerConfig {
+    /// A peer with nothing but its key; add fields with the builder methods.
+    pub fn new(public_key: PublicKey) -> Self {
+        PeerConfig {
+            public_key,
+            preshared_key: None,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: None,
+            replace_allowed_ips: false,
+            remove: false,
+            update_only: false,
+        }
+    }
+
+    /// A change that removes the peer.
+    pub fn removal(public_key: PublicKey) -> Self {
+        PeerConfig {
+            remove: true,
+            ..PeerConfig::new(public_key)
+        }
+    }
+
+    /// Set the preshared key.
+    pub fn preshared_key(mut self, key: PresharedKey) -> Self {
+        self.preshared_key = Some(key);
+        self
+    }
+
+    /// Set the endpoint.
+    pub fn endpoint(mut self, endpoint: SocketAddr) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// Add one allowed IP.
+    pub fn allowed_ip(mut self, net: IpNetwork) -> Self {
+        self.allowed_ips.push(net);
+        self
+    }
+
+    /// Add several allowed IPs.
+    pub fn allowed_ips(mut self, nets: impl IntoIterator<Item = IpNetwork>) -> Self {
+        self.allowed_ips.extend(nets);
+        self
+    }
+
+    /// Set the persistent keepalive interval (whole seconds, at most 65535).
+    pub fn persistent_keepalive(mut self, interval: Duration) -> Self {
+        self.persistent_keepalive = Some(interval);
+        self
+    }
+
+    /// Replace the allowed IPs instead of adding to them.
+    pub fn replace_allowed_ips(mut self) -> Self {
+        self.replace_allowed_ips = true;
+        self
+    }
+
+    /// Only update an existing peer.
+    pub fn update_only(mut self) -> Self {
+        self.update_only = true;
+        self
+    }
+}
+
+/// A change to a WireGuard device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Private key: `None` leaves it unchanged; an all-zero key removes it.
+    pub private_key: Option<PrivateKey>,
+    /// UDP listen port: `None` leaves it unchanged, 0 picks a random port.
+    pub listen_port: Option<u16>,
+    /// Firewall mark on outgoing packets: `None` leaves it, 0 clears it.
+    pub fwmark: Option<u32>,
+    /// Remove every peer not listed in `peers`.
+    pub replace_peers: bool,
+    /// Peer changes, applied in order.
+    pub peers: Vec<PeerConfig>,
+}
+
+impl DeviceConfig {
+    /// An empty change.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set the private key.
+    pub fn private_key(mut self, key: PrivateKey) -> Self {
+        self.private_key = Some(key);
+        self
+    }
+
+    /// Set the listen port.
+    pub fn listen_port(mut self, port: u16) -> Self {
+        self.listen_port = Some(port);
+        self
+    }
+
+    /// Set the firewall mark.
+    pub fn fwmark(mut self, mark: u32) -> Self {
+        self.fwmark = Some(mark);
+        self
+    }
+
+    /// Replace all peers with the ones listed.
+    pub fn replace_peers(mut self) -> Self {
+        self.replace_peers = true;
+        self
+    }
+
+    /// Add a peer change.
+    pub fn peer(mut self, peer: PeerConfig) -> Self {
+        self.peers.push(peer);
+        self
+    }
+
+    /// Validate values the backends would reject or silently truncate.
+    pub fn validate(&self) -> crate::Result<()> {
+        for p in &self.peers {
+            if let Some(k) = p.persistent_keepalive {
+                if k.as_secs() > u64::from(u16::MAX) || k.subsec_nanos() != 0 {
+                    return Err(crate::Error::invalid(
+                        "persistent keepalive",
+                        format!(
+                            "{k:?} for peer {} is not a whole number of seconds in 0..=65535",
+                            p.public_key
+                        ),
+                    ));
+                }
+            }
+            if p.remove && (p.update_only || !p.allowed_ips.is_empty()) {
+                return Err(crate::Error::invalid(
+                    "peer",
+                    format!(
+                        "peer {} is removed and changed in the same step",
+                        p.public_key
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The smallest change that takes `current` to `self` read as a complete
+    /// desired state (every peer listed with every allowed IP; a peer's missing
+    /// preshared key or keepalive means "none").
+    ///
+    /// Fields of `self` that are `None` at device level are left alone.
+    /// Endpoints are only set when given and different (a roaming peer's
+    /// learned endpoint is not fought over).
+    pub fn diff(&self, current: &Device) -> DeviceConfig {
+        let mut out = DeviceConfig::new();
+        if let Some(k) = &self.private_key {
+            if current.private_key.as_ref() != Some(k) {
+                out.private_key = Some(k.clone());
+            }
+        }
+        if let Some(p) = self.listen_port {
+            if p != current.listen_port && p != 0 {
+                out.listen_port = Some(p);
+            }
+        }
+        if let Some(m) = self.fwmark {
+            if m != current.fwmark {
+                out.fwmark = Some(m);
+            }
+        }
+        let have: HashMap<&PublicKey, &Peer> =
+            current.peers.iter().map(|p| (&p.public_key, p)).collect();
+        let mut wanted: BTreeSet<PublicKey> = BTreeSet::new();
+        for want in self.peers.iter().filter(|p| !p.remove) {
+            wanted.insert(want.public_key);
+            let want_ips = normalized_set(&want.allowed_ips);
+            let want_psk = want.preshared_key.clone().filter(|k| !k.is_zero());
+            let want_ka = want.persistent_keepalive.filter(|d| !d.is_zero());
+            match have.get(&want.public_key) {
+                None => {
+                    let mut p = PeerConfig::new(want.public_key);
+                    p.preshared_key = want_psk;
+                    p.endpoint = want.endpoint;
+                    p.allowed_ips = want_ips.into_iter().collect();
+                    p.persistent_keepalive = want_ka;
+                    p.replace_allowed_ips = true;
+                    out.peers.push(p);
+                }
+                Some(cur) => {
+                    let mut p = PeerConfig::new(want.public_key);
+                    let mut changed = false;
+                    if cur.preshared_key != want_psk {
+                        p.preshared_key =
+                            Some(want_psk.unwrap_or_else(|| PresharedKey::from_bytes([0; 32])));
+                        changed = true;
+                    }
+                    if want.endpoint.is_some() && cur.endpoint != want.endpoint {
+                        p.endpoint = want.endpoint;
+                        changed = true;
+                    }
+                    if cur.persistent_keepalive != want_ka {
+                        p.persistent_keepalive = Some(want_ka.unwrap_or(Duration::ZERO));
+                        changed = true;
+                    }
+                    if normalized_set(&cur.allowed_ips) != want_ips {
+                        p.allowed_ips = want_ips.into_iter().collect();
+                        p.replace_allowed_ips = true;
+                        changed = true;
+                    }
+                    if changed {
+                        p.update_only = true;
+                        out.peers.push(p);
+                    }
+                }
+            }
+        }
+        for cur in &current.peers {
+            if !wanted.contains(&cur.public_key) {
+                out.peers.push(PeerConfig::removal(cur.public_key));
+            }
+        }
+        out
+    }
+
+    /// True when applying this change would do nothing.
+    pub fn is_empty(&self) -> bool {
+        self.private_key.is_none()
+            && self.listen_port.is_none()
+            && self.fwmark.is_none()
+            && !self.replace_peers
+            && self.peers.is_empty()
+    }
+}
+
+fn normalized_set(nets: &[IpNetwork]) -> BTreeSet<IpNetwork> {
+    nets.iter().map(|n| normalize(*n)).collect()
+}
+
+/// A peer as read back from a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Public key.
+    pub public_key: PublicKey,
+    /// Preshared key, if set (only visible to privileged readers).
+    pub preshared_key: Option<PresharedKey>,
+    /// Current endpoint (configured or learned from the last packet).
+    pub endpoint: Option<SocketAddr>,
+    /// Allowed IPs.
+    pub allowed_ips: Vec<IpNetwork>,
+    /// Persistent keepalive interval, if enabled.
+    pub persistent_keepalive: Option<Duration>,
+    /// Time of the last completed handshake, if any.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u64,
+}
+
+impl Peer {
+    pub(crate) fn new(public_key: PublicKey) -> Self {
+        Peer {
+            public_key,
+            preshared_key: None,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: None,
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        }
+    }
+}
+
+/// A device's state as read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Device {
+    /// Private key, if set and visible.
+    pub private_key: Option<PrivateKey>,
+    /// Public key derived from the private key.
+    pub public_key: Option<PublicKey>,
+    /// UDP listen port (0 = not listening yet).
+    pub listen_port: u16,
+    /// Firewall mark (0 = none).
+    pub fwmark: u32,
+    /// Peers, in the device's order.
+    pub peers: Vec<Peer>,
+}
+
+impl Device {
+    /// The peer with `key`, if present.
+    pub fn peer(&self, key: &PublicKey) -> Option<&Peer> {
+        self.peers.iter().find(|p| &p.public_key == key)
+    }
+
+    /// Apply `cfg` to this state the way WireGuard does (a pure model of the
+    /// kernel's and wireguard-go's semantics, including an allowed IP moving
+    /// from one peer to another). Counters and handshakes are untouched; a
+    /// listen port of 0 is kept as 0.
+    pub fn apply(&mut self, cfg: &DeviceConfig) {
+        if let Some(k) = &cfg.private_key {
+            if k.is_zero() {
+                self.private_key = None;
+                self.public_key = None;
+            } else {
+                self.public_key = Some(k.public_key());
+                self.private_key = Some(k.clone());
+                // A peer with our own public key is dropped by WireGuard.
+                let me = self.public_key;
+                self.peers.retain(|p| Some(p.public_key) != me);
+            }
+        }
+        if let Some(p) = cfg.listen_port {
+            self.listen_port = p;
+        }
+        if let Some(m) = cfg.fwmark {
+            self.fwmark = m;
+        }
+        if cfg.replace_peers {
+            self.peers.clear();
+        }
+        for pc in &cfg.peers {
+            let pos = self
+                .peers
+                .iter()
+                .position(|p| p.public_key == pc.public_key);
+            if pc.remove {
+                if let Some(i) = pos {
+                    self.peers.remove(i);
+                }
+                continue;
+            }
+            if Some(pc.public_key) == self.public_key {
+                continue;
+            }
+            let i = match pos {
+                Some(i) => i,
+                None if pc.update_only => continue,
+                None => {
+                    self.peers.push(Peer::new(pc.public_key));
+                    self.peers.len() - 1
+                }
+            };
+            {
+                let p = &mut self.peers[i];
+                if let Some(k) = &pc.preshared_key {
+                    p.preshared_key = if k.is_zero() { None } else { Some(k.clone()) };
+                }
+                if let Some(e) = pc.endpoint {
+                    p.endpoint = Some(e);
+                }
+                if let Some(k) = pc.persistent_keepalive {
+                    p.persistent_keepalive = if k.is_zero() { None } else { Some(k) };
+                }
+                if pc.replace_allowed_ips {
+                    p.allowed_ips.clear();
+                }
+            }
+            for net in &pc.allowed_ips {
+                let net = normalize(*net);
+                for (j, other) in self.peers.iter_mut().enumerate() {
+                    if j != i {
+                        other.allowed_ips.retain(|n| *n != net);
+                    }
+                }
+                let p = &mut self.peers[i];
+                if !p.allowed_ips.contains(&net) {
+                    p.allowed_ips.push(net);
+                }
+            }
+        }
+    }
+
+    /// The configuration part of the state, order-independent: used to compare
+    /// what was written with what was read back.
+    pub fn same_config(&self, other: &Device) -> bool {
+        let key = |d: &Device| {
+            let mut peers: Vec<_> = d
+                .peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.public_key,
+                        p.preshared_key.clone().map(|k| *k.as_bytes()),
+                        p.endpoint,
+                        normalized_set(&p.allowed_ips),
+                        p.persistent_keepalive,
+                    )
+                })
+                .collect();
+            peers.sort_by(|a, b| a.0.cmp(&b.0));
+            (d.public_key, d.fwmark, peers)
+        };
+        key(self) == key(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pk(n: u8) -> PublicKey {
+        PublicKey::from_bytes([n; 32])
+    }
+
+    fn arb_net() -> impl Strategy<Value = IpNetwork> {
+        prop_oneof![
+            (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, p)| IpNetwork::new(a.into(), p).unwrap()),
+            (any::<[u8; 16]>(), 0u8..=128).prop_map(|(a, p)| IpNetwork::new(a.into(), p).unwrap()),
+        ]
+    }
+
+    prop_compose! {
+        fn arb_peer()(key in 1u8..12, psk in proptest::option::of(1u8..4), ep in proptest::option::of(1u16..4),
+                      ips in proptest::collection::vec(arb_net(), 0..4), ka in proptest::option::of(0u64..30)) -> PeerConfig {
+            let mut p = PeerConfig::new(pk(key)).allowed_ips(ips);
+            p.preshared_key = psk.map(|n| PresharedKey::from_bytes([n; 32]));
+            p.endpoint = ep.map(|port| SocketAddr::from(([192, 0, 2, 1], port)));
+            p.persistent_keepalive = ka.map(Duration::from_secs);
+            p
+        }
+    }
+
+    prop_compose! {
+        /// A desired state: distinct peers, each allowed IP owned by one peer.
+        fn arb_desired()(peers in proptest::collection::vec(arb_peer(), 0..8), port in 1u16..100, mark in 0u32..3) -> DeviceConfig {
+            let mut seen_keys = BTreeSet::new();
+            let mut seen_ips = BTreeSet::new();
+            let mut cfg = DeviceConfig::new().listen_port(port).fwmark(mark).replace_peers();
+            for mut p in peers {
+                if !seen_keys.insert(p.public_key) { continue; }
+                p.allowed_ips = p.allowed_ips.iter().map(|n| normalize(*n)).filter(|n| seen_ips.insert(*n)).collect();
+                cfg.peers.push(p);
+            }
+            cfg
+        }
+    }
+
+    fn state_of(cfg: &DeviceConfig) -> Device {
+        let mut d = Device::default();
+        d.apply(cfg);
+        d
+    }
+
+    proptest! {
+        /// Applying diff(A, B) to A yields B.
+        #[test]
+        fn diff_takes_a_to_b(a in arb_desired(), b in arb_desired()) {
+            let mut state = state_of(&a);
+            let d = b.diff(&state);
+            prop_assert!(!d.replace_peers);
+            state.apply(&d);
+            let mut want = state_of(&b);
+            // Endpoints are never unset by a diff: a peer kept from A keeps A's endpoint.
+            for p in &mut want.peers {
+                if p.endpoint.is_none() {
+                    p.endpoint = state.peer(&p.public_key).and_then(|q| q.endpoint);
+                }
+            }
+            prop_assert!(state.same_config(&want), "state {:?}\nwant {:?}", state, want);
+            prop_assert_eq!(state.listen_port, want.listen_port);
+            // And the diff of a state against itself is empty.
+            prop_assert!(b.diff(&state).is_empty());
+        }
+    }
+
+    #[test]
+    fn one_changed_peer_of_many_yields_one_peer() {
+        let mut cfg = DeviceConfig::new().replace_peers();
+        for i in 0..200u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            cfg.peers.push(
+                PeerConfig::new(PublicKey::from_bytes(k)).allowed_ip(
+                    IpNetwork::new([10, 0, (i >> 8) as u8, i as u8].into(), 32).unwrap(),
+                ),
+            );
+        }
+        let state = state_of(&cfg);
+        let mut want = cfg.clone();
+        want.peers[77].persistent_keepalive = Some(Duration::from_secs(25));
+        let d = want.diff(&state);
+        assert_eq!(d.peers.len(), 1);
+        assert!(d.peers[0].update_only);
+        assert!(d.peers[0].allowed_ips.is_empty());
+        assert_eq!(
+            d.peers[0].persistent_keepalive,
+            Some(Duration::from_secs(25))
+        );
+    }
+
+    #[test]
+    fn validate_rejects_fractional_or_huge_keepalive() {
+        let p = PeerConfig::new(pk(1)).persistent_keepalive(Duration::from_millis(1500));
+        assert!(DeviceConfig::new().peer(p).validate().is_err());
+        let p = PeerConfig::new(pk(1)).persistent_keepalive(Duration::from_secs(70000));
+        assert!(DeviceConfig::new().peer(p).validate().is_err());
+        let p = PeerConfig::new(pk(1)).persistent_keepalive(Duration::from_secs(25));
+        assert!(DeviceConfig::new().peer(p).validate().is_ok());
+    }
+}

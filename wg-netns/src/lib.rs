@@ -1,0 +1,81 @@
+//! # wg-netns
+//!
+//! Typed APIs to create and configure WireGuard interfaces inside Linux
+//! network namespaces, for CNI plugins, container runtimes and OCI hooks.
+//!
+//! The crate is layered, one module per layer:
+//!
+//! | layer | type | module |
+//! |---|---|---|
+//! | namespace entry | [`Netns`] | `netns` |
+//! | links, addresses, routes (rtnetlink) | [`Rtnl`], [`Link`], [`Route`] | `rtnl` |
+//! | WireGuard device (kernel genl or userspace UAPI) | [`WgDevice`], [`Backend`] | `backend`, `kernel`, `uapi` |
+//! | device configuration and state, diffing | [`DeviceConfig`], [`Device`] | `device` |
+//! | attachment (create here, move there) | [`Birthplace`], [`InterfaceSpec`] | `attach` |
+//!
+//! Keys ([`PrivateKey`], [`PresharedKey`]) zeroize on drop and never appear in
+//! `Debug`, `Display` or error messages. The library never writes to stdout.
+//!
+//! ## Example: a tunnel between two namespaces
+//!
+//! ```no_run
+//! use wg_netns::*;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (a, b) = (Netns::from_name("node-a")?, Netns::from_name("node-b")?);
+//! let backend = Backend::detect()?;
+//! let (ka, kb) = (PrivateKey::generate()?, PrivateKey::generate()?);
+//! let spec_a = InterfaceSpec::new(IfName::new("wga")?, IfName::new("wg0")?)
+//!     .device(DeviceConfig::new().private_key(ka.clone()).listen_port(51820).peer(
+//!         PeerConfig::new(kb.public_key())
+//!             .endpoint("192.168.50.2:51820".parse()?)
+//!             .allowed_ip("10.99.0.2/32".parse()?),
+//!     ))
+//!     .address("10.99.0.1/24".parse()?);
+//! Birthplace::new(&a, &a, &backend).attach(&spec_a)?;
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+#![deny(clippy::print_stdout, clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod attach;
+mod backend;
+mod device;
+mod error;
+mod kernel;
+pub mod key;
+mod netlink;
+mod netns;
+mod rtnl;
+mod uapi;
+
+pub use attach::{cleanup_birth, Attachment, Birthplace, InterfaceSpec};
+pub use backend::{Backend, BackendKind, WgDevice};
+pub use device::{Device, DeviceConfig, Peer, PeerConfig};
+pub use error::{Error, Result};
+pub use ipnetwork::IpNetwork;
+pub use key::{KeyError, PresharedKey, PrivateKey, PublicKey};
+pub use netns::{Netns, NETNS_RUN_DIR};
+pub use rtnl::{normalize, IfName, Link, Route, RouteScope, Rtnl, TABLE_MAIN};
+pub use uapi::{Userspace, DEFAULT_SOCKET_DIR};
+
+/// Decoders exposed for fuzzing only; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Feed bytes to the WireGuard generic netlink dump decoder.
+    pub fn decode_wg_genl(bytes: &[u8]) {
+        let mut dev = crate::Device::default();
+        let _ = crate::kernel::decode_get_part(bytes, &mut dev);
+    }
+    /// Feed text to the UAPI `get` reply parser.
+    pub fn parse_uapi_get(text: &str) {
+        let _ = crate::uapi::parse_get("fuzz", text);
+    }
+    /// Walk netlink attributes.
+    pub fn walk_attrs(bytes: &[u8]) {
+        for a in crate::netlink::AttrIter::new(bytes) {
+            let _ = a;
+        }
+    }
+}

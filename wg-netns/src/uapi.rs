@@ -1,0 +1,572 @@
+//! Userspace WireGuard over the cross-platform UAPI
+//! (<https://www.wireguard.com/xplatform/>): `set=1` / `get=1` exchanges on
+//! the unix socket `/var/run/wireguard/NAME.sock`, and starting an
+//! implementation (wireguard-go, boringtun, or `WG_USERSPACE_IMPLEMENTATION`).
+//!
+//! Requests and replies that carry keys live in zeroizing buffers. Nothing is
+//! ever written to stdout: started daemons get `/dev/null` for stdio.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnetwork::IpNetwork;
+use zeroize::Zeroizing;
+
+use crate::device::{Device, DeviceConfig, Peer};
+use crate::error::{Error, Result};
+use crate::key::{PresharedKey, PrivateKey, PublicKey, KEY_LEN};
+
+/// Where userspace implementations put their control sockets.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// How long a UAPI exchange may take before it is abandoned.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn hex(bytes: &[u8], out: &mut String) {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(H[(b >> 4) as usize] as char);
+        out.push(H[(b & 15) as usize] as char);
+    }
+}
+
+fn unhex(s: &str) -> Option<Zeroizing<[u8; KEY_LEN]>> {
+    let s = s.as_bytes();
+    if s.len() != KEY_LEN * 2 {
+        return None;
+    }
+    let val = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    for i in 0..KEY_LEN {
+        out[i] = (val(s[2 * i])? << 4) | val(s[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+/// Encode a `set=1` request (including the terminating blank line).
+pub(crate) fn encode_set(cfg: &DeviceConfig) -> Zeroizing<String> {
+    let mut s = Zeroizing::new(String::with_capacity(64 + cfg.peers.len() * 160));
+    s.push_str("set=1\n");
+    if let Some(k) = &cfg.private_key {
+        s.push_str("private_key=");
+        hex(k.as_bytes(), &mut s);
+        s.push('\n');
+    }
+    if let Some(p) = cfg.listen_port {
+        let _ = writeln!(s, "listen_port={p}");
+    }
+    if let Some(m) = cfg.fwmark {
+        let _ = writeln!(s, "fwmark={m}");
+    }
+    if cfg.replace_peers {
+        s.push_str("replace_peers=true\n");
+    }
+    for p in &cfg.peers {
+        s.push_str("public_key=");
+        hex(p.public_key.as_bytes(), &mut s);
+        s.push('\n');
+        if p.remove {
+            s.push_str("remove=true\n");
+            continue;
+        }
+        if p.update_only {
+            s.push_str("update_only=true\n");
+        }
+        if let Some(k) = &p.preshared_key {
+            s.push_str("preshared_key=");
+            hex(k.as_bytes(), &mut s);
+            s.push('\n');
+        }
+        if let Some(ep) = p.endpoint {
+            let _ = writeln!(s, "endpoint={ep}");
+        }
+        if let Some(ka) = p.persistent_keepalive {
+            let _ = writeln!(
+                s,
+                "persistent_keepalive_interval={}",
+                ka.as_secs().min(65535)
+            );
+        }
+        if p.replace_allowed_ips {
+            s.push_str("replace_allowed_ips=true\n");
+        }
+        for net in &p.allowed_ips {
+            let _ = writeln!(s, "allowed_ip={net}");
+        }
+    }
+    s.push('\n');
+    s
+}
+
+/// Parse a `get=1` reply (everything up to and including `errno=N`).
+/// Unknown keys are ignored (implementations add their own).
+pub(crate) fn parse_get(device: &str, reply: &str) -> Result<Device> {
+    let bad = |reason: String| Error::Uapi {
+        device: device.to_string(),
+        reason,
+    };
+    let mut dev = Device::default();
+    let mut errno = None;
+    let mut hs_sec: Option<u64> = None;
+    for line in reply.lines() {
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| bad(format!("malformed reply line of {} bytes", line.len())))?;
+        let num = |what: &str| -> Result<u64> {
+            v.parse::<u64>()
+                .map_err(|_| bad(format!("{what} is not a number: {v:?}")))
+        };
+        let in_peer = !dev.peers.is_empty();
+        match k {
+            "errno" => {
+                errno = Some(v.parse::<i32>().map_err(|_| bad(format!("errno {v:?}")))?);
+            }
+            "private_key" if !in_peer => {
+                let b = unhex(v).ok_or_else(|| bad("private key is not 64 hex digits".into()))?;
+                let k = PrivateKey::from_bytes(*b);
+                if !k.is_zero() {
+                    dev.public_key = Some(k.public_key());
+                    dev.private_key = Some(k);
+                }
+            }
+            // boringtun reports the public key instead of the private one.
+            "own_public_key" if !in_peer => {
+                let b =
+                    unhex(v).ok_or_else(|| bad("own public key is not 64 hex digits".into()))?;
+                dev.public_key = Some(PublicKey::from_bytes(*b));
+            }
+            "listen_port" if !in_peer => dev.listen_port = num("listen_port")? as u16,
+            "fwmark" if !in_peer => dev.fwmark = num("fwmark")? as u32,
+            "public_key" => {
+                let b =
+                    unhex(v).ok_or_else(|| bad("peer public key is not 64 hex digits".into()))?;
+                dev.peers.push(Peer::new(PublicKey::from_bytes(*b)));
+                hs_sec = None;
+            }
+            _ => {
+                let Some(p) = dev.peers.last_mut() else {
+                    continue;
+                };
+                match k {
+                    "preshared_key" => {
+                        let b = unhex(v)
+                            .ok_or_else(|| bad("preshared key is not 64 hex digits".into()))?;
+                        let k = PresharedKey::from_bytes(*b);
+                        p.preshared_key = (!k.is_zero()).then_some(k);
+                    }
+                    "endpoint" => {
+                        p.endpoint = Some(
+                            v.parse::<SocketAddr>()
+                                .map_err(|_| bad(format!("endpoint {v:?}")))?,
+                        );
+                    }
+                    "persistent_keepalive_interval" => {
+                        let s = num("persistent_keepalive_interval")?;
+                        p.persistent_keepalive = (s != 0).then(|| Duration::from_secs(s));
+                    }
+                    "allowed_ip" => {
+                        p.allowed_ips.push(
+                            v.parse::<IpNetwork>()
+                                .map_err(|_| bad(format!("allowed_ip {v:?}")))?,
+                        );
+                    }
+                    "rx_bytes" => p.rx_bytes = num("rx_bytes")?,
+                    "tx_bytes" => p.tx_bytes = num("tx_bytes")?,
+                    "last_handshake_time_sec" => {
+                        let s = num("last_handshake_time_sec")?;
+                        hs_sec = Some(s);
+                        p.last_handshake =
+                            (s != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+                    }
+                    "last_handshake_time_nsec" => {
+                        let n = num("last_handshake_time_nsec")?.min(999_999_999);
+                        if let Some(s) = hs_sec.filter(|s| *s != 0) {
+                            p.last_handshake = Some(
+                                SystemTime::UNIX_EPOCH
+                                    + Duration::from_secs(s)
+                                    + Duration::from_nanos(n),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    match errno {
+        Some(0) => Ok(dev),
+        Some(errno) => Err(Error::UapiErrno {
+            device: device.to_string(),
+            errno,
+        }),
+        None => Err(bad("reply has no errno line".into())),
+    }
+}
+
+/// A userspace WireGuard implementation to start.
+///
+/// ```
+/// use wg_netns::Userspace;
+/// let u = Userspace::new("wireguard-go");
+/// assert_eq!(u.socket_path("wgb-1234").to_str(), Some("/var/run/wireguard/wgb-1234.sock"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Userspace {
+    /// Program to run as `PROGRAM [args] NAME`; it must daemonize or stay in
+    /// the foreground, either works.
+    pub program: PathBuf,
+    /// Extra arguments placed before the interface name.
+    pub args: Vec<String>,
+    /// Directory of the UAPI sockets.
+    pub socket_dir: PathBuf,
+    /// How long to wait for the socket to appear.
+    pub start_timeout: Duration,
+}
+
+impl Userspace {
+    /// Run `program` (looked up in `PATH` if not a path).
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        let program = program.into();
+        // boringtun drops privileges after start unless told not to, and
+        // then cannot open the namespace's sockets.
+        let args = if program
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("boringtun"))
+        {
+            vec!["--disable-drop-privileges".to_string()]
+        } else {
+            Vec::new()
+        };
+        Userspace {
+            program,
+            args,
+            socket_dir: PathBuf::from(DEFAULT_SOCKET_DIR),
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// `WG_USERSPACE_IMPLEMENTATION` (or wg-quick's `WG_QUICK_USERSPACE_IMPLEMENTATION`)
+    /// if set, else `wireguard-go`.
+    pub fn from_env() -> Self {
+        let program = std::env::var_os("WG_USERSPACE_IMPLEMENTATION")
+            .or_else(|| std::env::var_os("WG_QUICK_USERSPACE_IMPLEMENTATION"))
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "wireguard-go".into());
+        Self::new(program)
+    }
+
+    /// The full path of the program, if it can be found.
+    pub fn resolve(&self) -> Option<PathBuf> {
+        if self.program.components().count() > 1 {
+            return self.program.is_file().then(|| self.program.clone());
+        }
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(&self.program))
+                .find(|p| p.is_file())
+        })
+    }
+
+    /// The control socket of device `name`.
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        self.socket_dir.join(format!("{name}.sock"))
+    }
+
+    /// Start the implementation for interface `name` in the calling thread's
+    /// namespace (call inside [`crate::Netns::run`]) and wait, with bounded
+    /// back-off, until its control socket answers.
+    pub(crate) fn start(&self, name: &str) -> Result<UapiConn> {
+        let program = self.program.display().to_string();
+        let spawn_err = |reason: String| Error::Spawn {
+            program: program.clone(),
+            device: name.to_string(),
+            reason,
+        };
+        let socket = self.socket_path(name);
+        match UapiConn::connect(name, &socket) {
+            Ok(_) => {
+                return Err(spawn_err(
+                    "a userspace device with this name is already running".into(),
+                ))
+            }
+            Err(_) if socket.exists() => {
+                // A stale socket from a killed daemon: nobody answers on it.
+                let _ = std::fs::remove_file(&socket);
+            }
+            Err(_) => {}
+        }
+        let path = self
+            .resolve()
+            .ok_or_else(|| spawn_err("program not found".into()))?;
+        let mut child = Command::new(&path)
+            .args(&self.args)
+            .arg(name)
+            .env("WG_SUDO", "true")
+            .env_remove("LOG_LEVEL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| spawn_err(e.to_string()))?;
+        let deadline = Instant::now() + self.start_timeout;
+        let mut delay = Duration::from_millis(1);
+        loop {
+            if let Ok(conn) = UapiConn::connect(name, &socket) {
+                // Reap the daemonizing parent if it has exited; a
+                // foreground implementation simply keeps running.
+                let _ = child.try_wait();
+                return Ok(conn);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                if !status.success() {
+                    return Err(spawn_err(format!(
+                        "exited with {status} before its socket appeared"
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(spawn_err(format!(
+                    "socket {} did not appear within {:?}",
+                    socket.display(),
+                    self.start_timeout
+                )));
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Default for Userspace {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
+/// A handle on a userspace device's control socket.
+#[derive(Debug, Clone)]
+pub(crate) struct UapiConn {
+    name: String,
+    socket: PathBuf,
+}
+
+impl UapiConn {
+    /// Check that `socket` answers and return a handle.
+    pub(crate) fn connect(name: &str, socket: &Path) -> Result<Self> {
+        let c = UapiConn {
+            name: name.to_string(),
+            socket: socket.to_path_buf(),
+        };
+        c.stream()?;
+        Ok(c)
+    }
+
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn stream(&self) -> Result<UnixStream> {
+        let s = UnixStream::connect(&self.socket).map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) {
+                Error::NotFound {
+                    what: "userspace WireGuard device",
+                    name: self.socket.display().to_string(),
+                }
+            } else {
+                Error::io(format!("connecting to {}", self.socket.display()), e)
+            }
+        })?;
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+        Ok(s)
+    }
+
+    /// PID of the daemon behind the socket (`SO_PEERCRED`).
+    pub(crate) fn daemon_pid(&self) -> Result<u32> {
+        let s = self.stream()?;
+        let cred = rustix::net::sockopt::socket_peercred(&s).map_err(|e| {
+            Error::io(
+                format!("SO_PEERCRED on {}", self.socket.display()),
+                e.into(),
+            )
+        })?;
+        Ok(cred.pid.as_raw_nonzero().get() as u32)
+    }
+
+    /// Send `request` and read the reply up to the blank line that ends it.
+    fn exchange(&self, request: &[u8]) -> Result<Zeroizing<String>> {
+        let mut s = self.stream()?;
+        s.write_all(request)
+            .map_err(|e| Error::io(format!("writing to {}", self.socket.display()), e))?;
+        let mut reply = Zeroizing::new(String::new());
+        let mut r = BufReader::new(&mut s);
+        let mut line = Zeroizing::new(String::new());
+        loop {
+            line.clear();
+            let n = r
+                .by_ref()
+                .take(1 << 20)
+                .read_line(&mut line)
+                .map_err(|e| Error::io(format!("reading from {}", self.socket.display()), e))?;
+            if n == 0 || *line == "\n" {
+                break;
+            }
+            reply.push_str(&line);
+        }
+        Ok(reply)
+    }
+
+    pub(crate) fn set(&self, cfg: &DeviceConfig) -> Result<()> {
+        let reply = self.exchange(encode_set(cfg).as_bytes())?;
+        parse_errno(&self.name, &reply)
+    }
+
+    pub(crate) fn get(&self) -> Result<Device> {
+        let reply = self.exchange(b"get=1\n\n")?;
+        parse_get(&self.name, &reply)
+    }
+}
+
+fn parse_errno(device: &str, reply: &str) -> Result<()> {
+    for line in reply.lines() {
+        if let Some(v) = line.strip_prefix("errno=") {
+            return match v.trim().parse::<i32>() {
+                Ok(0) => Ok(()),
+                Ok(errno) => Err(Error::UapiErrno {
+                    device: device.to_string(),
+                    errno,
+                }),
+                Err(_) => Err(Error::Uapi {
+                    device: device.to_string(),
+                    reason: format!("bad errno line {line:?}"),
+                }),
+            };
+        }
+    }
+    Err(Error::Uapi {
+        device: device.to_string(),
+        reason: "reply has no errno line".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::PeerConfig;
+
+    #[test]
+    fn set_request_matches_the_protocol() {
+        let k = PrivateKey::from_bytes([0x11; 32]);
+        let peer = PublicKey::from_bytes([0xab; 32]);
+        let cfg = DeviceConfig::new()
+            .private_key(k)
+            .listen_port(51820)
+            .fwmark(7)
+            .replace_peers()
+            .peer(
+                PeerConfig::new(peer)
+                    .endpoint("[fd00::1]:51820".parse().unwrap())
+                    .persistent_keepalive(Duration::from_secs(25))
+                    .replace_allowed_ips()
+                    .allowed_ip("10.13.13.0/24".parse().unwrap())
+                    .allowed_ip("fd00::/64".parse().unwrap()),
+            )
+            .peer(PeerConfig::removal(PublicKey::from_bytes([1; 32])));
+        let s = encode_set(&cfg);
+        let expected = format!(
+            "set=1\nprivate_key={}\nlisten_port=51820\nfwmark=7\nreplace_peers=true\n\
+             public_key={}\nendpoint=[fd00::1]:51820\npersistent_keepalive_interval=25\n\
+             replace_allowed_ips=true\nallowed_ip=10.13.13.0/24\nallowed_ip=fd00::/64\n\
+             public_key={}\nremove=true\n\n",
+            "11".repeat(32),
+            "ab".repeat(32),
+            "01".repeat(32)
+        );
+        assert_eq!(*s, expected);
+    }
+
+    #[test]
+    fn get_reply_is_parsed() {
+        let reply = format!(
+            "private_key={}\nlisten_port=51820\nfwmark=0\npublic_key={}\npreshared_key={}\n\
+             protocol_version=1\nendpoint=192.0.2.1:51820\nlast_handshake_time_sec=1700000000\n\
+             last_handshake_time_nsec=5\ntx_bytes=10\nrx_bytes=20\npersistent_keepalive_interval=25\n\
+             allowed_ip=10.0.0.0/24\nallowed_ip=fd00::/64\npublic_key={}\npreshared_key={}\n\
+             last_handshake_time_sec=0\nlast_handshake_time_nsec=0\nerrno=0\n",
+            "11".repeat(32),
+            "ab".repeat(32),
+            "22".repeat(32),
+            "cd".repeat(32),
+            "00".repeat(32),
+        );
+        let d = parse_get("t", &reply).unwrap();
+        assert_eq!(d.listen_port, 51820);
+        assert_eq!(
+            d.public_key,
+            Some(PrivateKey::from_bytes([0x11; 32]).public_key())
+        );
+        assert_eq!(d.peers.len(), 2);
+        let p = &d.peers[0];
+        assert_eq!(p.rx_bytes, 20);
+        assert_eq!(p.tx_bytes, 10);
+        assert_eq!(p.persistent_keepalive, Some(Duration::from_secs(25)));
+        assert_eq!(p.allowed_ips.len(), 2);
+        assert_eq!(
+            p.last_handshake,
+            Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5))
+        );
+        assert!(d.peers[1].preshared_key.is_none());
+        assert!(d.peers[1].last_handshake.is_none());
+    }
+
+    #[test]
+    fn errors_and_garbage() {
+        assert!(matches!(
+            parse_get("t", "errno=19\n"),
+            Err(Error::UapiErrno { errno: 19, .. })
+        ));
+        assert!(parse_get("t", "listen_port=1\n").is_err());
+        assert!(parse_get("t", "garbage\nerrno=0\n").is_err());
+        assert!(parse_get("t", "public_key=zz\nerrno=0\n").is_err());
+        assert!(parse_errno("t", "errno=0\n\n").is_ok());
+        assert!(parse_errno("t", "errno=22\n\n").is_err());
+        assert!(parse_errno("t", "").is_err());
+        // Device-level keys after a peer belong to no one and are ignored; unknown keys too.
+        assert!(parse_get("t", "whatever=1\nerrno=0\n").is_ok());
+    }
+
+    #[test]
+    fn encoded_set_round_trips_through_get_parser() {
+        // A get reply uses the same key=value vocabulary for the fields both share.
+        let cfg = DeviceConfig::new().listen_port(9).peer(
+            PeerConfig::new(PublicKey::from_bytes([5; 32]))
+                .endpoint("192.0.2.9:9".parse().unwrap())
+                .allowed_ip("10.9.0.0/16".parse().unwrap()),
+        );
+        let s = encode_set(&cfg);
+        let body = s.strip_prefix("set=1\n").unwrap().trim_end().to_string() + "\nerrno=0\n";
+        let d = parse_get("t", &body).unwrap();
+        assert_eq!(d.listen_port, 9);
+        assert_eq!(d.peers[0].endpoint, cfg.peers[0].endpoint);
+        assert_eq!(d.peers[0].allowed_ips, cfg.peers[0].allowed_ips);
+    }
+}
