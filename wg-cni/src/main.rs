@@ -9,7 +9,8 @@ fn main() {
     let mut out = std::io::stdout().lock();
     let (body, code) = if cmd == "VERSION" {
         (
-            r#"{"cniVersion":"1.1.0","supportedVersions":["0.3.1","0.4.0","1.0.0","1.1.0"]}"#.to_string(),
+            r#"{"cniVersion":"1.1.0","supportedVersions":["0.3.1","0.4.0","1.0.0","1.1.0"]}"#
+                .to_string(),
             0,
         )
     } else {

@@ -442,7 +442,7 @@ impl Device {
                     )
                 })
                 .collect();
-            peers.sort_by(|a, b| a.0.cmp(&b.0));
+            peers.sort_by_key(|p| p.0);
             (d.public_key, d.fwmark, peers)
         };
         key(self) == key(other)

@@ -355,7 +355,7 @@ pub(crate) fn decode_get_part(genl: &[u8], dev: &mut Device) -> Result<()> {
             WGDEVICE_A_PEERS => {
                 for peer in AttrIter::new(p) {
                     let (_, pp) = peer.map_err(|_| bad("malformed peer"))?;
-                    decode_peer(pp, dev).map_err(|r| bad(r))?;
+                    decode_peer(pp, dev).map_err(&bad)?;
                 }
             }
             WGDEVICE_A_IFINDEX | WGDEVICE_A_IFNAME => {

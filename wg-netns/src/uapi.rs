@@ -325,10 +325,11 @@ impl Userspace {
         let deadline = Instant::now() + self.start_timeout;
         let mut delay = Duration::from_millis(1);
         loop {
-            if let Ok(conn) = UapiConn::connect(name, &socket) {
-                // Reap the daemonizing parent if it has exited; a
-                // foreground implementation simply keeps running.
-                let _ = child.try_wait();
+            // Ready means a full `get` exchange succeeds: the socket file can
+            // exist (wireguard-go's parent binds it before forking) while the
+            // daemon is still initializing the TUN, MTU included.
+            if let Ok(conn) = UapiConn::connect(name, &socket).and_then(|c| c.get().map(|_| c)) {
+                reap(child);
                 return Ok(conn);
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -351,6 +352,22 @@ impl Userspace {
             delay = (delay * 2).min(Duration::from_millis(50));
         }
     }
+}
+
+/// Collect the started process's exit status so it does not linger as a
+/// zombie: a daemonizing implementation's parent exits right after its socket
+/// is up; one that stays in the foreground is waited for on a small thread.
+fn reap(mut child: std::process::Child) {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    let _ = std::thread::Builder::new()
+        .name("wg-netns-reaper".into())
+        .spawn(move || child.wait());
 }
 
 impl Default for Userspace {

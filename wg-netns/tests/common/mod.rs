@@ -1,0 +1,260 @@
+//! Shared fixtures for the integration tests: uniquely named namespaces joined
+//! by veth, removed on drop (also when a test panics), and the backend under
+//! test.
+//!
+//! Tests need root, `ip` (iproute2) and a WireGuard backend. Without them they
+//! print `SKIP ...` and pass, unless `WG_NETNS_REQUIRE_ALL=1` (set by
+//! `.ci/run`), which turns every skip into a failure.
+//!
+//! The backend comes from `WG_NETNS_TEST_BACKEND` (`kernel`, `userspace`,
+//! default: detect). Network safety: every address lives inside namespaces
+//! created here; no route points at the machine's real interfaces.
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use wg_netns::{Backend, IfName, Netns};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short per-process, per-call unique tag, e.g. `3f2a7`: it fits into
+/// interface names next to a 4-character prefix.
+pub fn tag() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{:x}{:x}", std::process::id() % 0xfffff, n)
+}
+
+pub fn require_all() -> bool {
+    std::env::var("WG_NETNS_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// Returns the backend to test with, or `None` (after printing why) when the
+/// environment cannot run privileged tests.
+pub fn environment(test: &str) -> Option<Backend> {
+    let skip = |why: &str| {
+        if require_all() {
+            panic!("{test}: required but cannot run: {why}");
+        }
+        eprintln!("SKIP {test}: {why}");
+        None
+    };
+    if !rustix::process::geteuid().is_root() {
+        return skip("needs root (network namespaces)");
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return skip("`ip` (iproute2) is not installed");
+    }
+    let choice = std::env::var("WG_NETNS_TEST_BACKEND").unwrap_or_default();
+    match Backend::from_choice(&choice) {
+        Ok(Backend::Userspace(u)) if u.resolve().is_none() => {
+            skip(&format!("{} is not installed", u.program.display()))
+        }
+        Ok(Backend::Kernel) if !Backend::kernel_available() => skip("the kernel has no WireGuard"),
+        Ok(b) => Some(b),
+        Err(e) => skip(&e.to_string()),
+    }
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
+}
+
+pub fn must(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace created for one test, deleted on drop.
+pub struct TestNs {
+    pub name: String,
+    pub ns: Netns,
+}
+
+impl TestNs {
+    pub fn new(role: &str) -> TestNs {
+        let name = format!("wgnt-{}-{role}", tag());
+        must(&["ip", "netns", "add", &name]);
+        must(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        let ns = Netns::from_name(&name).expect("open test namespace");
+        TestNs { name, ns }
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Ping `addr` from this namespace, retrying for up to `within`
+    /// (a lost first handshake costs WireGuard 5 s).
+    pub fn ping(&self, addr: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.exec(&["ping", "-c", "1", "-W", "1", addr]);
+            if out.status.success() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
+    /// UDP ports with a socket bound in this namespace
+    /// (`/proc/thread-self/net/udp{,6}` read from a thread inside it).
+    pub fn udp_ports(&self) -> Vec<u16> {
+        self.ns
+            .run(|| {
+                let mut ports = Vec::new();
+                for f in ["/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"] {
+                    let Ok(text) = std::fs::read_to_string(f) else {
+                        continue;
+                    };
+                    for line in text.lines().skip(1) {
+                        let local = line.split_whitespace().nth(1).unwrap_or_default();
+                        if let Some((_, port)) = local.rsplit_once(':') {
+                            if let Ok(p) = u16::from_str_radix(port, 16) {
+                                ports.push(p);
+                            }
+                        }
+                    }
+                }
+                ports
+            })
+            .expect("read udp sockets")
+    }
+
+    pub fn link_names(&self) -> Vec<String> {
+        wg_netns::Rtnl::open(&self.ns)
+            .expect("rtnl")
+            .links()
+            .expect("links")
+            .into_iter()
+            .map(|l| l.name)
+            .collect()
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        // A userspace daemon born here keeps the namespace alive through its
+        // own membership, so deleting the namespace alone would leak it:
+        // delete every link first; each daemon exits when its TUN goes.
+        if let Ok(rtnl) = wg_netns::Rtnl::open(&self.ns) {
+            for l in rtnl.links().unwrap_or_default() {
+                if l.name != "lo" {
+                    let _ = rtnl.delete_link(l.index);
+                }
+            }
+        }
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a` has `10.250.X.1/24`, `b` has
+/// `10.250.X.2/24` (X unique per pair within the process).
+pub struct Wire {
+    pub a_ip: String,
+    pub b_ip: String,
+}
+
+pub fn wire(a: &TestNs, b: &TestNs) -> Wire {
+    let t = tag();
+    let (va, vb) = (format!("va{t}"), format!("vb{t}"));
+    let x = COUNTER.fetch_add(1, Ordering::SeqCst) % 250 + 1;
+    let (a_ip, b_ip) = (format!("10.250.{x}.1"), format!("10.250.{x}.2"));
+    must(&[
+        "ip", "-n", &a.name, "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns",
+        &b.name,
+    ]);
+    must(&[
+        "ip",
+        "-n",
+        &a.name,
+        "addr",
+        "add",
+        &format!("{a_ip}/24"),
+        "dev",
+        &va,
+    ]);
+    must(&[
+        "ip",
+        "-n",
+        &b.name,
+        "addr",
+        "add",
+        &format!("{b_ip}/24"),
+        "dev",
+        &vb,
+    ]);
+    must(&["ip", "-n", &a.name, "link", "set", &va, "up"]);
+    must(&["ip", "-n", &b.name, "link", "set", &vb, "up"]);
+    Wire { a_ip, b_ip }
+}
+
+/// A unique interface name with a 4-character prefix.
+pub fn ifname(prefix: &str) -> IfName {
+    IfName::new(format!("{prefix}{}", tag())).expect("ifname")
+}
+
+/// Wait until `cond` holds, for at most `within`.
+pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `wg show NAME dump`, run inside `ns` for kernel devices (userspace devices
+/// are found by their socket name from anywhere).
+pub fn wg_dump(ns: &TestNs, name: &str) -> Vec<Vec<String>> {
+    let out = ns.exec(&["wg", "show", name, "dump"]);
+    assert!(
+        out.status.success(),
+        "wg show {name} dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+pub fn has_wg_tool() -> bool {
+    Command::new("wg")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Removes what a test's device may have left at its birthplace (link,
+/// userspace daemon, socket) when dropped, also after a panic. Declare it after
+/// the `TestNs` it lives in so it runs first.
+pub struct BirthGuard<'a> {
+    pub ns: &'a TestNs,
+    pub birth: IfName,
+    pub backend: Backend,
+}
+
+impl Drop for BirthGuard<'_> {
+    fn drop(&mut self) {
+        let _ = wg_netns::cleanup_birth(&self.ns.ns, &self.birth, &self.backend, None);
+    }
+}
