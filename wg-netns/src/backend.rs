@@ -211,6 +211,19 @@ impl WgDevice {
         Ok(diff)
     }
 
+    /// Like [`WgDevice::update`], but against a state the caller already
+    /// holds (for example the one it last wrote), so nothing is read from the
+    /// device: the cost is that of the difference, not of the device's size.
+    /// Returns the change that was sent.
+    pub fn update_from(&self, current: &Device, desired: &DeviceConfig) -> Result<DeviceConfig> {
+        desired.validate()?;
+        let diff = desired.diff(current);
+        if !diff.is_empty() {
+            self.set(&diff)?;
+        }
+        Ok(diff)
+    }
+
     /// For a userspace device, the daemon's process id.
     pub fn daemon_pid(&self) -> Option<u32> {
         match &self.control {

@@ -222,20 +222,26 @@ impl DeviceConfig {
                 out.fwmark = Some(m);
             }
         }
-        let have: HashMap<&PublicKey, &Peer> =
-            current.peers.iter().map(|p| (&p.public_key, p)).collect();
-        let mut wanted: BTreeSet<PublicKey> = BTreeSet::new();
+        let have: HashMap<&PublicKey, usize> = current
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (&p.public_key, i))
+            .collect();
+        let mut wanted = vec![false; current.peers.len()];
         for want in self.peers.iter().filter(|p| !p.remove) {
-            wanted.insert(want.public_key);
-            let want_ips = normalized_set(&want.allowed_ips);
-            let want_psk = want.preshared_key.clone().filter(|k| !k.is_zero());
+            let cur = have.get(&want.public_key).map(|&i| {
+                wanted[i] = true;
+                &current.peers[i]
+            });
+            let want_psk = want.preshared_key.as_ref().filter(|k| !k.is_zero());
             let want_ka = want.persistent_keepalive.filter(|d| !d.is_zero());
-            match have.get(&want.public_key) {
+            match cur {
                 None => {
                     let mut p = PeerConfig::new(want.public_key);
-                    p.preshared_key = want_psk;
+                    p.preshared_key = want_psk.cloned();
                     p.endpoint = want.endpoint;
-                    p.allowed_ips = want_ips.into_iter().collect();
+                    p.allowed_ips = normalized_set(&want.allowed_ips).into_iter().collect();
                     p.persistent_keepalive = want_ka;
                     p.replace_allowed_ips = true;
                     out.peers.push(p);
@@ -243,9 +249,12 @@ impl DeviceConfig {
                 Some(cur) => {
                     let mut p = PeerConfig::new(want.public_key);
                     let mut changed = false;
-                    if cur.preshared_key != want_psk {
-                        p.preshared_key =
-                            Some(want_psk.unwrap_or_else(|| PresharedKey::from_bytes([0; 32])));
+                    if cur.preshared_key.as_ref() != want_psk {
+                        p.preshared_key = Some(
+                            want_psk
+                                .cloned()
+                                .unwrap_or_else(|| PresharedKey::from_bytes([0; 32])),
+                        );
                         changed = true;
                     }
                     if want.endpoint.is_some() && cur.endpoint != want.endpoint {
@@ -256,8 +265,8 @@ impl DeviceConfig {
                         p.persistent_keepalive = Some(want_ka.unwrap_or(Duration::ZERO));
                         changed = true;
                     }
-                    if normalized_set(&cur.allowed_ips) != want_ips {
-                        p.allowed_ips = want_ips.into_iter().collect();
+                    if !same_nets(&cur.allowed_ips, &want.allowed_ips) {
+                        p.allowed_ips = normalized_set(&want.allowed_ips).into_iter().collect();
                         p.replace_allowed_ips = true;
                         changed = true;
                     }
@@ -268,8 +277,8 @@ impl DeviceConfig {
                 }
             }
         }
-        for cur in &current.peers {
-            if !wanted.contains(&cur.public_key) {
+        for (cur, wanted) in current.peers.iter().zip(wanted) {
+            if !wanted {
                 out.peers.push(PeerConfig::removal(cur.public_key));
             }
         }
@@ -284,6 +293,16 @@ impl DeviceConfig {
             && !self.replace_peers
             && self.peers.is_empty()
     }
+}
+
+/// Set equality of two lists of networks after normalization, without
+/// allocating when they are already equal element by element (the common case
+/// when comparing a device with the configuration that produced it).
+fn same_nets(a: &[IpNetwork], b: &[IpNetwork]) -> bool {
+    if a.len() == b.len() && a.iter().zip(b).all(|(x, y)| normalize(*x) == normalize(*y)) {
+        return true;
+    }
+    normalized_set(a) == normalized_set(b)
 }
 
 fn normalized_set(nets: &[IpNetwork]) -> BTreeSet<IpNetwork> {

@@ -101,6 +101,99 @@ impl Netns {
         }
     }
 
+    /// Create a new, empty network namespace and pin it at
+    /// `/var/run/netns/NAME` (what `ip netns add NAME` does). Fails with
+    /// `EEXIST` if the name is taken.
+    ///
+    /// ```no_run
+    /// use wg_netns::Netns;
+    /// let ns = Netns::create_named("demo-a")?;
+    /// // ... use it ...
+    /// Netns::remove_named("demo-a")?;
+    /// # Ok::<(), wg_netns::Error>(())
+    /// ```
+    pub fn create_named(name: &str) -> Result<Self> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Error::invalid(
+                "namespace name",
+                format!("{name:?} is not a valid name"),
+            ));
+        }
+        let dir = Path::new(NETNS_RUN_DIR);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        share_run_dir(dir);
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| Error::Netns {
+                path: path.clone(),
+                op: "create mount point",
+                source,
+            })?;
+        // unshare(CLONE_NEWNET) on a throw-away thread, then bind its
+        // namespace onto the file so it outlives the thread.
+        let pinned = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> std::io::Result<()> {
+                    // SAFETY: only CLONE_NEWNET is unshared, on a thread that
+                    // ends right after; no file descriptor table is unshared.
+                    unsafe {
+                        rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET)
+                    }?;
+                    rustix::mount::mount_bind("/proc/thread-self/ns/net", &path)?;
+                    Ok(())
+                })
+                .join()
+        });
+        match pinned {
+            Ok(Ok(())) => Self::from_path(&path),
+            Ok(Err(source)) => {
+                let _ = std::fs::remove_file(&path);
+                Err(Error::Netns {
+                    path,
+                    op: "unshare and bind-mount",
+                    source,
+                })
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&path);
+                Err(Error::NetnsThreadPanicked(path))
+            }
+        }
+    }
+
+    /// Unpin and remove a namespace created by [`Netns::create_named`] or
+    /// `ip netns add`. The namespace itself ends when nothing else holds it
+    /// (no process inside, no open handle). Idempotent.
+    pub fn remove_named(name: &str) -> Result<()> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Error::invalid(
+                "namespace name",
+                format!("{name:?} is not a valid name"),
+            ));
+        }
+        let path = Path::new(NETNS_RUN_DIR).join(name);
+        // Unmount every mount stacked on the file (a namespace pinned twice,
+        // or copied by a later recursive bind of the directory).
+        for _ in 0..8 {
+            if rustix::mount::unmount(&path, rustix::mount::UnmountFlags::DETACH).is_err() {
+                break;
+            }
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Netns {
+                path,
+                op: "remove",
+                source,
+            }),
+        }
+    }
+
     /// The path the namespace was opened from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -167,6 +260,18 @@ impl Netns {
 impl AsFd for Netns {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
+    }
+}
+
+/// Make the namespace directory a shared mount point of its own, as
+/// `ip netns add` does, so namespace pins made here and by iproute2 propagate
+/// the same way and a later recursive self-bind by another tool cannot leave
+/// a hidden copy of a pin behind (which makes its file impossible to remove).
+fn share_run_dir(dir: &Path) {
+    use rustix::mount::{mount_bind_recursive, mount_change, MountPropagationFlags};
+    let shared = MountPropagationFlags::SHARED | MountPropagationFlags::REC;
+    if mount_change(dir, shared).is_err() && mount_bind_recursive(dir, dir).is_ok() {
+        let _ = mount_change(dir, shared);
     }
 }
 

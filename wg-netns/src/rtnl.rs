@@ -434,6 +434,53 @@ impl Rtnl {
         self.link_by_name(name)
     }
 
+    /// Create a veth pair: `name` here, `peer_name` in `peer_netns` (here if
+    /// `None`). Handy for underlays in tests and runtimes.
+    pub fn create_veth(
+        &self,
+        name: &IfName,
+        peer_name: &IfName,
+        peer_netns: Option<&Netns>,
+    ) -> Result<Link> {
+        let mut peer_attrs = vec![attr(Ifla::Ifname, cstr(peer_name.as_str()))?];
+        if let Some(ns) = peer_netns {
+            peer_attrs.push(attr(Ifla::NetNsFd, ns.as_fd().as_raw_fd() as u32)?);
+        }
+        let peer = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::Unspecified)
+            .rtattrs(peer_attrs.into_iter().collect::<RtBuffer<_, _>>())
+            .build()
+            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+        let mut peer_bytes = Cursor::new(vec![0u8; peer.padded_size()]);
+        peer.to_bytes(&mut peer_bytes)
+            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+        const VETH_INFO_PEER: u16 = 1;
+        let data = attr(IflaInfo::Data, Buffer::new())?
+            .nest(&attr(VETH_INFO_PEER, peer_bytes.into_inner())?)
+            .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
+        let info = attr(Ifla::Linkinfo, Buffer::new())?
+            .nest(&attr(IflaInfo::Kind, cstr("veth"))?)
+            .and_then(|a| a.nest(&data))
+            .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
+        let msg = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::Unspecified)
+            .rtattrs(
+                vec![attr(Ifla::Ifname, cstr(name.as_str()))?, info]
+                    .into_iter()
+                    .collect::<RtBuffer<_, _>>(),
+            )
+            .build()
+            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+        self.ack(
+            "RTM_NEWLINK (veth)",
+            &|| format!("{name} <-> {peer_name}"),
+            Rtm::Newlink,
+            NlmF::CREATE | NlmF::EXCL,
+            msg,
+        )?;
+        self.link_by_name(name)
+    }
+
     /// Create a WireGuard link (kernel WireGuard only).
     pub fn create_wireguard(&self, name: &IfName) -> Result<Link> {
         self.create_link(name, "wireguard")

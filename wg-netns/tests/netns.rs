@@ -562,3 +562,29 @@ fn links_addresses_routes_and_not_found() {
     rtnl.delete_link(idx).unwrap();
     assert!(rtnl.link_by_index(idx).unwrap_err().is_not_found());
 }
+
+#[test]
+fn create_and_remove_named_namespaces() {
+    let Some(_backend) = environment("create_and_remove_named_namespaces") else {
+        return;
+    };
+    let name = format!("wgnt-{}-lib", tag());
+    let ns = wg_netns::Netns::create_named(&name).expect("create");
+    assert!(
+        wg_netns::Netns::create_named(&name).is_err(),
+        "a taken name is refused"
+    );
+    let listed = must(&["ip", "netns", "list"]);
+    assert!(listed
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(name.as_str())));
+    // A fresh namespace: only loopback, and it is not the caller's namespace.
+    assert_eq!(Rtnl::open(&ns).unwrap().links().unwrap().len(), 1);
+    assert!(!ns.same_as(&wg_netns::Netns::current().unwrap()).unwrap());
+    drop(ns);
+    wg_netns::Netns::remove_named(&name).expect("remove");
+    wg_netns::Netns::remove_named(&name).expect("remove is idempotent");
+    assert!(wg_netns::Netns::from_name(&name)
+        .unwrap_err()
+        .is_not_found());
+}
