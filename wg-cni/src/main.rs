@@ -1,27 +1,54 @@
-//! wg-cni: the CNI adapter over wg-netns. Its full CNI layer is tracked in its
-//! own issue; until then the binary answers VERSION and refuses everything else
-//! with a CNI error, writing only JSON to stdout.
+//! The wg-cni binary: one CNI invocation per process. stdout carries only the
+//! CNI result or error JSON; logs go to the configured file.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::process::ExitCode;
 
-fn main() {
-    let cmd = std::env::var("CNI_COMMAND").unwrap_or_default();
+use serde_json::Value;
+use wg_cni::cni::{CniError, Code, Env};
+use wg_cni::log::Log;
+use zeroize::Zeroizing;
+
+/// Largest configuration accepted on stdin.
+const MAX_STDIN: u64 = 16 << 20;
+
+fn main() -> ExitCode {
+    let mut stdin = Zeroizing::new(Vec::new());
+    let read = std::io::stdin()
+        .lock()
+        .take(MAX_STDIN)
+        .read_to_end(&mut stdin);
+    // The version to answer errors in: the input's, when it has one.
+    let version = serde_json::from_slice::<Value>(&stdin).ok().and_then(|v| {
+        v.get("cniVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let mut log = Log::none();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if let Err(e) = read {
+            return Err(CniError::new(Code::Io, "reading stdin", e.to_string()));
+        }
+        let env = Env::from_vars(|k| std::env::var(k).ok())?;
+        wg_cni::cmd::run(&env, &stdin, &mut log)
+    }))
+    .unwrap_or_else(|_| {
+        Err(CniError::new(
+            Code::Io,
+            "internal error",
+            "wg-cni panicked; see stderr",
+        ))
+    });
     let mut out = std::io::stdout().lock();
-    let (body, code) = if cmd == "VERSION" {
-        (
-            r#"{"cniVersion":"1.1.0","supportedVersions":["0.3.1","0.4.0","1.0.0","1.1.0"]}"#
-                .to_string(),
-            0,
-        )
-    } else {
-        (
-            format!(
-                r#"{{"cniVersion":"1.1.0","code":4,"msg":"unsupported CNI_COMMAND","details":"{} is not implemented yet"}}"#,
-                cmd.escape_default()
-            ),
-            1,
-        )
-    };
-    let _ = writeln!(out, "{body}");
-    std::process::exit(code);
+    match outcome {
+        Ok(Some(result)) => {
+            let _ = writeln!(out, "{result}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(out, "{}", e.to_json(version.as_deref()));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -77,7 +77,8 @@ pub struct InterfaceSpec {
     /// Addresses in the target namespace.
     pub addresses: Vec<IpNetwork>,
     /// Routes in the target namespace; a route without `oif` goes through
-    /// this interface.
+    /// this interface. They are installed with replace semantics, so a
+    /// `0.0.0.0/0` through the tunnel takes over an existing default route.
     pub routes: Vec<Route>,
     /// MTU; `None` keeps the implementation's default (1420).
     pub mtu: Option<u32>,
@@ -226,7 +227,7 @@ impl<'a> Birthplace<'a> {
             if r.oif.is_none() {
                 r.oif = Some(link.index);
             }
-            rtnl.add_route(&r)?;
+            rtnl.replace_route(&r)?;
         }
         let link = rtnl.link_by_index(link.index)?;
         Ok(Attachment {

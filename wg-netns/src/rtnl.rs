@@ -717,6 +717,59 @@ impl Rtnl {
         )
     }
 
+    /// Add a route, or replace the route with the same destination, table
+    /// and metric (`ip route replace`): how a full tunnel's `0.0.0.0/0` takes
+    /// over a default route that an earlier plugin installed.
+    pub fn replace_route(&self, r: &Route) -> Result<()> {
+        let msg = self.route_msg(r)?;
+        self.ack(
+            "RTM_NEWROUTE (replace)",
+            &|| describe_route(r),
+            Rtm::Newroute,
+            NlmF::CREATE | NlmF::REPLACE,
+            msg,
+        )
+    }
+
+    /// The route the kernel would use to reach `ip` (`ip route get`), with
+    /// its output interface. [`Error::is_not_found`]-style errors
+    /// (`ENETUNREACH` is not one) when there is none.
+    pub fn route_get(&self, ip: IpAddr) -> Result<Route> {
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        let msg = RtmsgBuilder::default()
+            .rtm_family(family_of(&ip))
+            .rtm_dst_len(full)
+            .rtm_src_len(0)
+            .rtm_tos(0)
+            .rtm_table(RtTable::Unspec)
+            .rtm_protocol(Rtprot::Unspec)
+            .rtm_scope(RtScope::Universe)
+            .rtm_type(Rtn::Unspec)
+            .rtattrs(
+                vec![attr(Rta::Dst, ip_bytes(&ip))?]
+                    .into_iter()
+                    .collect::<RtBuffer<_, _>>(),
+            )
+            .build()
+            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+        let mut found = None;
+        self.request(
+            "RTM_GETROUTE",
+            &|| ip.to_string(),
+            Rtm::Getroute,
+            NlmF::empty(),
+            msg,
+            |_, p| {
+                found = parse_route(p)?;
+                Ok(())
+            },
+        )?;
+        found.ok_or_else(|| Error::NotFound {
+            what: "route",
+            name: ip.to_string(),
+        })
+    }
+
     /// Delete a route. [`Error::is_not_found`] when it was not there.
     pub fn del_route(&self, r: &Route) -> Result<()> {
         let msg = self.route_msg(r)?;

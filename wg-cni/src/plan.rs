@@ -1,0 +1,243 @@
+//! From a configuration and the CNI environment to what an ADD creates: the
+//! names, the device configuration, the routes, the result. Pure functions,
+//! so the plan can be tested and compared without privileges.
+
+use wg_netns::{
+    normalize, DeviceConfig, IfName, InterfaceSpec, IpNetwork, PeerConfig, PrivateKey, Route,
+    TABLE_MAIN,
+};
+
+use crate::cni::{CniError, Code, Env, ResultInterface, ResultIp, ResultRoute};
+use crate::config::{Mtu, NetConf};
+
+/// The interface's birth name: deterministic from network, container id and
+/// CNI_IFNAME, so DEL and GC find it without state; unique machine-wide,
+/// as a userspace control socket name must be.
+pub fn birth_name(network: &str, container_id: &str, ifname: &str) -> IfName {
+    // "wgc" + 12 hex digits always fits and validates.
+    IfName::derived("wgc", &format!("{network}/{container_id}/{ifname}"))
+        .unwrap_or_else(|_| unreachable!("a 3-character prefix leaves room for the hash"))
+}
+
+/// The WireGuard interface's name in the container: CNI_IFNAME when
+/// standalone (it is the pod's network, or a Multus secondary network),
+/// `interfaceName` (default wg0) when chained behind a plugin that made
+/// CNI_IFNAME already.
+pub fn interface_name(conf: &NetConf, env: &Env) -> Result<IfName, CniError> {
+    if conf.prev_result.is_some() {
+        if conf.interface_name.as_str() == env.ifname {
+            return Err(CniError::new(
+                Code::InvalidConfig,
+                "invalid interfaceName",
+                format!("interfaceName: {:?} is CNI_IFNAME, which the previous plugin created; choose another name", env.ifname),
+            ));
+        }
+        Ok(conf.interface_name.clone())
+    } else {
+        IfName::new(env.ifname.as_str()).map_err(|e| {
+            CniError::new(
+                Code::InvalidEnvironment,
+                "invalid CNI_IFNAME",
+                e.to_string(),
+            )
+        })
+    }
+}
+
+/// The desired device state, every peer listed (`replace_peers`).
+pub fn device_config(conf: &NetConf, key: Option<PrivateKey>) -> DeviceConfig {
+    let mut cfg = DeviceConfig::new().replace_peers();
+    cfg.private_key = key;
+    cfg.listen_port = conf.listen_port;
+    cfg.fwmark = conf.fwmark;
+    for p in &conf.peers {
+        let mut pc = PeerConfig::new(p.public_key).allowed_ips(p.allowed_ips.iter().copied());
+        pc.preshared_key = p.preshared_key.clone();
+        pc.endpoint = p.endpoint;
+        pc.persistent_keepalive = p.persistent_keepalive;
+        pc.replace_allowed_ips = true;
+        cfg.peers.push(pc);
+    }
+    cfg
+}
+
+/// Routes through the interface: one per peer allowed IP (unless
+/// `routesFromAllowedIPs` is false), including those that contain the
+/// interface's own address (a `0.0.0.0/0` full tunnel), but not the exact
+/// prefix of one of its addresses, which the kernel installs itself; then the
+/// explicit `routes`. All in `table` when set.
+pub fn routes(conf: &NetConf) -> Vec<Route> {
+    let table = conf.table.unwrap_or(TABLE_MAIN);
+    let connected: Vec<IpNetwork> = conf.addresses.iter().map(|a| normalize(*a)).collect();
+    let mut out: Vec<Route> = Vec::new();
+    let mut push = |r: Route| {
+        if !out
+            .iter()
+            .any(|o| o.destination == r.destination && o.table == r.table)
+        {
+            out.push(r);
+        }
+    };
+    if conf.routes_from_allowed_ips {
+        for p in &conf.peers {
+            for aip in &p.allowed_ips {
+                let dst = normalize(*aip);
+                if table == TABLE_MAIN && connected.contains(&dst) {
+                    continue;
+                }
+                push(Route::new(dst).table(table));
+            }
+        }
+    }
+    for r in &conf.routes {
+        let mut route = Route::new(r.dst).table(table);
+        if let Some(gw) = r.gw {
+            route = route.via(gw);
+        }
+        push(route);
+    }
+    out
+}
+
+/// The MTU to set, given the underlay MTU towards the first endpoint (for
+/// `"mtu": "auto"`: underlay - 80, the WireGuard overhead over IPv6).
+pub fn mtu(conf: &NetConf, underlay: Option<u32>) -> Option<u32> {
+    match conf.mtu {
+        Mtu::Default => None,
+        Mtu::Value(v) => Some(v),
+        Mtu::Auto => Some(
+            underlay
+                .map(|u| u.saturating_sub(80).max(1280))
+                .unwrap_or(1420),
+        ),
+    }
+}
+
+/// The whole attachment.
+pub fn interface_spec(
+    conf: &NetConf,
+    birth: IfName,
+    name: IfName,
+    key: PrivateKey,
+    mtu: Option<u32>,
+) -> InterfaceSpec {
+    let mut spec = InterfaceSpec::new(birth, name).device(device_config(conf, Some(key)));
+    spec.addresses = conf.addresses.clone();
+    spec.routes = routes(conf);
+    spec.mtu = mtu;
+    spec
+}
+
+/// What the result reports about the attachment.
+pub fn result_parts(
+    conf: &NetConf,
+    name: &IfName,
+    sandbox: &str,
+    mtu: u32,
+) -> (ResultInterface, Vec<ResultIp>, Vec<ResultRoute>) {
+    let iface = ResultInterface {
+        name: name.to_string(),
+        sandbox: sandbox.to_string(),
+        mtu: Some(mtu),
+    };
+    let ips = conf
+        .addresses
+        .iter()
+        .map(|a| ResultIp { address: *a })
+        .collect();
+    let routes = routes(conf)
+        .into_iter()
+        .map(|r| ResultRoute {
+            dst: r.destination,
+            table: (r.table != TABLE_MAIN).then_some(r.table),
+        })
+        .collect();
+    (iface, ips, routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::Command;
+    use serde_json::json;
+
+    const P1: &str = "jGGhjGIEbR0Noo8MgjAVh+m5pq4GxD9CZDAl/zsfZF0=";
+    const P2: &str = "Jqbg1u7/1fK5VU2hadmxLzMmrwCPFe7fJEIzEnLWrl0=";
+
+    fn conf(extra: serde_json::Value) -> NetConf {
+        let mut base = json!({"cniVersion": "1.0.0", "name": "wg", "type": "wg-cni", "address": "10.13.13.210/24",
+            "peers": [{"publicKey": P1, "allowedIPs": ["10.13.13.0/24", "0.0.0.0/0"]},
+                      {"publicKey": P2, "allowedIPs": ["10.14.0.0/16", "10.13.13.0/24"]}]});
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        NetConf::parse(base.to_string().as_bytes()).unwrap()
+    }
+
+    fn env(ifname: &str) -> Env {
+        Env {
+            command: Command::Add,
+            container_id: "c1".into(),
+            netns: "/var/run/netns/p".into(),
+            ifname: ifname.into(),
+            args: vec![],
+            path: String::new(),
+        }
+    }
+
+    #[test]
+    fn full_tunnel_route_is_kept_and_connected_prefix_skipped() {
+        let r = routes(&conf(json!({})));
+        let dsts: Vec<String> = r.iter().map(|r| r.destination.to_string()).collect();
+        assert_eq!(dsts, vec!["0.0.0.0/0", "10.14.0.0/16"]);
+        // In another table the connected prefix is not there: keep it.
+        let r = routes(&conf(json!({"table": 100})));
+        assert_eq!(r.len(), 3);
+        assert!(r.iter().all(|r| r.table == 100));
+        let r = routes(&conf(
+            json!({"routesFromAllowedIPs": false, "routes": [{"dst": "192.168.0.0/16", "gw": "10.13.13.1"}]}),
+        ));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].gateway, Some("10.13.13.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn names() {
+        let c = conf(json!({}));
+        assert_eq!(
+            interface_name(&c, &env("eth0")).unwrap().as_str(),
+            "eth0",
+            "standalone uses CNI_IFNAME"
+        );
+        let chained = conf(json!({"prevResult": {"cniVersion": "1.0.0"}}));
+        assert_eq!(
+            interface_name(&chained, &env("eth0")).unwrap().as_str(),
+            "wg0"
+        );
+        assert!(interface_name(&chained, &env("wg0")).is_err());
+        let a = birth_name("wg", "c1", "eth0");
+        assert_eq!(a, birth_name("wg", "c1", "eth0"));
+        assert_ne!(a, birth_name("wg", "C1", "eth0"));
+        assert_ne!(a, birth_name("wg2", "c1", "eth0"));
+        assert!(a.as_str().starts_with("wgc") && a.as_str().len() == 15);
+    }
+
+    #[test]
+    fn mtu_modes() {
+        assert_eq!(mtu(&conf(json!({})), Some(1500)), None);
+        assert_eq!(mtu(&conf(json!({"mtu": 1300})), Some(1500)), Some(1300));
+        assert_eq!(mtu(&conf(json!({"mtu": "auto"})), Some(1500)), Some(1420));
+        assert_eq!(mtu(&conf(json!({"mtu": "auto"})), Some(9000)), Some(8920));
+        assert_eq!(mtu(&conf(json!({"mtu": "auto"})), None), Some(1420));
+    }
+
+    #[test]
+    fn device_config_lists_every_peer() {
+        let c = conf(json!({"listenPort": 51820}));
+        let d = device_config(&c, None);
+        assert!(d.replace_peers);
+        assert_eq!(d.listen_port, Some(51820));
+        assert_eq!(d.peers.len(), 2);
+        assert!(d.peers.iter().all(|p| p.replace_allowed_ips));
+    }
+}
