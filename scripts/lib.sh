@@ -1,11 +1,16 @@
 # Shared helpers for the project's scripts (sourced, not run).
 
-# ensure_packages CMD:PACKAGE ... — apt-get install (no recommends) the
-# packages whose command is missing. Runs `apt-get update` once, first.
+# ensure_packages WHAT:PACKAGE ... — apt-get install (no recommends) the
+# packages whose WHAT is missing: a command name, or an absolute path.
+# Runs `apt-get update` once, first.
 ensure_packages() {
-  local need=() pair
+  local need=() pair what
   for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+    what=${pair%%:*}
+    case "$what" in
+      /*) [ -e "$what" ] || need+=("${pair#*:}") ;;
+      *) command -v "$what" >/dev/null 2>&1 || need+=("${pair#*:}") ;;
+    esac
   done
   [ ${#need[@]} -eq 0 ] && return 0
   echo "installing: ${need[*]}" >&2
@@ -20,4 +25,13 @@ ensure_packages() {
 # The packages the userspace tiers need.
 ensure_userspace_packages() {
   ensure_packages wireguard-go:wireguard-go wg:wireguard-tools ip:iproute2 ping:iputils-ping
+}
+
+# What the end-to-end tests under a real CNI client need: Go and libcni's
+# sources (to build the project's small libcni client), the reference
+# plugins, and iptables (portmap).
+ensure_cni_packages() {
+  ensure_packages go:golang-go iptables:iptables \
+    /usr/share/gocode/src/github.com/containernetworking/cni/libcni:golang-github-appc-cni-dev \
+    /usr/lib/cni/bridge:containernetworking-plugins
 }

@@ -11,7 +11,7 @@ use wg_netns::{
 };
 
 use crate::cni::{build_result, CniError, Code, Command, Env, Version, SUPPORTED_VERSIONS};
-use crate::config::{KeySource, NetConf, SocketNamespace};
+use crate::config::{ChainedResult, KeySource, NetConf, SocketNamespace};
 use crate::log::Log;
 use crate::plan;
 use crate::state::{Record, StateDir};
@@ -227,15 +227,24 @@ fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
         let _ = place.detach(&name, &birth);
         return Err(e);
     }
-    let (iface, ips, routes) = plan::result_parts(conf, &name, &env.netns, attachment.mtu);
-    Ok(build_result(
-        conf.cni_version,
-        conf.prev_result.as_ref(),
-        &iface,
-        &ips,
-        &routes,
-        conf.dns.as_ref(),
-    ))
+    match (&conf.prev_result, conf.chained_result) {
+        (Some(Value::Object(prev)), ChainedResult::Passthrough) => {
+            let mut prev = prev.clone();
+            prev.insert("cniVersion".into(), json!(conf.cni_version.as_str()));
+            Ok(Value::Object(prev))
+        }
+        _ => {
+            let (iface, ips, routes) = plan::result_parts(conf, &name, &env.netns, attachment.mtu);
+            Ok(build_result(
+                conf.cni_version,
+                conf.prev_result.as_ref(),
+                &iface,
+                &ips,
+                &routes,
+                conf.dns.as_ref(),
+            ))
+        }
+    }
 }
 
 /// Bring an existing attachment back to the configuration: device state by
@@ -396,7 +405,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let place = Birthplace::new(birth_ns, &pod, &t.backend);
     let mut diffs = Vec::new();
 
-    if let Some(prev) = &conf.prev_result {
+    if let (Some(prev), ChainedResult::Append) = (&conf.prev_result, conf.chained_result) {
         let listed = prev["interfaces"].as_array().is_some_and(|ifs| {
             ifs.iter()
                 .any(|i| i["name"] == t.name.as_str() && i["sandbox"] == env.netns.as_str())

@@ -48,6 +48,17 @@ pub enum SocketNamespace {
     Container,
 }
 
+/// What a chained ADD answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainedResult {
+    /// prevResult plus the WireGuard interface, its IPs and routes (the default).
+    Append,
+    /// prevResult unchanged, as the original wireguard-cni answered. For chains
+    /// whose earlier plugins' CHECK assumes every result IP is on CNI_IFNAME
+    /// (the reference bridge plugin does).
+    Passthrough,
+}
+
 /// One peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConf {
@@ -115,6 +126,8 @@ pub struct NetConf {
     pub dns: Option<Value>,
     /// Accept a key file readable by group/others or not owned by us.
     pub allow_insecure_key_file: bool,
+    /// What a chained ADD answers.
+    pub chained_result: ChainedResult,
 }
 
 /// Default state directory.
@@ -557,6 +570,16 @@ impl NetConf {
             ));
         }
         let userspace_implementation = str_field(o, "userspaceImplementation")?.map(PathBuf::from);
+        let chained_result = match str_field(o, "chainedResult")? {
+            None | Some("append") => ChainedResult::Append,
+            Some("passthrough") => ChainedResult::Passthrough,
+            Some(other) => {
+                return Err(invalid(
+                    "chainedResult",
+                    format!("{other:?} is not \"append\" or \"passthrough\""),
+                ))
+            }
+        };
         let state_dir = PathBuf::from(str_field(o, "stateDir")?.unwrap_or(DEFAULT_STATE_DIR));
         if !state_dir.is_absolute() {
             return Err(invalid(
@@ -600,6 +623,7 @@ impl NetConf {
             log_file,
             dns: o.get("dns").filter(|d| d.is_object()).cloned(),
             allow_insecure_key_file,
+            chained_result,
         })
     }
 

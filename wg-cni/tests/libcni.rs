@@ -1,0 +1,457 @@
+//! End-to-end under a real CNI client: a small runtime written against
+//! libcni (tests/libcni-client, Debian's golang-github-appc-cni-dev), running
+//! conflists that chain the reference plugins (bridge + host-local + portmap)
+//! with wg-cni, shaped like the original wireguard-cni's flannel example, and
+//! a standalone conflist in every result version libcni knows.
+//!
+//! Two simulated nodes (namespaces joined by veth), a pod on each; the client
+//! runs inside each node's namespace, so bridges, iptables rules and
+//! WireGuard sockets all stay inside the test's namespaces.
+
+mod cni;
+#[path = "../../wg-netns/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cni::StateDir;
+use common::*;
+use serde_json::{json, Value};
+use wg_netns::PrivateKey;
+
+const PING_WITHIN: Duration = Duration::from_secs(12);
+const LIBCNI_SRC: &str = "/usr/share/gocode/src/github.com/containernetworking/cni/libcni";
+const PLUGINS: &str = "/usr/lib/cni";
+
+/// Build the client once per test process; `None` (after a SKIP or a
+/// failure under WG_NETNS_REQUIRE_ALL) when Go, libcni or the plugins are missing.
+fn client(test: &str) -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        if !Path::new(LIBCNI_SRC).is_dir() {
+            return Err("golang-github-appc-cni-dev (libcni sources) is not installed".into());
+        }
+        if !Path::new(PLUGINS).join("bridge").exists() {
+            return Err("containernetworking-plugins is not installed".into());
+        }
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cni-client");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libcni-client/main.go");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env(
+                "GOCACHE",
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gocache"),
+            )
+            .output()
+            .map_err(|e| format!("go is not installed ({e})"))?;
+        if !status.status.success() {
+            return Err(format!(
+                "building the libcni client: {}",
+                String::from_utf8_lossy(&status.stderr)
+            ));
+        }
+        Ok(out)
+    });
+    match built {
+        Ok(p) => Some(p.clone()),
+        Err(why) if require_all() => panic!("{test}: required but cannot run: {why}"),
+        Err(why) => {
+            eprintln!("SKIP {test}: {why}");
+            None
+        }
+    }
+}
+
+/// Run the client inside `node` for one verb; returns (stdout, elapsed).
+fn cni_client(
+    client: &Path,
+    node: &TestNs,
+    action: &str,
+    conflist: &Path,
+    cid: &str,
+    netns: &str,
+    ifname: &str,
+    cache: &Path,
+) -> Result<(String, Duration), String> {
+    let wg_cni_dir = cni::bin().parent().expect("bin dir").to_path_buf();
+    let out = node
+        .ns
+        .run(|| {
+            Command::new(client)
+                .args([
+                    action,
+                    conflist.to_str().unwrap_or_default(),
+                    cid,
+                    netns,
+                    ifname,
+                ])
+                .env("CNI_PATH", format!("{PLUGINS}:{}", wg_cni_dir.display()))
+                .env("CNI_CACHE_DIR", cache)
+                .output()
+        })
+        .expect("namespace thread")
+        .map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(stderr);
+    }
+    let ns: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("elapsed_ns="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        Duration::from_nanos(ns),
+    ))
+}
+
+struct Side {
+    node: TestNs,
+    pod: TestNs,
+    key: PrivateKey,
+    state: StateDir,
+    dir: PathBuf,
+}
+
+impl Side {
+    fn new(role: &str) -> Side {
+        let t = tag();
+        let dir = std::env::temp_dir().join(format!("wgcni-libcni-{}-{t}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Side {
+            node: TestNs::new(&format!("{role}node")),
+            pod: TestNs::new(&format!("{role}pod")),
+            key: PrivateKey::generate().expect("key"),
+            state: StateDir::new(&format!("lc{t}")),
+            dir,
+        }
+    }
+    fn netns(&self) -> String {
+        format!("/var/run/netns/{}", self.pod.name)
+    }
+    fn write_conflist(&self, v: &Value) -> PathBuf {
+        let p = self.dir.join("net.conflist");
+        std::fs::write(&p, v.to_string()).expect("write conflist");
+        p
+    }
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// wg-cni's part of the conflist: the original README's fields, verbatim, plus
+/// a listen port and a private state directory.
+fn wg_plugin(
+    me: &Side,
+    peer: &Side,
+    addr: &str,
+    endpoint: &str,
+    allowed: &str,
+    backend: &str,
+) -> Value {
+    json!({"type": "wg-cni", "address": addr, "privateKey": &*me.key.to_base64(),
+           "listenPort": 51820, "backend": backend, "stateDir": me.state.path(),
+           "peers": [{"endpoint": endpoint, "publicKey": peer.key.public_key().to_base64(),
+                      "allowedIPs": [allowed], "persistentKeepalive": "25s"}]})
+}
+
+fn backend_name(b: &wg_netns::Backend) -> &'static str {
+    if *b == wg_netns::Backend::Kernel {
+        "kernel"
+    } else {
+        "userspace"
+    }
+}
+
+fn nothing_left(s: &Side, cid: &str, ifname: &str) -> bool {
+    let birth = wg_netns::IfName::derived("wgc", &format!("wgnet/{cid}/{ifname}"))
+        .expect("name")
+        .to_string();
+    !s.node.link_names().contains(&birth)
+        && s.pod.link_names().iter().all(|l| l == "lo")
+        && !Path::new(&format!("/var/run/wireguard/{birth}.sock")).exists()
+        && !s
+            .state
+            .0
+            .join("wgnet")
+            .join(format!("{cid}-{ifname}.json"))
+            .exists()
+}
+
+#[test]
+fn original_conflist_bridge_hostlocal_portmap_wg_under_libcni() {
+    let Some(backend) = environment("original_conflist_bridge_hostlocal_portmap_wg_under_libcni")
+    else {
+        return;
+    };
+    let Some(client) = client("original_conflist_bridge_hostlocal_portmap_wg_under_libcni") else {
+        return;
+    };
+    if Command::new("iptables").arg("--version").output().is_err() {
+        assert!(!require_all(), "iptables (for portmap) is required");
+        eprintln!("SKIP: iptables is not installed");
+        return;
+    }
+    let (a, z) = (Side::new("a"), Side::new("z"));
+    let w = wire(&a.node, &z.node);
+    let x = (std::process::id() % 200 + 20) as u8;
+    let b = backend_name(&backend);
+    let conflist = |me: &Side, peer: &Side, subnet: &str, addr: &str, ep: &str, allowed: &str| {
+        json!({"cniVersion": "1.0.0", "name": "wgnet", "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "subnet": subnet, "routes": [{"dst": "0.0.0.0/0"}],
+                      "dataDir": me.dir.join("ipam").to_str()}},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": false},
+            wg_plugin(me, peer, addr, ep, allowed, b)
+        ]})
+    };
+    let (wa, wz) = (format!("10.13.{x}.1"), format!("10.13.{x}.2"));
+    let la = a.write_conflist(&conflist(
+        &a,
+        &z,
+        &format!("10.88.{x}.0/24"),
+        &format!("{wa}/24"),
+        &format!("{}:51820", w.b_ip),
+        &format!("{wz}/32"),
+    ));
+    let lz = z.write_conflist(&conflist(
+        &z,
+        &a,
+        &format!("10.89.{x}.0/24"),
+        &format!("{wz}/24"),
+        &format!("{}:51820", w.a_ip),
+        &format!("{wa}/32"),
+    ));
+    let (ca, cz) = (a.dir.join("cache"), z.dir.join("cache"));
+
+    let (res, _) = cni_client(
+        &client,
+        &a.node,
+        "add",
+        &la,
+        "pod-a",
+        &a.netns(),
+        "eth0",
+        &ca,
+    )
+    .expect("ADD a");
+    cni_client(
+        &client,
+        &z.node,
+        "add",
+        &lz,
+        "pod-z",
+        &z.netns(),
+        "eth0",
+        &cz,
+    )
+    .expect("ADD z");
+    let res: Value = serde_json::from_str(&res).expect("result JSON");
+    let names: Vec<&str> = res["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"cni0") && names.contains(&"eth0") && names.contains(&"wg0"),
+        "{res}"
+    );
+    assert!(res["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["address"] == format!("{wa}/24")));
+
+    assert!(
+        a.pod.ping(&format!("10.88.{x}.1"), PING_WITHIN),
+        "bridge network works"
+    );
+    assert!(
+        a.pod.ping(&wz, PING_WITHIN),
+        "pod a reaches pod z through WireGuard"
+    );
+    // The reference bridge plugin's CHECK (1.1.1, and upstream since) checks
+    // every result IP against CNI_IFNAME, ignoring ips[].interface, so it
+    // fails on wg0's address however correct the result is.
+    let e = cni_client(
+        &client,
+        &a.node,
+        "check",
+        &la,
+        "pod-a",
+        &a.netns(),
+        "eth0",
+        &ca,
+    )
+    .expect_err("bridge CHECK");
+    assert!(
+        e.contains(&format!("Failed to match addr {wa}/24 on interface eth0")),
+        "{e}"
+    );
+    // With "chainedResult": "passthrough" (the original's answer: prevResult
+    // unchanged) every plugin's CHECK passes, wg-cni's included.
+    let mut passthrough = conflist(
+        &a,
+        &z,
+        &format!("10.88.{x}.0/24"),
+        &format!("{wa}/24"),
+        &format!("{}:51820", w.b_ip),
+        &format!("{wz}/32"),
+    );
+    passthrough["plugins"][2]["chainedResult"] = json!("passthrough");
+    let lp = a.dir.join("passthrough.conflist");
+    std::fs::write(&lp, passthrough.to_string()).expect("write conflist");
+    cni_client(
+        &client,
+        &a.node,
+        "del",
+        &la,
+        "pod-a",
+        &a.netns(),
+        "eth0",
+        &ca,
+    )
+    .expect("DEL a");
+    let (res, _) = cni_client(
+        &client,
+        &a.node,
+        "add",
+        &lp,
+        "pod-a",
+        &a.netns(),
+        "eth0",
+        &ca,
+    )
+    .expect("ADD a, passthrough");
+    let res: Value = serde_json::from_str(&res).expect("result JSON");
+    assert!(
+        res["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["name"] != "wg0"),
+        "passthrough: {res}"
+    );
+    assert!(a.pod.ping(&wz, PING_WITHIN), "pod a reaches pod z again");
+    cni_client(
+        &client,
+        &a.node,
+        "check",
+        &lp,
+        "pod-a",
+        &a.netns(),
+        "eth0",
+        &ca,
+    )
+    .expect("CHECK a");
+    let la = lp;
+
+    cni_client(
+        &client,
+        &a.node,
+        "del",
+        &la,
+        "pod-a",
+        &a.netns(),
+        "eth0",
+        &ca,
+    )
+    .expect("DEL a");
+    cni_client(
+        &client,
+        &a.node,
+        "del",
+        &la,
+        "pod-a",
+        &a.netns(),
+        "eth0",
+        &ca,
+    )
+    .expect("DEL a twice");
+    cni_client(
+        &client,
+        &z.node,
+        "del",
+        &lz,
+        "pod-z",
+        &z.netns(),
+        "eth0",
+        &cz,
+    )
+    .expect("DEL z");
+    for (s, cid) in [(&a, "pod-a"), (&z, "pod-z")] {
+        assert!(
+            eventually(Duration::from_secs(5), || nothing_left(s, cid, "eth0")),
+            "leftovers for {cid}: pod links {:?}",
+            s.pod.link_names()
+        );
+    }
+}
+
+#[test]
+fn standalone_conflist_in_every_version_libcni_parses() {
+    let Some(backend) = environment("standalone_conflist_in_every_version_libcni_parses") else {
+        return;
+    };
+    let Some(client) = client("standalone_conflist_in_every_version_libcni_parses") else {
+        return;
+    };
+    let (a, z) = (Side::new("a"), Side::new("z"));
+    let w = wire(&a.node, &z.node);
+    let x = (std::process::id() % 200 + 20) as u8;
+    let b = backend_name(&backend);
+    let (wa, wz) = (format!("10.14.{x}.1"), format!("10.14.{x}.2"));
+    for version in ["0.3.1", "0.4.0", "1.0.0"] {
+        let la = a.write_conflist(&json!({"cniVersion": version, "name": "wgnet",
+            "plugins": [wg_plugin(&a, &z, &format!("{wa}/24"), &format!("{}:51820", w.b_ip), &format!("{wz}/32"), b)]}));
+        let lz = z.write_conflist(&json!({"cniVersion": version, "name": "wgnet",
+            "plugins": [wg_plugin(&z, &a, &format!("{wz}/24"), &format!("{}:51820", w.a_ip), &format!("{wa}/32"), b)]}));
+        let (ca, cz) = (a.dir.join("cache"), z.dir.join("cache"));
+        let (res, _) = cni_client(&client, &a.node, "add", &la, "sa", &a.netns(), "eth0", &ca)
+            .unwrap_or_else(|e| panic!("ADD {version}: {e}"));
+        cni_client(&client, &z.node, "add", &lz, "sz", &z.netns(), "eth0", &cz)
+            .unwrap_or_else(|e| panic!("ADD {version}: {e}"));
+        let res: Value = serde_json::from_str(&res).expect("result JSON");
+        assert_eq!(res["cniVersion"], version);
+        assert_eq!(res["interfaces"][0]["name"], "eth0");
+        assert!(
+            a.pod.ping(&wz, PING_WITHIN),
+            "{version}: ping through the tunnel"
+        );
+        if version != "0.3.1" {
+            cni_client(
+                &client,
+                &a.node,
+                "check",
+                &la,
+                "sa",
+                &a.netns(),
+                "eth0",
+                &ca,
+            )
+            .unwrap_or_else(|e| panic!("CHECK {version}: {e}"));
+        }
+        cni_client(&client, &a.node, "del", &la, "sa", &a.netns(), "eth0", &ca)
+            .unwrap_or_else(|e| panic!("DEL {version}: {e}"));
+        cni_client(&client, &z.node, "del", &lz, "sz", &z.netns(), "eth0", &cz)
+            .unwrap_or_else(|e| panic!("DEL {version}: {e}"));
+        for (s, cid) in [(&a, "sa"), (&z, "sz")] {
+            assert!(
+                eventually(Duration::from_secs(5), || nothing_left(s, cid, "eth0")),
+                "{version}: leftovers for {cid}"
+            );
+        }
+    }
+}
