@@ -69,19 +69,19 @@ fn client(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Run the client inside `node` for one verb; returns (stdout, elapsed).
+/// Run the client for one verb on `side`'s pod (CNI_IFNAME eth0), inside
+/// `side`'s node namespace with its private cache; returns (stdout, elapsed).
 fn cni_client(
     client: &Path,
-    node: &TestNs,
+    side: &Side,
     action: &str,
     conflist: &Path,
     cid: &str,
-    netns: &str,
-    ifname: &str,
-    cache: &Path,
 ) -> Result<(String, Duration), String> {
     let wg_cni_dir = cni::bin().parent().expect("bin dir").to_path_buf();
-    let out = node
+    let netns = side.netns();
+    let out = side
+        .node
         .ns
         .run(|| {
             Command::new(client)
@@ -89,11 +89,11 @@ fn cni_client(
                     action,
                     conflist.to_str().unwrap_or_default(),
                     cid,
-                    netns,
-                    ifname,
+                    &netns,
+                    "eth0",
                 ])
                 .env("CNI_PATH", format!("{PLUGINS}:{}", wg_cni_dir.display()))
-                .env("CNI_CACHE_DIR", cache)
+                .env("CNI_CACHE_DIR", side.dir.join("cache"))
                 .output()
         })
         .expect("namespace thread")
@@ -233,30 +233,9 @@ fn original_conflist_bridge_hostlocal_portmap_wg_under_libcni() {
         &format!("{}:51820", w.a_ip),
         &format!("{wa}/32"),
     ));
-    let (ca, cz) = (a.dir.join("cache"), z.dir.join("cache"));
 
-    let (res, _) = cni_client(
-        &client,
-        &a.node,
-        "add",
-        &la,
-        "pod-a",
-        &a.netns(),
-        "eth0",
-        &ca,
-    )
-    .expect("ADD a");
-    cni_client(
-        &client,
-        &z.node,
-        "add",
-        &lz,
-        "pod-z",
-        &z.netns(),
-        "eth0",
-        &cz,
-    )
-    .expect("ADD z");
+    let (res, _) = cni_client(&client, &a, "add", &la, "pod-a").expect("ADD a");
+    cni_client(&client, &z, "add", &lz, "pod-z").expect("ADD z");
     let res: Value = serde_json::from_str(&res).expect("result JSON");
     let names: Vec<&str> = res["interfaces"]
         .as_array()
@@ -285,17 +264,7 @@ fn original_conflist_bridge_hostlocal_portmap_wg_under_libcni() {
     // The reference bridge plugin's CHECK (1.1.1, and upstream since) checks
     // every result IP against CNI_IFNAME, ignoring ips[].interface, so it
     // fails on wg0's address however correct the result is.
-    let e = cni_client(
-        &client,
-        &a.node,
-        "check",
-        &la,
-        "pod-a",
-        &a.netns(),
-        "eth0",
-        &ca,
-    )
-    .expect_err("bridge CHECK");
+    let e = cni_client(&client, &a, "check", &la, "pod-a").expect_err("bridge CHECK");
     assert!(
         e.contains(&format!("Failed to match addr {wa}/24 on interface eth0")),
         "{e}"
@@ -313,28 +282,8 @@ fn original_conflist_bridge_hostlocal_portmap_wg_under_libcni() {
     passthrough["plugins"][2]["chainedResult"] = json!("passthrough");
     let lp = a.dir.join("passthrough.conflist");
     std::fs::write(&lp, passthrough.to_string()).expect("write conflist");
-    cni_client(
-        &client,
-        &a.node,
-        "del",
-        &la,
-        "pod-a",
-        &a.netns(),
-        "eth0",
-        &ca,
-    )
-    .expect("DEL a");
-    let (res, _) = cni_client(
-        &client,
-        &a.node,
-        "add",
-        &lp,
-        "pod-a",
-        &a.netns(),
-        "eth0",
-        &ca,
-    )
-    .expect("ADD a, passthrough");
+    cni_client(&client, &a, "del", &la, "pod-a").expect("DEL a");
+    let (res, _) = cni_client(&client, &a, "add", &lp, "pod-a").expect("ADD a, passthrough");
     let res: Value = serde_json::from_str(&res).expect("result JSON");
     assert!(
         res["interfaces"]
@@ -345,52 +294,12 @@ fn original_conflist_bridge_hostlocal_portmap_wg_under_libcni() {
         "passthrough: {res}"
     );
     assert!(a.pod.ping(&wz, PING_WITHIN), "pod a reaches pod z again");
-    cni_client(
-        &client,
-        &a.node,
-        "check",
-        &lp,
-        "pod-a",
-        &a.netns(),
-        "eth0",
-        &ca,
-    )
-    .expect("CHECK a");
+    cni_client(&client, &a, "check", &lp, "pod-a").expect("CHECK a");
     let la = lp;
 
-    cni_client(
-        &client,
-        &a.node,
-        "del",
-        &la,
-        "pod-a",
-        &a.netns(),
-        "eth0",
-        &ca,
-    )
-    .expect("DEL a");
-    cni_client(
-        &client,
-        &a.node,
-        "del",
-        &la,
-        "pod-a",
-        &a.netns(),
-        "eth0",
-        &ca,
-    )
-    .expect("DEL a twice");
-    cni_client(
-        &client,
-        &z.node,
-        "del",
-        &lz,
-        "pod-z",
-        &z.netns(),
-        "eth0",
-        &cz,
-    )
-    .expect("DEL z");
+    cni_client(&client, &a, "del", &la, "pod-a").expect("DEL a");
+    cni_client(&client, &a, "del", &la, "pod-a").expect("DEL a twice");
+    cni_client(&client, &z, "del", &lz, "pod-z").expect("DEL z");
     for (s, cid) in [(&a, "pod-a"), (&z, "pod-z")] {
         assert!(
             eventually(Duration::from_secs(5), || nothing_left(s, cid, "eth0")),
@@ -418,11 +327,9 @@ fn standalone_conflist_in_every_version_libcni_parses() {
             "plugins": [wg_plugin(&a, &z, &format!("{wa}/24"), &format!("{}:51820", w.b_ip), &format!("{wz}/32"), b)]}));
         let lz = z.write_conflist(&json!({"cniVersion": version, "name": "wgnet",
             "plugins": [wg_plugin(&z, &a, &format!("{wz}/24"), &format!("{}:51820", w.a_ip), &format!("{wa}/32"), b)]}));
-        let (ca, cz) = (a.dir.join("cache"), z.dir.join("cache"));
-        let (res, _) = cni_client(&client, &a.node, "add", &la, "sa", &a.netns(), "eth0", &ca)
+        let (res, _) = cni_client(&client, &a, "add", &la, "sa")
             .unwrap_or_else(|e| panic!("ADD {version}: {e}"));
-        cni_client(&client, &z.node, "add", &lz, "sz", &z.netns(), "eth0", &cz)
-            .unwrap_or_else(|e| panic!("ADD {version}: {e}"));
+        cni_client(&client, &z, "add", &lz, "sz").unwrap_or_else(|e| panic!("ADD {version}: {e}"));
         let res: Value = serde_json::from_str(&res).expect("result JSON");
         assert_eq!(res["cniVersion"], version);
         assert_eq!(res["interfaces"][0]["name"], "eth0");
@@ -431,22 +338,11 @@ fn standalone_conflist_in_every_version_libcni_parses() {
             "{version}: ping through the tunnel"
         );
         if version != "0.3.1" {
-            cni_client(
-                &client,
-                &a.node,
-                "check",
-                &la,
-                "sa",
-                &a.netns(),
-                "eth0",
-                &ca,
-            )
-            .unwrap_or_else(|e| panic!("CHECK {version}: {e}"));
+            cni_client(&client, &a, "check", &la, "sa")
+                .unwrap_or_else(|e| panic!("CHECK {version}: {e}"));
         }
-        cni_client(&client, &a.node, "del", &la, "sa", &a.netns(), "eth0", &ca)
-            .unwrap_or_else(|e| panic!("DEL {version}: {e}"));
-        cni_client(&client, &z.node, "del", &lz, "sz", &z.netns(), "eth0", &cz)
-            .unwrap_or_else(|e| panic!("DEL {version}: {e}"));
+        cni_client(&client, &a, "del", &la, "sa").unwrap_or_else(|e| panic!("DEL {version}: {e}"));
+        cni_client(&client, &z, "del", &lz, "sz").unwrap_or_else(|e| panic!("DEL {version}: {e}"));
         for (s, cid) in [(&a, "sa"), (&z, "sz")] {
             assert!(
                 eventually(Duration::from_secs(5), || nothing_left(s, cid, "eth0")),
