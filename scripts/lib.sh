@@ -35,3 +35,8 @@ ensure_cni_packages() {
     /usr/share/gocode/src/github.com/containernetworking/cni/libcni:golang-github-appc-cni-dev \
     /usr/lib/cni/bridge:containernetworking-plugins
 }
+
+# podman 4.3 with its CNI backend, for the podman end-to-end test.
+ensure_podman_packages() {
+  ensure_packages podman:podman runc:runc conmon:conmon /bin/busybox:busybox-static
+}

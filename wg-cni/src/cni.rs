@@ -296,6 +296,9 @@ pub fn parse_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
     Ok(out)
 }
 
+/// The `mac` reported for the WireGuard interface, which has none.
+pub const NO_MAC: &str = "00:00:00:00:00:00";
+
 /// One interface of a result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResultInterface {
@@ -344,6 +347,10 @@ pub fn build_result(
     let index = interfaces.len();
     let mut i = Map::new();
     i.insert("name".into(), json!(iface.name));
+    // WireGuard is layer 3 and has no hardware address, but clients parse
+    // the `mac` of every sandbox interface (podman 4 fails on an empty one):
+    // the all-zero address says "none" in a form they accept.
+    i.insert("mac".into(), json!(NO_MAC));
     i.insert("sandbox".into(), json!(iface.sandbox));
     if let (Some(mtu), true) = (iface.mtu, version >= Version::V1_1_0) {
         i.insert("mtu".into(), json!(mtu));

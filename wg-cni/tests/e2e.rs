@@ -286,7 +286,7 @@ fn chained_full_tunnel_check_detects_drift() {
     assert_eq!(ifs.len(), 3);
     assert_eq!(
         ifs[2],
-        json!({"name": "wg0", "sandbox": a.netns()}),
+        json!({"name": "wg0", "mac": "00:00:00:00:00:00", "sandbox": a.netns()}),
         "1.0.0 has no interface mtu"
     );
     assert_eq!(res["ips"][0]["gateway"], "10.88.0.1");
