@@ -254,18 +254,14 @@ pub(crate) fn wait_userspace_gone(
     pid: Option<u32>,
     grace: Duration,
 ) -> Result<()> {
-    let gone = |deadline: Instant| {
-        let mut delay = Duration::from_millis(2);
-        loop {
-            if !socket.exists() && pid.is_none_or(|p| !process_alive(p)) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(50));
+    let gone = |deadline: Instant| loop {
+        if !socket.exists() && pid.is_none_or(|p| !process_alive(p)) {
+            return true;
         }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(crate::uapi::POLL);
     };
     if gone(Instant::now() + grace) {
         return Ok(());

@@ -1,0 +1,234 @@
+//! CNI ADD and DEL wall time through the same libcni client, side by side in
+//! one run: Debian's bridge + host-local against wg-cni (one peer), and the
+//! whole chain bridge + host-local + wg-cni.
+//!
+//!     sudo cargo bench -p wg-netns-benches --bench cni [-- --rounds 20]
+//!
+//! Needs root, Go with Debian's libcni sources, the reference plugins and a
+//! WireGuard backend; builds wg-cni (release) and the libcni client itself.
+//! Everything runs inside a node namespace it creates; the WireGuard peer's
+//! endpoint is that namespace's loopback. Prints a Markdown table; timings are
+//! never asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use wg_netns::{Netns, PrivateKey, Rtnl};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn build(ws: &Path) -> Res<(PathBuf, PathBuf)> {
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-q", "-p", "wg-cni"])
+        .current_dir(ws)
+        .status()?;
+    if !st.success() {
+        return Err("building wg-cni failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("target"));
+    let client = target.join("cni-client-bench");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&client)
+        .arg(ws.join("wg-cni/tests/libcni-client/main.go"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", target.join("gocache"))
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the libcni client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok((target.join("release"), client))
+}
+
+struct Client {
+    bin: PathBuf,
+    cni_path: String,
+    cache: PathBuf,
+}
+
+impl Client {
+    fn run(
+        &self,
+        node: &Netns,
+        action: &str,
+        conflist: &Path,
+        cid: &str,
+        netns: &str,
+    ) -> Res<Duration> {
+        let out = node.run(|| {
+            Command::new(&self.bin)
+                .args([
+                    action,
+                    conflist.to_str().unwrap_or_default(),
+                    cid,
+                    netns,
+                    "eth0",
+                ])
+                .env("CNI_PATH", &self.cni_path)
+                .env("CNI_CACHE_DIR", &self.cache)
+                .output()
+        })??;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(format!("{action} {}: {stderr}", conflist.display()).into());
+        }
+        let ns: u64 = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("elapsed_ns="))
+            .and_then(|v| v.parse().ok())
+            .ok_or("no elapsed_ns from the client")?;
+        Ok(Duration::from_nanos(ns))
+    }
+}
+
+fn stats(v: &[Duration]) -> (Duration, Duration, Duration) {
+    let mut s = v.to_vec();
+    s.sort();
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root
+        || !Path::new("/usr/lib/cni/bridge").exists()
+        || Command::new("go").arg("version").output().is_err()
+    {
+        eprintln!("SKIP cni bench: needs root, Go + libcni sources (golang-github-appc-cni-dev) and containernetworking-plugins");
+        return Ok(());
+    }
+    let backend = wg_netns::Backend::detect()?;
+    let ws = workspace();
+    let (release, client_bin) = build(&ws)?;
+    let tag = std::process::id();
+    let dir = std::env::temp_dir().join(format!("wgcni-bench-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    let (node_name, pod_name) = (format!("wgbench-{tag}-node"), format!("wgbench-{tag}-pod"));
+    let node = Netns::create_named(&node_name)?;
+    struct Cleanup(Vec<String>, PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = Netns::remove_named(n);
+            }
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _cleanup = Cleanup(vec![node_name.clone(), pod_name.clone()], dir.clone());
+    let _pod = Netns::create_named(&pod_name)?;
+    let lo = Rtnl::open(&node)?;
+    lo.set_up(lo.link_by_name(&wg_netns::IfName::new("lo")?)?.index, true)?;
+    let pod_path = format!("/var/run/netns/{pod_name}");
+    let client = Client {
+        bin: client_bin,
+        cni_path: format!("/usr/lib/cni:{}", release.display()),
+        cache: dir.join("cache"),
+    };
+    let peer = PrivateKey::generate()?.public_key();
+    let b = if backend == wg_netns::Backend::Kernel {
+        "kernel"
+    } else {
+        "userspace"
+    };
+    let bridge = serde_json::json!({"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+        "ipam": {"type": "host-local", "subnet": "10.85.0.0/16", "dataDir": dir.join("ipam")}});
+    let wg = serde_json::json!({"type": "wg-cni", "address": "10.13.13.2/24", "listenPort": 51820,
+        "backend": b, "stateDir": dir.join("state"), "logFile": dir.join("wg-cni.log"),
+        "peers": [{"endpoint": "127.0.0.1:51999", "publicKey": peer.to_base64(), "allowedIPs": ["10.13.13.0/24"], "persistentKeepalive": "25s"}]});
+    let write = |name: &str, plugins: serde_json::Value| -> Res<PathBuf> {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            serde_json::json!({"cniVersion": "1.0.0", "name": "bench", "plugins": plugins})
+                .to_string(),
+        )?;
+        Ok(p)
+    };
+    let lists = [
+        (
+            "bridge + host-local",
+            write("bridge.conflist", serde_json::json!([bridge.clone()]))?,
+        ),
+        (
+            "wg-cni (one peer)",
+            write("wg.conflist", serde_json::json!([wg.clone()]))?,
+        ),
+        (
+            "bridge + host-local + wg-cni",
+            write("chain.conflist", serde_json::json!([bridge, wg]))?,
+        ),
+    ];
+    let mut adds = vec![Vec::new(); lists.len()];
+    let mut dels = vec![Vec::new(); lists.len()];
+    // Warm-up round (page cache, first bridge creation), not counted.
+    for (_, l) in &lists {
+        client.run(&node, "add", l, "warm", &pod_path)?;
+        client.run(&node, "del", l, "warm", &pod_path)?;
+    }
+    for round in 0..rounds {
+        // Rotate the order each round so no configuration always goes first.
+        for k in 0..lists.len() {
+            let i = (k + round) % lists.len();
+            let cid = format!("bench-{round}-{i}");
+            adds[i].push(client.run(&node, "add", &lists[i].1, &cid, &pod_path)?);
+            dels[i].push(client.run(&node, "del", &lists[i].1, &cid, &pod_path)?);
+        }
+    }
+    println!(
+        "backend: {:?}; {rounds} rounds, rotating order; wall time of the libcni call",
+        backend.kind()
+    );
+    println!();
+    println!("| conflist | ADD median (min-max) | DEL median (min-max) | ADD vs bridge | DEL vs bridge |");
+    println!("|---|---:|---:|---:|---:|");
+    let (ba, _, _) = stats(&adds[0]);
+    let (bd, _, _) = stats(&dels[0]);
+    for (i, (name, _)) in lists.iter().enumerate() {
+        let (a, amin, amax) = stats(&adds[i]);
+        let (d, dmin, dmax) = stats(&dels[i]);
+        println!(
+            "| {name} | {} ({}-{}) | {} ({}-{}) | {:.2}x | {:.2}x |",
+            ms(a),
+            ms(amin),
+            ms(amax),
+            ms(d),
+            ms(dmin),
+            ms(dmax),
+            a.as_secs_f64() / ba.as_secs_f64(),
+            d.as_secs_f64() / bd.as_secs_f64()
+        );
+    }
+    Ok(())
+}
