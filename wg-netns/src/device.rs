@@ -34,24 +34,49 @@ use crate::key::{PresharedKey, PrivateKey, PublicKey};
 use crate::rtnl::normalize;
 
 /// The configuration of one peer, as a change to apply.
+///
+/// With the `serde` feature it deserializes from camelCase JSON (keys in
+/// base64, `persistentKeepalive` in whole seconds):
+/// `{"publicKey": "...", "endpoint": "192.0.2.1:51820", "allowedIps": ["10.0.0.0/24"], "persistentKeepalive": 25}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase", deny_unknown_fields))]
 pub struct PeerConfig {
     /// The peer's public key (its identity).
     pub public_key: PublicKey,
     /// Preshared key: `None` leaves it unchanged, an all-zero key removes it.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub preshared_key: Option<PresharedKey>,
     /// Endpoint: `None` leaves it unchanged.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub endpoint: Option<SocketAddr>,
     /// Allowed IPs to add (or to set, with [`PeerConfig::replace_allowed_ips`]).
+    #[cfg_attr(feature = "serde", serde(default))]
     pub allowed_ips: Vec<IpNetwork>,
     /// Persistent keepalive: `None` leaves it unchanged, zero turns it off.
+    #[cfg_attr(feature = "serde", serde(default, with = "serde_secs"))]
     pub persistent_keepalive: Option<Duration>,
     /// Replace the peer's allowed IPs instead of adding to them.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub replace_allowed_ips: bool,
     /// Remove this peer.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub remove: bool,
     /// Only update the peer if it exists; never create it.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub update_only: bool,
+}
+
+/// Whole seconds for `Option<Duration>` in serialized configurations.
+#[cfg(feature = "serde")]
+mod serde_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_secs))
+    }
 }
 
 impl PeerConfig {
@@ -121,7 +146,12 @@ impl PeerConfig {
 }
 
 /// A change to a WireGuard device.
+///
+/// With the `serde` feature it deserializes from camelCase JSON, every field
+/// optional: `{"privateKey": "...", "listenPort": 51820, "replacePeers": true, "peers": [...]}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase", default, deny_unknown_fields))]
 pub struct DeviceConfig {
     /// Private key: `None` leaves it unchanged; an all-zero key removes it.
     pub private_key: Option<PrivateKey>,
@@ -561,6 +591,29 @@ mod tests {
             d.peers[0].persistent_keepalive,
             Some(Duration::from_secs(25))
         );
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn deserializes_from_json_with_secrets_redacted() {
+        let k = PrivateKey::generate().unwrap();
+        let peer = PrivateKey::generate().unwrap().public_key();
+        let json = format!(
+            r#"{{"privateKey": "{}", "listenPort": 51820, "replacePeers": true,
+                "peers": [{{"publicKey": "{peer}", "endpoint": "[fd00::1]:51820",
+                            "allowedIps": ["10.0.0.0/24", "fd00::/64"], "persistentKeepalive": 25}}]}}"#,
+            &*k.to_base64()
+        );
+        let cfg: DeviceConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(cfg.private_key.as_ref(), Some(&k));
+        assert_eq!(cfg.listen_port, Some(51820));
+        assert!(cfg.replace_peers);
+        assert_eq!(cfg.peers[0].public_key, peer);
+        assert_eq!(cfg.peers[0].persistent_keepalive, Some(Duration::from_secs(25)));
+        assert_eq!(cfg.peers[0].allowed_ips.len(), 2);
+        assert!(!format!("{cfg:?}").contains(&*k.to_base64()));
+        assert!(serde_json::from_str::<DeviceConfig>(r#"{"peers": [{"publicKey": "bad"}]}"#).is_err());
+        assert!(serde_json::from_str::<DeviceConfig>(r#"{"unknown": 1}"#).is_err());
     }
 
     #[test]
