@@ -118,7 +118,7 @@ impl Drop for Trial<'_> {
         if let Ok(r) = Rtnl::open(self.ns) {
             let _ = r.delete_link(self.index);
         }
-        let _ = wg_netns::cleanup_birth(self.ns, &self.name, self.backend, None);
+        let _ = wg_netns::cleanup_birth(self.ns, &self.name, self.backend);
     }
 }
 

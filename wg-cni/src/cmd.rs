@@ -66,40 +66,30 @@ fn userspace(conf: &NetConf) -> Userspace {
 }
 
 /// The backend the configuration asks for, or code 50 when there is none.
+/// A failure to find out (netlink refusing the question) is code 5, not 50.
 fn backend(conf: &NetConf) -> Result<Backend, CniError> {
+    let kernel = || Backend::probe_kernel().map_err(CniError::from);
+    let userspace_or = |why: String| {
+        let u = userspace(conf);
+        match u.resolve() {
+            Some(_) => Ok(Backend::Userspace(u)),
+            None => Err(CniError::new(
+                Code::NotAvailable,
+                why,
+                format!("{} is not installed", u.program.display()),
+            )),
+        }
+    };
     match conf.backend.as_str() {
-        "kernel" if Backend::kernel_available() => Ok(Backend::Kernel),
+        "kernel" if kernel()? => Ok(Backend::Kernel),
         "kernel" => Err(CniError::new(
             Code::NotAvailable,
             "kernel WireGuard is not available",
             "backend \"kernel\" was configured",
         )),
-        "userspace" => {
-            let u = userspace(conf);
-            match u.resolve() {
-                Some(_) => Ok(Backend::Userspace(u)),
-                None => Err(CniError::new(
-                    Code::NotAvailable,
-                    "userspace WireGuard is not available",
-                    format!("{} is not installed", u.program.display()),
-                )),
-            }
-        }
-        _ if Backend::kernel_available() => Ok(Backend::Kernel),
-        _ => {
-            let u = userspace(conf);
-            match u.resolve() {
-                Some(_) => Ok(Backend::Userspace(u)),
-                None => Err(CniError::new(
-                    Code::NotAvailable,
-                    "no WireGuard backend",
-                    format!(
-                        "the kernel has no WireGuard and {} is not installed",
-                        u.program.display()
-                    ),
-                )),
-            }
-        }
+        "userspace" => userspace_or("userspace WireGuard is not available".into()),
+        _ if kernel()? => Ok(Backend::Kernel),
+        _ => userspace_or("no WireGuard backend: the kernel has no WireGuard".into()),
     }
 }
 
@@ -176,7 +166,7 @@ fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
         }
         None => {
             // Whatever a crashed ADD may have left at the birthplace.
-            cleanup_birth(birth_ns, &birth, &backend, None)?;
+            cleanup_birth(birth_ns, &birth, &backend)?;
             let key = conf.load_private_key()?;
             let mtu = plan::mtu(conf, underlay_mtu(birth_ns, conf));
             let spec = plan::interface_spec(conf, birth.clone(), name.clone(), key, mtu);
@@ -316,7 +306,7 @@ impl Teardown {
                 Birthplace::new(pod, pod, &self.backend).detach(&self.name, &self.birth)?;
             }
             (None, SocketNamespace::Host) => {
-                cleanup_birth(&host, &self.birth, &self.backend, None)?;
+                cleanup_birth(&host, &self.birth, &self.backend)?;
             }
             (None, SocketNamespace::Container) => {
                 // The runtime let go of the namespace, but a userspace daemon

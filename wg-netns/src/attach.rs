@@ -283,19 +283,16 @@ impl<'a> Birthplace<'a> {
     /// was removed.
     pub fn detach(&self, name: &IfName, birth_name: &IfName) -> Result<bool> {
         let mut removed = false;
-        let pid = match self.backend {
-            Backend::Userspace(u) => WgDevice::open_userspace(u, birth_name.as_str())
-                .ok()
-                .and_then(|d| d.daemon_pid()),
-            Backend::Kernel => None,
-        };
         let rtnl = Rtnl::open(self.target)?;
         if let Ok(l) = rtnl.link_by_name(name) {
-            // Only delete what is ours: a WireGuard link, or a TUN whose
-            // control socket is our birth name.
+            // Only delete what is ours: a WireGuard link, or a TUN served by
+            // a daemon of our birth name.
             let ours = match self.backend {
                 Backend::Kernel => l.kind.as_deref() == Some("wireguard"),
-                Backend::Userspace(_) => pid.is_some(),
+                Backend::Userspace(u) => {
+                    l.kind.as_deref() == Some("tun")
+                        && !u.daemon_pids(birth_name.as_str()).is_empty()
+                }
             };
             if ours {
                 match rtnl.delete_link(l.index) {
@@ -305,7 +302,7 @@ impl<'a> Birthplace<'a> {
                 }
             }
         }
-        removed |= cleanup_birth(self.birth, birth_name, self.backend, pid)?;
+        removed |= cleanup_birth(self.birth, birth_name, self.backend)?;
         Ok(removed)
     }
 }
@@ -313,12 +310,7 @@ impl<'a> Birthplace<'a> {
 /// Remove what an attachment may have left at its birthplace when the target
 /// namespace is gone or was never reached: a link still called `birth_name`,
 /// and a userspace daemon with its socket. Idempotent.
-pub fn cleanup_birth(
-    birth: &Netns,
-    birth_name: &IfName,
-    backend: &Backend,
-    pid: Option<u32>,
-) -> Result<bool> {
+pub fn cleanup_birth(birth: &Netns, birth_name: &IfName, backend: &Backend) -> Result<bool> {
     let mut removed = false;
     let rtnl = Rtnl::open(birth)?;
     if let Ok(l) = rtnl.link_by_name(birth_name) {
@@ -331,14 +323,9 @@ pub fn cleanup_birth(
         }
     }
     if let Backend::Userspace(u) = backend {
-        let socket = u.socket_path(birth_name.as_str());
-        let pid = pid.or_else(|| {
-            WgDevice::open_userspace(u, birth_name.as_str())
-                .ok()
-                .and_then(|d| d.daemon_pid())
-        });
-        if socket.exists() || pid.is_some() {
-            wait_userspace_gone(u, &socket, pid, std::time::Duration::from_secs(3))?;
+        let name = birth_name.as_str();
+        if u.socket_path(name).exists() || !u.daemon_pids(name).is_empty() {
+            wait_userspace_gone(u, name, std::time::Duration::from_secs(3))?;
             removed = true;
         }
     }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::kernel::KernelConn;
 use crate::netns::Netns;
 use crate::rtnl::{IfName, Link, Rtnl};
-use crate::uapi::{UapiConn, Userspace};
+use crate::uapi::{process_alive, UapiConn, Userspace};
 
 /// Which WireGuard implementation drives a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,13 @@ impl Backend {
     /// True when the running kernel has WireGuard (the `wireguard` generic
     /// netlink family resolves; the kernel loads the module on demand).
     pub fn kernel_available() -> bool {
-        matches!(KernelConn::current(), Ok(Some(_)))
+        Self::probe_kernel().unwrap_or(false)
+    }
+
+    /// Like [`Backend::kernel_available`], but a failure to ask (the netlink
+    /// socket or request failing) is an error rather than "no".
+    pub fn probe_kernel() -> Result<bool> {
+        KernelConn::current().map(|c| c.is_some())
     }
 
     /// Kernel WireGuard when available, else the userspace implementation
@@ -227,35 +233,47 @@ impl WgDevice {
     /// For a userspace device, the daemon's process id.
     pub fn daemon_pid(&self) -> Option<u32> {
         match &self.control {
-            Control::Userspace { conn, .. } => conn.daemon_pid().ok(),
+            Control::Userspace { conn, userspace } => {
+                userspace
+                    .daemon_pids(conn.name())
+                    .first()
+                    .copied()
+                    .or_else(|| {
+                        // An implementation that does not re-execute itself is
+                        // the process behind the socket.
+                        conn.peer_pid()
+                            .ok()
+                            .filter(|p| process_alive(*p) && userspace.is_implementation(*p))
+                    })
+            }
             Control::Kernel { .. } => None,
         }
     }
 
-    /// Stop a userspace daemon that is still running after its interface was
-    /// deleted (normally it exits by itself within a second). Only the process
-    /// behind this device's socket is signalled, and only when its executable
-    /// is the configured implementation. No-op for kernel devices.
+    /// Stop a userspace daemon that is still running (normally it exits by
+    /// itself within a second of its interface being deleted). Only processes
+    /// of the configured implementation serving this device are signalled.
+    /// No-op for kernel devices.
     pub(crate) fn stop_daemon(&self) -> Result<()> {
         let Control::Userspace { conn, userspace } = &self.control else {
             return Ok(());
         };
-        let pid = conn.daemon_pid().ok();
-        wait_userspace_gone(userspace, conn.socket(), pid, Duration::from_secs(3))
+        wait_userspace_gone(userspace, conn.name(), Duration::from_secs(3))
     }
 }
 
-/// Wait until the daemon behind `socket` has gone; if it has not within
-/// `grace`, send it SIGTERM (if it is the configured implementation), wait
-/// again, and remove a stale socket file.
+/// Wait until the daemon of device `name` has gone; if it has not within
+/// `grace`, send SIGTERM to its processes, wait again, and remove a stale
+/// socket file.
 pub(crate) fn wait_userspace_gone(
     userspace: &Userspace,
-    socket: &std::path::Path,
-    pid: Option<u32>,
+    name: &str,
     grace: Duration,
 ) -> Result<()> {
+    let socket = userspace.socket_path(name);
+    let pids = userspace.daemon_pids(name);
     let gone = |deadline: Instant| loop {
-        if !socket.exists() && pid.is_none_or(|p| !process_alive(p)) {
+        if !socket.exists() && pids.iter().all(|p| !process_alive(*p)) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -266,15 +284,15 @@ pub(crate) fn wait_userspace_gone(
     if gone(Instant::now() + grace) {
         return Ok(());
     }
-    if let Some(pid) = pid.filter(|p| is_implementation(userspace, *p)) {
+    for pid in userspace.daemon_pids(name) {
         if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
         }
-        gone(Instant::now() + Duration::from_secs(3));
     }
+    gone(Instant::now() + Duration::from_secs(3));
     // Nobody answers on it any more: a stale file.
-    if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_err() {
-        let _ = std::fs::remove_file(socket);
+    if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        let _ = std::fs::remove_file(&socket);
     }
     if socket.exists() {
         return Err(Error::Uapi {
@@ -283,28 +301,4 @@ pub(crate) fn wait_userspace_gone(
         });
     }
     Ok(())
-}
-
-fn process_alive(pid: u32) -> bool {
-    // A zombie still has /proc/PID; treat "Z" state as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn is_implementation(userspace: &Userspace, pid: u32) -> bool {
-    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
-    let want = userspace
-        .resolve()
-        .and_then(|p| std::fs::canonicalize(p).ok());
-    let exe_name = exe.file_name();
-    match want {
-        Some(w) => w == exe || w.file_name() == exe_name,
-        None => exe_name == userspace.program.file_name(),
-    }
 }

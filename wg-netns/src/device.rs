@@ -40,7 +40,10 @@ use crate::rtnl::normalize;
 /// `{"publicKey": "...", "endpoint": "192.0.2.1:51820", "allowedIps": ["10.0.0.0/24"], "persistentKeepalive": 25}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "camelCase", deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(rename_all = "camelCase", deny_unknown_fields)
+)]
 pub struct PeerConfig {
     /// The peer's public key (its identity).
     pub public_key: PublicKey,
@@ -151,7 +154,10 @@ impl PeerConfig {
 /// optional: `{"privateKey": "...", "listenPort": 51820, "replacePeers": true, "peers": [...]}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "camelCase", default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(rename_all = "camelCase", default, deny_unknown_fields)
+)]
 pub struct DeviceConfig {
     /// Private key: `None` leaves it unchanged; an all-zero key removes it.
     pub private_key: Option<PrivateKey>,
@@ -609,10 +615,15 @@ mod tests {
         assert_eq!(cfg.listen_port, Some(51820));
         assert!(cfg.replace_peers);
         assert_eq!(cfg.peers[0].public_key, peer);
-        assert_eq!(cfg.peers[0].persistent_keepalive, Some(Duration::from_secs(25)));
+        assert_eq!(
+            cfg.peers[0].persistent_keepalive,
+            Some(Duration::from_secs(25))
+        );
         assert_eq!(cfg.peers[0].allowed_ips.len(), 2);
         assert!(!format!("{cfg:?}").contains(&*k.to_base64()));
-        assert!(serde_json::from_str::<DeviceConfig>(r#"{"peers": [{"publicKey": "bad"}]}"#).is_err());
+        assert!(
+            serde_json::from_str::<DeviceConfig>(r#"{"peers": [{"publicKey": "bad"}]}"#).is_err()
+        );
         assert!(serde_json::from_str::<DeviceConfig>(r#"{"unknown": 1}"#).is_err());
     }
 

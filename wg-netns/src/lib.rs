@@ -43,6 +43,7 @@ mod attach;
 mod backend;
 mod device;
 mod error;
+mod fault;
 mod kernel;
 pub mod key;
 mod netlink;

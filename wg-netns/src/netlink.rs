@@ -81,6 +81,7 @@ impl NlConn {
         seq: u32,
         mut on_msg: impl FnMut(u16, &[u8]) -> Result<()>,
     ) -> Result<()> {
+        crate::fault::check(op)?;
         self.sock
             .send(request, Msg::empty())
             .map_err(|source| Error::Netlink {

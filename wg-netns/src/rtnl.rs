@@ -431,7 +431,7 @@ impl Rtnl {
             NlmF::CREATE | NlmF::EXCL,
             msg,
         )?;
-        self.link_by_name(name)
+        self.created(name)
     }
 
     /// Create a veth pair: `name` here, `peer_name` in `peer_netns` (here if
@@ -478,7 +478,35 @@ impl Rtnl {
             NlmF::CREATE | NlmF::EXCL,
             msg,
         )?;
-        self.link_by_name(name)
+        self.created(name)
+    }
+
+    /// Look up a link just created; if that fails, remove it again so a
+    /// failed create leaves nothing behind.
+    fn created(&self, name: &IfName) -> Result<Link> {
+        self.link_by_name(name).inspect_err(|_| {
+            let _ = self.delete_link_by_name(name);
+        })
+    }
+
+    /// Delete the link called `name`. [`Error::is_not_found`] when there is none.
+    pub fn delete_link_by_name(&self, name: &IfName) -> Result<()> {
+        let msg = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::Unspecified)
+            .rtattrs(
+                vec![attr(Ifla::Ifname, cstr(name.as_str()))?]
+                    .into_iter()
+                    .collect::<RtBuffer<_, _>>(),
+            )
+            .build()
+            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+        self.ack(
+            "RTM_DELLINK",
+            &|| name.to_string(),
+            Rtm::Dellink,
+            NlmF::empty(),
+            msg,
+        )
     }
 
     /// Create a WireGuard link (kernel WireGuard only).

@@ -292,6 +292,40 @@ impl Userspace {
         self.socket_dir.join(format!("{name}.sock"))
     }
 
+    /// The running daemons of device `name`: processes whose executable is
+    /// this implementation and whose last argument is `name` (wireguard-go's
+    /// daemon re-executes itself with the same arguments, so the process that
+    /// bound the socket, which `SO_PEERCRED` names, has exited by then).
+    /// Birth names are unique on the machine, so this finds only ours.
+    pub fn daemon_pids(&self, name: &str) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    c.split(|b| *b == 0).rfind(|a| !a.is_empty()) == Some(name.as_bytes())
+                })
+            })
+            .filter(|pid| process_alive(*pid) && self.is_implementation(*pid))
+            .collect()
+    }
+
+    /// True when process `pid` runs this implementation's executable.
+    pub(crate) fn is_implementation(&self, pid: u32) -> bool {
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            return false;
+        };
+        let want = self.resolve().and_then(|p| std::fs::canonicalize(p).ok());
+        let exe_name = exe.file_name();
+        match want {
+            Some(w) => w == exe || w.file_name() == exe_name,
+            None => exe_name == self.program.file_name(),
+        }
+    }
+
     /// Start the implementation for interface `name` in the calling thread's
     /// namespace (call inside [`crate::Netns::run`]) and wait, with bounded
     /// back-off, until its control socket answers.
@@ -318,6 +352,7 @@ impl Userspace {
         let path = self
             .resolve()
             .ok_or_else(|| spawn_err("program not found".into()))?;
+        crate::fault::check("start userspace daemon")?;
         let mut child = Command::new(&path)
             .args(&self.args)
             .arg(name)
@@ -355,6 +390,16 @@ impl Userspace {
             }
             std::thread::sleep(POLL);
         }
+    }
+}
+
+/// True when `pid` exists and is not a zombie.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
     }
 }
 
@@ -398,10 +443,6 @@ impl UapiConn {
         Ok(c)
     }
 
-    pub(crate) fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     fn stream(&self) -> Result<UnixStream> {
         let s = UnixStream::connect(&self.socket).map_err(|e| {
             if matches!(
@@ -421,8 +462,15 @@ impl UapiConn {
         Ok(s)
     }
 
-    /// PID of the daemon behind the socket (`SO_PEERCRED`).
-    pub(crate) fn daemon_pid(&self) -> Result<u32> {
+    /// The device (socket) name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// PID of the process that created the listening socket (`SO_PEERCRED`).
+    /// For wireguard-go that is the parent that daemonized and exited, so use
+    /// [`Userspace::daemon_pids`] to find the daemon.
+    pub(crate) fn peer_pid(&self) -> Result<u32> {
         let s = self.stream()?;
         let cred = rustix::net::sockopt::socket_peercred(&s).map_err(|e| {
             Error::io(
@@ -435,6 +483,7 @@ impl UapiConn {
 
     /// Send `request` and read the reply up to the blank line that ends it.
     fn exchange(&self, request: &[u8]) -> Result<Zeroizing<String>> {
+        crate::fault::check("UAPI exchange")?;
         let mut s = self.stream()?;
         s.write_all(request)
             .map_err(|e| Error::io(format!("writing to {}", self.socket.display()), e))?;

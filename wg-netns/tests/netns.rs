@@ -381,9 +381,9 @@ fn pod_namespace_deleted_then_cleanup() {
             .expect("attach");
         assert!(node.udp_ports().contains(&51999));
     } // the pod namespace is deleted here, with our interface in it
-    cleanup_birth(&node.ns, &birth, &backend, None).expect("cleanup");
+    cleanup_birth(&node.ns, &birth, &backend).expect("cleanup");
     assert!(
-        cleanup_birth(&node.ns, &birth, &backend, None).is_ok(),
+        cleanup_birth(&node.ns, &birth, &backend).is_ok(),
         "idempotent"
     );
     assert!(

@@ -255,6 +255,6 @@ pub struct BirthGuard<'a> {
 
 impl Drop for BirthGuard<'_> {
     fn drop(&mut self) {
-        let _ = wg_netns::cleanup_birth(&self.ns.ns, &self.birth, &self.backend, None);
+        let _ = wg_netns::cleanup_birth(&self.ns.ns, &self.birth, &self.backend);
     }
 }
