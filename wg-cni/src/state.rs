@@ -130,8 +130,17 @@ impl StateDir {
     }
 
     /// The directory-wide lock: shared for ADD/DEL/CHECK, exclusive for GC.
+    ///
+    /// `flock` has no fairness: with pods churning, shared holders overlap
+    /// forever and an exclusive GC would starve (seen in the stress test: one
+    /// GC in a 30 s run). So everyone passes a turnstile first, held only
+    /// while taking the main lock: a waiting GC holds it, new ADD/DEL queue
+    /// behind it, and GC gets in as soon as the current ones finish.
     pub fn lock_all(&self, exclusive: bool) -> Result<Lock, CniError> {
-        self.lock_file(&self.dir.join("lock"), exclusive)
+        let turnstile = self.lock_file(&self.dir.join("lock.turnstile"), true)?;
+        let main = self.lock_file(&self.dir.join("lock"), exclusive);
+        drop(turnstile);
+        main
     }
 
     fn record_path(&self, network: &str, container_id: &str, ifname: &str) -> PathBuf {
