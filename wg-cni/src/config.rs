@@ -822,6 +822,16 @@ mod tests {
     }
 
     #[test]
+    fn debug_of_the_parsed_configuration_shows_no_secret() {
+        let c = parse(json!({"cniVersion": "1.0.0", "name": "n", "privateKey": K1,
+            "peers": [{"publicKey": P2, "presharedKey": K1}]}))
+        .unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains(K1), "{printed}");
+        assert!(printed.contains("redacted"));
+    }
+
+    #[test]
     fn go_durations() {
         for (s, secs) in [
             ("25s", 25),

@@ -331,3 +331,55 @@ pub fn cleanup_birth(birth: &Netns, birth_name: &IfName, backend: &Backend) -> R
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Device, Peer, PeerConfig, PresharedKey, PrivateKey};
+
+    /// Debug of every public type that can hold key material shows none of it.
+    #[test]
+    fn no_public_type_prints_a_secret() {
+        let k = PrivateKey::generate().unwrap();
+        let psk = PresharedKey::generate().unwrap();
+        let peer_cfg = PeerConfig::new(k.public_key())
+            .preshared_key(psk.clone())
+            .allowed_ip("10.0.0.0/24".parse().unwrap());
+        let cfg = DeviceConfig::new()
+            .private_key(k.clone())
+            .peer(peer_cfg.clone());
+        let spec = InterfaceSpec::new(IfName::new("a").unwrap(), IfName::new("b").unwrap())
+            .device(cfg.clone());
+        let mut dev = Device::default();
+        dev.apply(&cfg);
+        let mut peer = Peer::new(k.public_key());
+        peer.preshared_key = Some(psk.clone());
+        let err = crate::Error::Key(crate::KeyError::Encoding {
+            kind: "private key",
+        });
+        let printed = [
+            format!("{k:?} {k}"),
+            format!("{psk:?} {psk}"),
+            format!("{peer_cfg:?}"),
+            format!("{cfg:?}"),
+            format!("{spec:?}"),
+            format!("{dev:?}"),
+            format!("{peer:?}"),
+            format!("{err:?} {err}"),
+        ];
+        let secrets = [k.to_base64(), psk.to_base64()];
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        for p in &printed {
+            for s in &secrets {
+                assert!(!p.contains(s.as_str()), "{p}");
+            }
+            assert!(
+                !p.contains(&hex(k.as_bytes())) && !p.contains(&hex(psk.as_bytes())),
+                "{p}"
+            );
+            // No raw byte arrays either.
+            assert!(!p.contains(&format!("{:?}", k.as_bytes())), "{p}");
+            assert!(!p.contains(&format!("{:?}", psk.as_bytes())), "{p}");
+        }
+    }
+}

@@ -73,6 +73,10 @@ pub mod fuzzing {
     pub fn parse_uapi_get(text: &str) {
         let _ = crate::uapi::parse_get("fuzz", text);
     }
+    /// Feed bytes to the rtnetlink link and route decoders.
+    pub fn decode_rtnl(bytes: &[u8]) {
+        crate::rtnl::fuzz_decode(bytes);
+    }
     /// Walk netlink attributes.
     pub fn walk_attrs(bytes: &[u8]) {
         for a in crate::netlink::AttrIter::new(bytes) {

@@ -866,6 +866,15 @@ fn decode_err(op: &'static str) -> impl Fn(neli::err::DeError) -> Error {
     }
 }
 
+/// Run both decoders on arbitrary bytes (fuzzing entry point).
+pub(crate) fn fuzz_decode(p: &[u8]) {
+    let _ = parse_link(p);
+    let _ = parse_route(p);
+    if let Ok(m) = Ifaddrmsg::from_bytes_with_input(&mut Cursor::new(p), p.len()) {
+        let _ = m.rtattrs().iter().count();
+    }
+}
+
 fn parse_link(p: &[u8]) -> Result<Link> {
     let m = Ifinfomsg::from_bytes_with_input(&mut Cursor::new(p), p.len())
         .map_err(decode_err("RTM_GETLINK"))?;

@@ -1,0 +1,19 @@
+//! CNI network configuration + prevResult: parse, and when valid, build every
+//! version's result from it (what ADD answers).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use wg_cni::cni::{build_result, ResultInterface, Version};
+use wg_cni::config::NetConf;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(conf) = NetConf::parse(data) {
+        let name = conf.interface_name.clone();
+        let (iface, ips, routes) = wg_cni::plan::result_parts(&conf, &name, "/var/run/netns/x", 1420);
+        let _: &ResultInterface = &iface;
+        for v in [Version::V0_3_1, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0] {
+            let r = build_result(v, conf.prev_result.as_ref(), &iface, &ips, &routes, conf.dns.as_ref());
+            assert_eq!(r["cniVersion"], v.as_str());
+        }
+        let _ = wg_cni::plan::device_config(&conf, None);
+    }
+});
