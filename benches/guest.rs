@@ -1,0 +1,298 @@
+//! Benchmarks on kernel WireGuard, run inside the qemu guest by
+//! `scripts/kernel-tests --bench` (emulated CPU: only ratios count).
+//!
+//! 1. wg-cni ADD and DEL (one peer, kernel backend, the plugin binary run with
+//!    CNI environment and stdin) against the same work done by the standard
+//!    tools: `ip link add type wireguard`, `wg set`, `ip link set netns`,
+//!    `ip addr`, `ip link set up`, `ip route`; and `ip link del`.
+//! 2. Applying 1, 100, 1,000 and 10,000 peers through wg-netns against
+//!    `wg setconf` of the same configuration.
+//!
+//! Tools run in the node namespace by spawning them from a thread inside it
+//! (no `ip netns exec` overhead on either side). Prints Markdown tables.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wg_netns::{
+    Backend, DeviceConfig, IfName, IpNetwork, Netns, PeerConfig, PrivateKey, PublicKey, Rtnl,
+    WgDevice,
+};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn stats(v: &[Duration]) -> (Duration, Duration, Duration, Duration) {
+    let mut s = v.to_vec();
+    s.sort();
+    let p99 = s[((s.len() * 99) / 100).min(s.len() - 1)];
+    (s[s.len() / 2], p99, s[0], s[s.len() - 1])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Run a command inside `ns`; fail loudly.
+fn sh(ns: &Netns, args: &[&str], stdin: Option<&str>) -> Res<()> {
+    let out = ns.run(|| -> std::io::Result<std::process::Output> {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if stdin.is_some() {
+            c.stdin(Stdio::piped());
+        }
+        let mut child = c.spawn()?;
+        if let (Some(input), Some(mut i)) = (stdin, child.stdin.take()) {
+            i.write_all(input.as_bytes())?;
+        }
+        child.wait_with_output()
+    })??;
+    if !out.status.success() {
+        return Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+fn cni(node: &Netns, cmd: &str, netns: &str, conf: &str) -> Res<()> {
+    let out = node.run(|| -> std::io::Result<std::process::Output> {
+        let mut child = Command::new("/usr/bin/wg-cni")
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", "bench")
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        child.stdin.take().map(|mut i| i.write_all(conf.as_bytes()));
+        child.wait_with_output()
+    })??;
+    if !out.status.success() {
+        return Err(format!("wg-cni {cmd}: {}", String::from_utf8_lossy(&out.stdout)).into());
+    }
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    if !Backend::kernel_available() {
+        return Err(
+            "this benchmark needs kernel WireGuard (run it with scripts/kernel-tests --bench)"
+                .into(),
+        );
+    }
+    let node = Netns::create_named("bench-node")?;
+    let pod = Netns::create_named("bench-pod")?;
+    for ns in [&node, &pod] {
+        let r = Rtnl::open(ns)?;
+        r.set_up(r.link_by_name(&IfName::new("lo")?)?.index, true)?;
+    }
+    let pod_path = "/var/run/netns/bench-pod";
+    let me = PrivateKey::generate()?;
+    let peer = PrivateKey::generate()?.public_key();
+    std::fs::write("/tmp/bench.key", format!("{}\n", &*me.to_base64()))?;
+    std::fs::set_permissions(
+        "/tmp/bench.key",
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+
+    // 1. ADD/DEL: wg-cni against the standard tools.
+    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "bench", "type": "wg-cni",
+        "address": "10.13.13.2/24", "privateKeyFile": "/tmp/bench.key", "listenPort": 51820, "backend": "kernel",
+        "stateDir": "/tmp/wg-cni-state",
+        "peers": [{"endpoint": "127.0.0.1:51999", "publicKey": peer.to_base64(),
+                   "allowedIPs": ["10.14.0.0/16"], "persistentKeepalive": 25}]})
+    .to_string();
+    let tools_add = |n: &Netns| -> Res<()> {
+        sh(n, &["ip", "link", "add", "wgb", "type", "wireguard"], None)?;
+        sh(
+            n,
+            &[
+                "wg",
+                "set",
+                "wgb",
+                "private-key",
+                "/tmp/bench.key",
+                "listen-port",
+                "51820",
+                "peer",
+                &peer.to_base64(),
+                "endpoint",
+                "127.0.0.1:51999",
+                "allowed-ips",
+                "10.14.0.0/16",
+                "persistent-keepalive",
+                "25",
+            ],
+            None,
+        )?;
+        sh(
+            n,
+            &[
+                "ip",
+                "link",
+                "set",
+                "wgb",
+                "netns",
+                "bench-pod",
+                "name",
+                "eth0",
+            ],
+            None,
+        )?;
+        sh(
+            n,
+            &[
+                "ip",
+                "-n",
+                "bench-pod",
+                "addr",
+                "add",
+                "10.13.13.2/24",
+                "dev",
+                "eth0",
+            ],
+            None,
+        )?;
+        sh(
+            n,
+            &["ip", "-n", "bench-pod", "link", "set", "eth0", "up"],
+            None,
+        )?;
+        sh(
+            n,
+            &[
+                "ip",
+                "-n",
+                "bench-pod",
+                "route",
+                "add",
+                "10.14.0.0/16",
+                "dev",
+                "eth0",
+            ],
+            None,
+        )
+    };
+    let tools_del = |n: &Netns| sh(n, &["ip", "-n", "bench-pod", "link", "del", "eth0"], None);
+    let (mut ca, mut cd, mut ta, mut td) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds + 2 {
+        for side in [round % 2, 1 - round % 2] {
+            let t = Instant::now();
+            if side == 0 {
+                cni(&node, "ADD", pod_path, &conf)?;
+            } else {
+                tools_add(&node)?;
+            }
+            let add = t.elapsed();
+            let t = Instant::now();
+            if side == 0 {
+                cni(&node, "DEL", pod_path, &conf)?;
+            } else {
+                tools_del(&node)?;
+            }
+            let del = t.elapsed();
+            if round >= 2 {
+                // The first two rounds warm caches and are not counted.
+                if side == 0 {
+                    ca.push(add);
+                    cd.push(del);
+                } else {
+                    ta.push(add);
+                    td.push(del);
+                }
+            }
+        }
+    }
+    println!("guest: kernel WireGuard, {rounds} rounds, alternating order");
+    println!();
+    println!("| | wg-cni median | wg-cni p99 | tools median | tools p99 | ratio (median) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (label, ours, theirs) in [("ADD", &ca, &ta), ("DEL", &cd, &td)] {
+        let (om, op, _, _) = stats(ours);
+        let (tm, tp, _, _) = stats(theirs);
+        println!(
+            "| {label} | {} | {} | {} | {} | {:.2}x |",
+            ms(om),
+            ms(op),
+            ms(tm),
+            ms(tp),
+            om.as_secs_f64() / tm.as_secs_f64()
+        );
+    }
+
+    // 2. Peers: wg-netns against wg setconf.
+    let keys: Vec<PublicKey> = (0..10_000)
+        .map(|_| PrivateKey::generate().map(|k| k.public_key()))
+        .collect::<Result<_, _>>()?;
+    println!();
+    println!("| peers | wg-netns set | wg setconf | ratio |");
+    println!("|---:|---:|---:|---:|");
+    let name = IfName::new("wgpeers")?;
+    for size in [1usize, 100, 1000, 10_000] {
+        let mut cfg = DeviceConfig::new()
+            .private_key(me.clone())
+            .listen_port(51821)
+            .replace_peers();
+        let mut text = format!(
+            "[Interface]\nPrivateKey = {}\nListenPort = 51821\n",
+            &*me.to_base64()
+        );
+        for (i, k) in keys.iter().take(size).enumerate() {
+            let i = i as u32;
+            let ep = SocketAddr::from(([10, 251, (i >> 8) as u8, i as u8], 51820));
+            let aip = IpNetwork::new(
+                [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8].into(),
+                32,
+            )?;
+            cfg.peers.push(
+                PeerConfig::new(*k)
+                    .endpoint(ep)
+                    .allowed_ip(aip)
+                    .persistent_keepalive(Duration::from_secs(25)),
+            );
+            text.push_str(&format!("[Peer]\nPublicKey = {k}\nEndpoint = {ep}\nAllowedIPs = {aip}\nPersistentKeepalive = 25\n"));
+        }
+        std::fs::write("/tmp/peers.conf", &text)?;
+        let reps = if size >= 10_000 { 3 } else { 5 };
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for r in 0..reps * 2 {
+            let (dev, link) = WgDevice::create(&node, &name, &Backend::Kernel)?;
+            let t = Instant::now();
+            if r % 2 == 0 {
+                dev.set(&cfg)?;
+                ours.push(t.elapsed());
+            } else {
+                sh(
+                    &node,
+                    &["wg", "setconf", "wgpeers", "/tmp/peers.conf"],
+                    None,
+                )?;
+                theirs.push(t.elapsed());
+            }
+            assert_eq!(dev.get()?.peers.len(), size);
+            Rtnl::open(&node)?.delete_link(link.index)?;
+        }
+        let (o, _, omin, omax) = stats(&ours);
+        let (t, _, tmin, tmax) = stats(&theirs);
+        println!(
+            "| {size} | {} ({}-{}) | {} ({}-{}) | {:.2}x |",
+            ms(o),
+            ms(omin),
+            ms(omax),
+            ms(t),
+            ms(tmin),
+            ms(tmax),
+            o.as_secs_f64() / t.as_secs_f64()
+        );
+    }
+    Netns::remove_named("bench-pod")?;
+    Netns::remove_named("bench-node")?;
+    Ok(())
+}
