@@ -307,6 +307,36 @@ fn original_conflist_bridge_hostlocal_portmap_wg_under_libcni() {
             s.pod.link_names()
         );
     }
+    // wg-cni's own channels never hold a key: its log and state directory.
+    // (libcni caches the configuration it passed, key included, in its own
+    // cache directory; that is the runtime's, see docs/security.md.)
+    for s in [&a, &z] {
+        assert_no_key(s, &[&a.key, &z.key]);
+    }
+}
+
+fn assert_no_key(s: &Side, keys: &[&PrivateKey]) {
+    let mut files = vec![s.state.0.join("wg-cni.log")];
+    let mut dirs = vec![s.state.0.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for k in keys {
+            assert!(
+                !text.contains(&*k.to_base64()),
+                "a private key in {}",
+                f.display()
+            );
+        }
+    }
 }
 
 #[test]
