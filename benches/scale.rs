@@ -152,7 +152,10 @@ fn main() -> Res<()> {
             })
             .collect();
         hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".to_string())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("thread panicked".to_string()))
+            })
             .collect()
     });
     let add_total = t.elapsed();

@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use ipnetwork::IpNetwork;
 use neli::consts::nl::NlmF;
 use neli::consts::rtnl::{
-    Arphrd, Ifa, Iff, Ifla, IflaInfo, RtAddrFamily, RtScope, RtTable, Rta, Rtm, Rtn, Rtprot,
+    Ifa, Iff, Ifla, IflaInfo, RtAddrFamily, RtScope, RtTable, Rta, Rtm, Rtn, Rtprot,
 };
 use neli::consts::socket::NlFamily;
 use neli::nl::{NlPayload, NlmsghdrBuilder};
@@ -885,7 +885,6 @@ fn parse_link(p: &[u8]) -> Result<Link> {
         mtu: 0,
         up: m.ifi_flags().contains(Iff::UP),
     };
-    let _: &Arphrd = m.ifi_type();
     for a in m.rtattrs().iter() {
         let payload = a.rta_payload().as_ref();
         match a.rta_type() {
