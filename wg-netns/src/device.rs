@@ -345,6 +345,14 @@ fn normalized_set(nets: &[IpNetwork]) -> BTreeSet<IpNetwork> {
     nets.iter().map(|n| normalize(*n)).collect()
 }
 
+/// `UNIX_EPOCH + secs + nanos`, or `None` when the platform cannot represent
+/// it (a handshake time from a broken or hostile reply must not panic).
+pub(crate) fn epoch_time(secs: u64, nanos: u64) -> Option<SystemTime> {
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))?
+        .checked_add(Duration::from_nanos(nanos.min(999_999_999)))
+}
+
 /// A peer as read back from a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {

@@ -8,13 +8,13 @@
 //! continuing a peer that spans two messages.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use neli::consts::socket::NlFamily;
 use zeroize::Zeroizing;
 
-use crate::device::{Device, DeviceConfig, Peer, PeerConfig};
+use crate::device::{epoch_time, Device, DeviceConfig, Peer, PeerConfig};
 use crate::error::{Error, Result};
 use crate::key::{PresharedKey, PrivateKey, PublicKey, KEY_LEN};
 use crate::netlink::{
@@ -397,13 +397,17 @@ fn decode_peer(p: &[u8], dev: &mut Device) -> std::result::Result<(), &'static s
                 peer.persistent_keepalive = (s != 0).then(|| Duration::from_secs(u64::from(s)));
             }
             WGPEER_A_LAST_HANDSHAKE_TIME => {
+                // struct __kernel_timespec: two i64.
                 let sec = read_u64(v).ok_or("handshake time")? as i64;
                 let nsec = read_u64(v.get(8..).unwrap_or_default()).unwrap_or(0) as i64;
-                peer.last_handshake = (sec != 0 || nsec != 0).then(|| {
-                    SystemTime::UNIX_EPOCH
-                        + Duration::from_secs(sec.max(0) as u64)
-                        + Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64)
-                });
+                peer.last_handshake = if sec == 0 && nsec == 0 {
+                    None
+                } else {
+                    Some(
+                        epoch_time(sec.max(0) as u64, nsec.max(0) as u64)
+                            .ok_or("handshake time out of range")?,
+                    )
+                };
             }
             WGPEER_A_RX_BYTES => peer.rx_bytes = read_u64(v).ok_or("rx bytes")?,
             WGPEER_A_TX_BYTES => peer.tx_bytes = read_u64(v).ok_or("tx bytes")?,
@@ -562,6 +566,26 @@ mod tests {
             dev.peers[0].allowed_ips,
             vec!["fd00::/64".parse::<IpNetwork>().unwrap()]
         );
+    }
+
+    /// Regression (found by fuzzing the UAPI parser; the same arithmetic was
+    /// here): extreme handshake times neither panic nor wrap.
+    #[test]
+    fn extreme_handshake_times_do_not_panic() {
+        let mut w = MsgWriter::new(1, 0, 1, &[WG_CMD_GET_DEVICE, WG_GENL_VERSION, 0, 0]);
+        w.begin_nest(WGDEVICE_A_PEERS);
+        w.begin_nest(0);
+        w.put(WGPEER_A_PUBLIC_KEY, &[7; 32]);
+        let mut ts = Vec::new();
+        ts.extend_from_slice(&i64::MAX.to_ne_bytes());
+        ts.extend_from_slice(&999_999_999i64.to_ne_bytes());
+        w.put(WGPEER_A_LAST_HANDSHAKE_TIME, &ts);
+        let m = w.finish();
+        let mut dev = Device::default();
+        // i64::MAX seconds is representable on Linux: decoded, not wrapped.
+        decode_get_part(&m[NLMSG_HDRLEN..], &mut dev).unwrap();
+        let t = dev.peers[0].last_handshake.unwrap();
+        assert!(t > std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX)));
     }
 
     #[test]

@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 use zeroize::Zeroizing;
 
-use crate::device::{Device, DeviceConfig, Peer};
+use crate::device::{epoch_time, Device, DeviceConfig, Peer};
 use crate::error::{Error, Result};
 use crate::key::{PresharedKey, PrivateKey, PublicKey, KEY_LEN};
 
@@ -191,21 +191,21 @@ pub(crate) fn parse_get(device: &str, reply: &str) -> Result<Device> {
                     }
                     "rx_bytes" => p.rx_bytes = num("rx_bytes")?,
                     "tx_bytes" => p.tx_bytes = num("tx_bytes")?,
-                    "last_handshake_time_sec" => {
-                        let s = num("last_handshake_time_sec")?;
-                        hs_sec = Some(s);
-                        p.last_handshake =
-                            (s != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-                    }
-                    "last_handshake_time_nsec" => {
-                        let n = num("last_handshake_time_nsec")?.min(999_999_999);
-                        if let Some(s) = hs_sec.filter(|s| *s != 0) {
-                            p.last_handshake = Some(
-                                SystemTime::UNIX_EPOCH
-                                    + Duration::from_secs(s)
-                                    + Duration::from_nanos(n),
-                            );
-                        }
+                    "last_handshake_time_sec" | "last_handshake_time_nsec" => {
+                        let n = num(k)?;
+                        let (s, nanos) = if k == "last_handshake_time_sec" {
+                            hs_sec = Some(n);
+                            (n, 0)
+                        } else {
+                            (hs_sec.unwrap_or(0), n)
+                        };
+                        p.last_handshake = if s == 0 {
+                            None
+                        } else {
+                            Some(epoch_time(s, nanos).ok_or_else(|| {
+                                bad(format!("handshake time {s}.{nanos} is out of range"))
+                            })?)
+                        };
                     }
                     _ => {}
                 }
@@ -542,6 +542,7 @@ fn parse_errno(device: &str, reply: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::device::PeerConfig;
+    use std::time::SystemTime;
 
     #[test]
     fn set_request_matches_the_protocol() {
@@ -606,6 +607,26 @@ mod tests {
         );
         assert!(d.peers[1].preshared_key.is_none());
         assert!(d.peers[1].last_handshake.is_none());
+    }
+
+    /// Regression for the crash cargo-fuzz found (fuzz target uapi_reply):
+    /// `UNIX_EPOCH + Duration::from_secs(11111111111111111111)` panicked.
+    #[test]
+    fn out_of_range_handshake_time_is_an_error_not_a_panic() {
+        let reply = format!(
+            "public_key={}\nlast_handshake_time_sec=11111111111111111111\nlast_handshake_time_nsec=2\nerrno=0\n",
+            "ab".repeat(32)
+        );
+        assert!(parse_get("t", &reply).is_err());
+        let reply = format!(
+            "public_key={}\nlast_handshake_time_sec=1\nlast_handshake_time_nsec=18446744073709551615\nerrno=0\n",
+            "ab".repeat(32)
+        );
+        let d = parse_get("t", &reply).unwrap();
+        assert_eq!(
+            d.peers[0].last_handshake,
+            Some(SystemTime::UNIX_EPOCH + Duration::new(1, 999_999_999))
+        );
     }
 
     #[test]
