@@ -10,6 +10,8 @@
 //! endpoint is that namespace's loopback. Prints a Markdown table; timings are
 //! never asserted.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -114,15 +116,7 @@ fn main() -> Res<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root
+    if !common::is_root()
         || !Path::new("/usr/lib/cni/bridge").exists()
         || Command::new("go").arg("version").output().is_err()
     {

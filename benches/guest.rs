@@ -12,8 +12,11 @@
 //! Tools run in the node namespace by spawning them from a thread inside it
 //! (no `ip netns exec` overhead on either side). Prints Markdown tables.
 
+mod common;
+
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -58,22 +61,14 @@ fn sh(ns: &Netns, args: &[&str], stdin: Option<&str>) -> Res<()> {
 }
 
 fn cni(node: &Netns, cmd: &str, netns: &str, conf: &str) -> Res<()> {
-    let out = node.run(|| -> std::io::Result<std::process::Output> {
-        let mut child = Command::new("/usr/bin/wg-cni")
-            .env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", "bench")
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        child.stdin.take().map(|mut i| i.write_all(conf.as_bytes()));
-        child.wait_with_output()
-    })??;
-    if !out.status.success() {
-        return Err(format!("wg-cni {cmd}: {}", String::from_utf8_lossy(&out.stdout)).into());
-    }
+    common::run_plugin(
+        Path::new("/usr/bin/wg-cni"),
+        node,
+        cmd,
+        "bench",
+        netns,
+        conf,
+    )?;
     Ok(())
 }
 

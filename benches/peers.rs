@@ -9,6 +9,8 @@
 //! namespace it creates and removes. Prints a Markdown table: medians with
 //! min-max, and the ratio wg-netns / tool. Timings are never asserted.
 
+mod common;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::Command;
@@ -163,7 +165,7 @@ fn main() -> Res<()> {
         .filter_map(|s| s.parse().ok())
         .collect();
     let rounds: usize = get("--rounds").and_then(|s| s.parse().ok()).unwrap_or(5);
-    if !rustix_is_root() || Command::new("wg").arg("--version").output().is_err() {
+    if !common::is_root() || Command::new("wg").arg("--version").output().is_err() {
         eprintln!("SKIP peers bench: needs root and `wg`");
         return Ok(());
     }
@@ -280,15 +282,4 @@ fn main() -> Res<()> {
     drop(t);
     let _ = std::fs::remove_file(&tmp);
     Ok(())
-}
-
-fn rustix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }

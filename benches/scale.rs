@@ -7,9 +7,10 @@
 //! Prints Markdown tables; with --csv also writes "peers,add_ms,del_ms" for
 //! plotting. Timings are never asserted; leftovers are (nothing may remain).
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wg_netns::{IfName, Netns, PrivateKey, Rtnl};
@@ -35,28 +36,7 @@ fn plugin() -> Res<PathBuf> {
 }
 
 fn cni(bin: &Path, node: &Netns, cmd: &str, cid: &str, netns: &str, conf: &str) -> Res<Duration> {
-    let t = Instant::now();
-    let out = node.run(|| -> std::io::Result<std::process::Output> {
-        let mut child = Command::new(bin)
-            .env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", cid)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        child.stdin.take().map(|mut i| i.write_all(conf.as_bytes()));
-        child.wait_with_output()
-    })??;
-    let d = t.elapsed();
-    if !out.status.success() {
-        return Err(format!(
-            "wg-cni {cmd} {cid}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-        .into());
-    }
-    Ok(d)
+    Ok(common::run_plugin(bin, node, cmd, cid, netns, conf)?)
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -75,15 +55,7 @@ fn main() -> Res<()> {
         .position(|a| a == "--csv")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root || wg_netns::Backend::detect().is_err() {
+    if !common::is_root() || wg_netns::Backend::detect().is_err() {
         eprintln!("SKIP scale bench: needs root and a WireGuard backend");
         return Ok(());
     }

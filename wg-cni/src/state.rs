@@ -60,6 +60,15 @@ pub struct Record {
 #[derive(Debug)]
 pub struct Lock(#[allow(dead_code)] File);
 
+/// Create `dir` (and parents) readable by the owner only.
+fn private_dir(dir: &Path) -> Result<(), CniError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(format!("creating {}", dir.display())))
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -75,11 +84,7 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> CniError {
 impl StateDir {
     /// Open (and create, mode 0700) the directory.
     pub fn open(dir: &Path) -> Result<StateDir, CniError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err(format!("creating {}", dir.display())))?;
+        private_dir(dir)?;
         Ok(StateDir {
             dir: dir.to_path_buf(),
         })
@@ -87,11 +92,7 @@ impl StateDir {
 
     fn lock_file(&self, path: &Path, exclusive: bool) -> Result<Lock, CniError> {
         if let Some(parent) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(io_err(format!("creating {}", parent.display())))?;
+            private_dir(parent)?;
         }
         let f = OpenOptions::new()
             .create(true)
@@ -167,11 +168,7 @@ impl StateDir {
     pub fn save(&self, r: &Record) -> Result<(), CniError> {
         let path = self.record_path(&r.network, &r.container_id, &r.ifname);
         if let Some(parent) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(io_err(format!("creating {}", parent.display())))?;
+            private_dir(parent)?;
         }
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(r)

@@ -411,27 +411,7 @@ impl Rtnl {
     /// Create a link of kind `kind` (e.g. "wireguard") named `name`.
     /// Fails with `EEXIST` if the name is taken.
     pub fn create_link(&self, name: &IfName, kind: &str) -> Result<Link> {
-        let linkinfo = attr(IflaInfo::Kind, cstr(kind))?;
-        let info = attr(Ifla::Linkinfo, Buffer::new())?
-            .nest(&linkinfo)
-            .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
-        let msg = IfinfomsgBuilder::default()
-            .ifi_family(RtAddrFamily::Unspecified)
-            .rtattrs(
-                vec![attr(Ifla::Ifname, cstr(name.as_str()))?, info]
-                    .into_iter()
-                    .collect::<RtBuffer<_, _>>(),
-            )
-            .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
-        self.ack(
-            "RTM_NEWLINK",
-            &|| format!("{name} (kind {kind})"),
-            Rtm::Newlink,
-            NlmF::CREATE | NlmF::EXCL,
-            msg,
-        )?;
-        self.created(name)
+        self.new_link(name, kind, None, &|| format!("{name} (kind {kind})"))
     }
 
     /// Create a veth pair: `name` here, `peer_name` in `peer_netns` (here if
@@ -458,10 +438,28 @@ impl Rtnl {
         let data = attr(IflaInfo::Data, Buffer::new())?
             .nest(&attr(VETH_INFO_PEER, peer_bytes.into_inner())?)
             .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
-        let info = attr(Ifla::Linkinfo, Buffer::new())?
-            .nest(&attr(IflaInfo::Kind, cstr("veth"))?)
-            .and_then(|a| a.nest(&data))
+        self.new_link(name, "veth", Some(data), &|| {
+            format!("{name} <-> {peer_name} (veth)")
+        })
+    }
+
+    /// `RTM_NEWLINK` of `kind` named `name`, with optional `IFLA_INFO_DATA`;
+    /// returns the new link (removed again if it cannot be read back).
+    fn new_link(
+        &self,
+        name: &IfName,
+        kind: &str,
+        data: Option<Rtattr<IflaInfo, Buffer>>,
+        target: &dyn Fn() -> String,
+    ) -> Result<Link> {
+        let mut info = attr(Ifla::Linkinfo, Buffer::new())?
+            .nest(&attr(IflaInfo::Kind, cstr(kind))?)
             .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
+        if let Some(d) = data {
+            info = info
+                .nest(&d)
+                .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
+        }
         let msg = IfinfomsgBuilder::default()
             .ifi_family(RtAddrFamily::Unspecified)
             .rtattrs(
@@ -472,8 +470,8 @@ impl Rtnl {
             .build()
             .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
         self.ack(
-            "RTM_NEWLINK (veth)",
-            &|| format!("{name} <-> {peer_name}"),
+            "RTM_NEWLINK",
+            target,
             Rtm::Newlink,
             NlmF::CREATE | NlmF::EXCL,
             msg,

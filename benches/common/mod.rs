@@ -1,0 +1,62 @@
+//! Helpers shared by the benchmark programs.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wg_netns::Netns;
+
+/// True when running as root (read from /proc, no extra dependency).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Run a CNI plugin the way a runtime does (environment + stdin), from a
+/// thread inside `node`; returns its wall time, or its stdout on failure.
+pub fn run_plugin(
+    bin: &Path,
+    node: &Netns,
+    cmd: &str,
+    cid: &str,
+    netns: &str,
+    conf: &str,
+) -> Result<Duration, String> {
+    let t = Instant::now();
+    let out = node
+        .run(|| -> std::io::Result<std::process::Output> {
+            let mut child = Command::new(bin)
+                .env("CNI_COMMAND", cmd)
+                .env("CNI_CONTAINERID", cid)
+                .env("CNI_NETNS", netns)
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", "/usr/lib/cni")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            if let Some(mut i) = child.stdin.take() {
+                i.write_all(conf.as_bytes())?;
+            }
+            child.wait_with_output()
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let d = t.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "{} {cmd} {cid}: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    Ok(d)
+}
