@@ -20,24 +20,10 @@ use wg_netns::{Netns, PrivateKey, Rtnl};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn build(ws: &Path) -> Res<(PathBuf, PathBuf)> {
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-q", "-p", "wg-cni"])
-        .current_dir(ws)
-        .status()?;
-    if !st.success() {
-        return Err("building wg-cni failed".into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("target"));
+/// Build the release plugin and the libcni client; return (plugin dir, client).
+fn build() -> Res<(PathBuf, PathBuf)> {
+    let plugin = common::build_plugin()?;
+    let (ws, target) = (common::workspace(), common::target_dir());
     let client = target.join("cni-client-bench");
     let out = Command::new("go")
         .args(["build", "-o"])
@@ -54,7 +40,8 @@ fn build(ws: &Path) -> Res<(PathBuf, PathBuf)> {
         )
         .into());
     }
-    Ok((target.join("release"), client))
+    let dir = plugin.parent().ok_or("plugin directory")?.to_path_buf();
+    Ok((dir, client))
 }
 
 struct Client {
@@ -124,8 +111,7 @@ fn main() -> Res<()> {
         return Ok(());
     }
     let backend = wg_netns::Backend::detect()?;
-    let ws = workspace();
-    let (release, client_bin) = build(&ws)?;
+    let (release, client_bin) = build()?;
     let tag = std::process::id();
     let dir = std::env::temp_dir().join(format!("wgcni-bench-{tag}"));
     std::fs::create_dir_all(&dir)?;

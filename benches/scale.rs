@@ -10,30 +10,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wg_netns::{IfName, Netns, PrivateKey, Rtnl};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn plugin() -> Res<PathBuf> {
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("workspace")?
-        .to_path_buf();
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-q", "-p", "wg-cni"])
-        .current_dir(&ws)
-        .status()?;
-    if !st.success() {
-        return Err("building wg-cni failed".into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("target"));
-    Ok(target.join("release/wg-cni"))
-}
 
 fn cni(bin: &Path, node: &Netns, cmd: &str, cid: &str, netns: &str, conf: &str) -> Res<Duration> {
     Ok(common::run_plugin(bin, node, cmd, cid, netns, conf)?)
@@ -60,7 +41,7 @@ fn main() -> Res<()> {
         return Ok(());
     }
     let backend = wg_netns::Backend::detect()?;
-    let bin = plugin()?;
+    let bin = common::build_plugin()?;
     let tag = std::process::id();
     let dir = std::env::temp_dir().join(format!("wgcni-scale-{tag}"));
     let node_name = format!("wgbench-{tag}-node");

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -59,4 +59,32 @@ pub fn run_plugin(
         ));
     }
     Ok(d)
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("benches/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// Cargo's target directory for this workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Build the release wg-cni binary and return its path.
+pub fn build_plugin() -> Result<PathBuf, String> {
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-q", "-p", "wg-cni"])
+        .current_dir(workspace())
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !st.success() {
+        return Err("building wg-cni failed".into());
+    }
+    Ok(target_dir().join("release/wg-cni"))
 }
