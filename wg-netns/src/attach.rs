@@ -1,6 +1,9 @@
-//! The birthplace pattern: create a WireGuard interface in one namespace (its
-//! UDP socket lives there for good), configure it, move it into another
-//! namespace under its final name, then give it addresses, MTU and routes.
+//! The birthplace pattern: a WireGuard interface whose UDP socket lives in one
+//! namespace (the birthplace, for good) and whose interface lives in another,
+//! with addresses, MTU and routes there. Kernel WireGuard is created straight
+//! in the target (the kernel keeps the requesting namespace for the socket);
+//! a userspace device is created at the birthplace, configured, and moved
+//! into the target under its final name.
 //!
 //! This is what a CNI ADD does: the birthplace is the node (the runtime's
 //! namespace), the target is the pod. Encrypted traffic leaves from the node;
@@ -68,7 +71,8 @@ impl IfName {
 pub struct InterfaceSpec {
     /// Name in the birth namespace; for userspace devices it also names the
     /// control socket for the device's whole life, so it must be unique on
-    /// the machine.
+    /// the machine. Kernel devices are created under `name` directly and
+    /// never carry it; it still names what [`cleanup_birth`] looks for.
     pub birth_name: IfName,
     /// Final name in the target namespace.
     pub name: IfName,
@@ -166,70 +170,108 @@ impl<'a> Birthplace<'a> {
 
     /// Create, configure, move and address an interface. On any failure
     /// everything created so far is removed from both namespaces.
+    ///
+    /// Kernel WireGuard is created straight in the target under its final
+    /// name (the device keeps the birthplace, where the netlink request came
+    /// from, for its UDP socket), so nothing is moved: a move between
+    /// namespaces costs the kernel an RCU barrier. A userspace device's TUN
+    /// has to be born where its daemon runs (the daemon resolves it by name
+    /// there when it starts), so it is created at the birthplace under its
+    /// birth name, configured, then moved and renamed in one request.
     pub fn attach(&self, spec: &InterfaceSpec) -> Result<Attachment> {
         spec.device.validate()?;
+        let same = self.same_namespace()?;
         let birth_rtnl = Rtnl::open(self.birth)?;
-        let (dev, link) = WgDevice::create(self.birth, &spec.birth_name, self.backend)?;
-        let mut moved = false;
-        let result = self.finish_attach(spec, &birth_rtnl, &dev, link.index, &mut moved);
-        match result {
-            Ok(a) => Ok(a),
-            Err(e) => {
-                // Roll back: the link is in the target (after the move) or
-                // still at its birthplace; deleting it ends a userspace daemon.
-                if moved {
-                    if let Ok(t) = Rtnl::open(self.target) {
-                        if let Ok(l) = t.link_by_name(&spec.name) {
-                            let _ = t.delete_link(l.index);
-                        }
-                    }
-                } else {
-                    let _ = birth_rtnl.delete_link(link.index);
-                }
-                let _ = dev.stop_daemon();
-                Err(e)
-            }
+        let target_rtnl = if same {
+            None
+        } else {
+            Some(Rtnl::open(self.target)?)
+        };
+        let rtnl = target_rtnl.as_ref().unwrap_or(&birth_rtnl);
+        match self.backend {
+            Backend::Kernel => self.attach_kernel(spec, &birth_rtnl, rtnl, same),
+            Backend::Userspace(_) => self.attach_userspace(spec, &birth_rtnl, rtnl, same),
         }
     }
 
-    fn finish_attach(
+    fn attach_kernel(
         &self,
         spec: &InterfaceSpec,
         birth_rtnl: &Rtnl,
-        dev: &WgDevice,
-        birth_index: u32,
-        moved: &mut bool,
+        rtnl: &Rtnl,
+        same: bool,
     ) -> Result<Attachment> {
-        dev.set(&spec.device)?;
-        let same = self.same_namespace()?;
-        let target_rtnl = if same {
-            if spec.name != spec.birth_name {
-                birth_rtnl.rename(birth_index, &spec.name)?;
-                *moved = true;
-            }
-            None
+        if same {
+            birth_rtnl.create_wireguard(&spec.name)?;
         } else {
-            birth_rtnl.move_to_netns(birth_index, self.target, Some(&spec.name))?;
-            *moved = true;
-            Some(Rtnl::open(self.target)?)
-        };
-        let rtnl = target_rtnl.as_ref().unwrap_or(birth_rtnl);
-        let link = rtnl.link_by_name(&spec.name)?;
+            birth_rtnl.create_link_in(&spec.name, "wireguard", self.target)?;
+        }
+        let link = rtnl.link_by_name(&spec.name).inspect_err(|_| {
+            let _ = rtnl.delete_link_by_name(&spec.name);
+        })?;
+        let result = WgDevice::open_kernel(self.target, &spec.name)
+            .and_then(|dev| dev.set(&spec.device))
+            .and_then(|()| self.finish_attach(spec, rtnl, link.index));
+        if result.is_err() {
+            // Deleting the link closes its UDP socket at the birthplace too.
+            let _ = rtnl.delete_link(link.index);
+        }
+        result
+    }
+
+    fn attach_userspace(
+        &self,
+        spec: &InterfaceSpec,
+        birth_rtnl: &Rtnl,
+        rtnl: &Rtnl,
+        same: bool,
+    ) -> Result<Attachment> {
+        let (dev, link) = WgDevice::create(self.birth, &spec.birth_name, self.backend)?;
+        let mut moved = false;
+        let result = dev.set(&spec.device).and_then(|()| {
+            if same {
+                if spec.name != spec.birth_name {
+                    birth_rtnl.rename(link.index, &spec.name)?;
+                }
+            } else {
+                birth_rtnl.move_to_netns(link.index, self.target, Some(&spec.name))?;
+            }
+            moved = true;
+            let index = rtnl.link_by_name(&spec.name)?.index;
+            self.finish_attach(spec, rtnl, index)
+        });
+        if result.is_err() {
+            // Roll back: the link is in the target (after the move) or still
+            // at its birthplace; deleting it ends the daemon.
+            if moved {
+                if let Ok(l) = rtnl.link_by_name(&spec.name) {
+                    let _ = rtnl.delete_link(l.index);
+                }
+            } else {
+                let _ = birth_rtnl.delete_link(link.index);
+            }
+            let _ = dev.stop_daemon();
+        }
+        result
+    }
+
+    /// MTU, addresses, up, routes: the link is in the target under its name.
+    fn finish_attach(&self, spec: &InterfaceSpec, rtnl: &Rtnl, index: u32) -> Result<Attachment> {
         if let Some(mtu) = spec.mtu {
-            rtnl.set_mtu(link.index, mtu)?;
+            rtnl.set_mtu(index, mtu)?;
         }
         for addr in &spec.addresses {
-            rtnl.add_address(link.index, *addr)?;
+            rtnl.add_address(index, *addr)?;
         }
-        rtnl.set_up(link.index, true)?;
+        rtnl.set_up(index, true)?;
         for r in &spec.routes {
             let mut r = r.clone();
             if r.oif.is_none() {
-                r.oif = Some(link.index);
+                r.oif = Some(index);
             }
             rtnl.replace_route(&r)?;
         }
-        let link = rtnl.link_by_index(link.index)?;
+        let link = rtnl.link_by_index(index)?;
         Ok(Attachment {
             index: link.index,
             name: spec.name.clone(),
@@ -290,8 +332,7 @@ impl<'a> Birthplace<'a> {
             let ours = match self.backend {
                 Backend::Kernel => l.kind.as_deref() == Some("wireguard"),
                 Backend::Userspace(u) => {
-                    l.kind.as_deref() == Some("tun")
-                        && !u.daemon_pids(birth_name.as_str()).is_empty()
+                    l.kind.as_deref() == Some("tun") && u.daemon_pid(birth_name.as_str()).is_some()
                 }
             };
             if ours {
@@ -324,7 +365,8 @@ pub fn cleanup_birth(birth: &Netns, birth_name: &IfName, backend: &Backend) -> R
     }
     if let Backend::Userspace(u) = backend {
         let name = birth_name.as_str();
-        if u.socket_path(name).exists() || !u.daemon_pids(name).is_empty() {
+        // A daemon whose socket is gone exits by itself.
+        if u.socket_path(name).exists() {
             wait_userspace_gone(u, name, std::time::Duration::from_secs(3))?;
             removed = true;
         }

@@ -233,19 +233,7 @@ impl WgDevice {
     /// For a userspace device, the daemon's process id.
     pub fn daemon_pid(&self) -> Option<u32> {
         match &self.control {
-            Control::Userspace { conn, userspace } => {
-                userspace
-                    .daemon_pids(conn.name())
-                    .first()
-                    .copied()
-                    .or_else(|| {
-                        // An implementation that does not re-execute itself is
-                        // the process behind the socket.
-                        conn.peer_pid()
-                            .ok()
-                            .filter(|p| process_alive(*p) && userspace.is_implementation(*p))
-                    })
-            }
+            Control::Userspace { conn, userspace } => userspace.daemon_pid(conn.name()),
             Control::Kernel { .. } => None,
         }
     }
@@ -271,7 +259,7 @@ pub(crate) fn wait_userspace_gone(
     grace: Duration,
 ) -> Result<()> {
     let socket = userspace.socket_path(name);
-    let pids = userspace.daemon_pids(name);
+    let pids: Vec<u32> = userspace.daemon_pid(name).into_iter().collect();
     let gone = |deadline: Instant| loop {
         if !socket.exists() && pids.iter().all(|p| !process_alive(*p)) {
             return true;
@@ -284,7 +272,8 @@ pub(crate) fn wait_userspace_gone(
     if gone(Instant::now() + grace) {
         return Ok(());
     }
-    for pid in userspace.daemon_pids(name) {
+    let stuck = userspace.daemon_pid(name).into_iter().chain(pids.clone());
+    for pid in stuck.filter(|p| process_alive(*p) && userspace.is_implementation(*p)) {
         if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
         }

@@ -411,7 +411,31 @@ impl Rtnl {
     /// Create a link of kind `kind` (e.g. "wireguard") named `name`.
     /// Fails with `EEXIST` if the name is taken.
     pub fn create_link(&self, name: &IfName, kind: &str) -> Result<Link> {
-        self.new_link(name, kind, None, &|| format!("{name} (kind {kind})"))
+        self.new_link(name, kind, None, None, &|| format!("{name} (kind {kind})"))?;
+        self.created(name)
+    }
+
+    /// Create a link of kind `kind` named `name` directly inside `netns`
+    /// (`ip link add NAME netns NS type KIND`), without a later move: moving a
+    /// link between namespaces costs the kernel an RCU barrier (10-25 ms on
+    /// the machines measured in docs/benchmarks.md). Devices that remember
+    /// where they were created keep that namespace: a kernel WireGuard link
+    /// made this way has its UDP socket in *this* handle's namespace and its
+    /// interface in `netns`. Read the link back with an [`Rtnl`] opened in
+    /// `netns`. Fails with `EEXIST` if the name is taken there.
+    ///
+    /// ```no_run
+    /// use wg_netns::{IfName, Netns, Rtnl};
+    /// let node = Rtnl::open(&Netns::current()?)?;
+    /// let pod = Netns::from_path("/var/run/netns/pod1")?;
+    /// node.create_link_in(&IfName::new("wg0")?, "wireguard", &pod)?;
+    /// let link = Rtnl::open(&pod)?.link_by_name(&IfName::new("wg0")?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create_link_in(&self, name: &IfName, kind: &str, netns: &Netns) -> Result<()> {
+        self.new_link(name, kind, None, Some(netns), &|| {
+            format!("{name} (kind {kind}, in another namespace)")
+        })
     }
 
     /// Create a veth pair: `name` here, `peer_name` in `peer_netns` (here if
@@ -438,20 +462,22 @@ impl Rtnl {
         let data = attr(IflaInfo::Data, Buffer::new())?
             .nest(&attr(VETH_INFO_PEER, peer_bytes.into_inner())?)
             .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
-        self.new_link(name, "veth", Some(data), &|| {
+        self.new_link(name, "veth", Some(data), None, &|| {
             format!("{name} <-> {peer_name} (veth)")
-        })
+        })?;
+        self.created(name)
     }
 
-    /// `RTM_NEWLINK` of `kind` named `name`, with optional `IFLA_INFO_DATA`;
-    /// returns the new link (removed again if it cannot be read back).
+    /// `RTM_NEWLINK` of `kind` named `name`, with optional `IFLA_INFO_DATA`,
+    /// here or in `netns`.
     fn new_link(
         &self,
         name: &IfName,
         kind: &str,
         data: Option<Rtattr<IflaInfo, Buffer>>,
+        netns: Option<&Netns>,
         target: &dyn Fn() -> String,
-    ) -> Result<Link> {
+    ) -> Result<()> {
         let mut info = attr(Ifla::Linkinfo, Buffer::new())?
             .nest(&attr(IflaInfo::Kind, cstr(kind))?)
             .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
@@ -460,13 +486,13 @@ impl Rtnl {
                 .nest(&d)
                 .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
         }
+        let mut attrs = vec![attr(Ifla::Ifname, cstr(name.as_str()))?, info];
+        if let Some(ns) = netns {
+            attrs.push(attr(Ifla::NetNsFd, ns.as_fd().as_raw_fd() as u32)?);
+        }
         let msg = IfinfomsgBuilder::default()
             .ifi_family(RtAddrFamily::Unspecified)
-            .rtattrs(
-                vec![attr(Ifla::Ifname, cstr(name.as_str()))?, info]
-                    .into_iter()
-                    .collect::<RtBuffer<_, _>>(),
-            )
+            .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
             .build()
             .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
         self.ack(
@@ -475,8 +501,7 @@ impl Rtnl {
             Rtm::Newlink,
             NlmF::CREATE | NlmF::EXCL,
             msg,
-        )?;
-        self.created(name)
+        )
     }
 
     /// Look up a link just created; if that fails, remove it again so a

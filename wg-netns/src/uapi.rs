@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -240,19 +241,27 @@ pub struct Userspace {
     pub socket_dir: PathBuf,
     /// How long to wait for the socket to appear.
     pub start_timeout: Duration,
+    /// Run the program in the foreground (`-f` before the name) instead of
+    /// letting it daemonize: wireguard-go's daemonizing parent re-executes
+    /// itself, so this is one process start instead of two, and the process
+    /// that listens on the socket is the daemon, so `SO_PEERCRED` names it.
+    /// It is started in its own session either way. [`Userspace::new`] sets
+    /// it for wireguard-go.
+    pub foreground: bool,
 }
 
 impl Userspace {
     /// Run `program` (looked up in `PATH` if not a path).
     pub fn new(program: impl Into<PathBuf>) -> Self {
         let program = program.into();
-        // boringtun drops privileges after start unless told not to, and
-        // then cannot open the namespace's sockets.
-        let args = if program
+        let file_name = program
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("boringtun"))
-        {
+            .unwrap_or_default();
+        let foreground = file_name.starts_with("wireguard-go");
+        // boringtun drops privileges after start unless told not to, and
+        // then cannot open the namespace's sockets.
+        let args = if file_name.starts_with("boringtun") {
             vec!["--disable-drop-privileges".to_string()]
         } else {
             Vec::new()
@@ -262,6 +271,7 @@ impl Userspace {
             args,
             socket_dir: PathBuf::from(DEFAULT_SOCKET_DIR),
             start_timeout: Duration::from_secs(10),
+            foreground,
         }
     }
 
@@ -292,7 +302,34 @@ impl Userspace {
         self.socket_dir.join(format!("{name}.sock"))
     }
 
-    /// The running daemons of device `name`: processes whose executable is
+    /// The daemon of device `name`, if one is running. A daemon started in
+    /// the [`Userspace::foreground`] (or one that never forks) is read from its
+    /// socket with `SO_PEERCRED`, checked against `/proc/PID` (this
+    /// implementation's executable, `name` as last argument); otherwise this
+    /// falls back to [`Userspace::daemon_pids`]. Nothing is scanned when the
+    /// socket does not exist: a daemon whose socket is deleted exits.
+    pub fn daemon_pid(&self, name: &str) -> Option<u32> {
+        let socket = self.socket_path(name);
+        if !socket.exists() {
+            return None;
+        }
+        UapiConn::connect(name, &socket)
+            .and_then(|c| c.peer_pid())
+            .ok()
+            .filter(|pid| self.serves(*pid, name))
+            .or_else(|| self.daemon_pids(name).first().copied())
+    }
+
+    /// True when `pid` is alive, runs this implementation and serves `name`.
+    fn serves(&self, pid: u32, name: &str) -> bool {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).rfind(|a| !a.is_empty()) == Some(name.as_bytes()))
+            && process_alive(pid)
+            && self.is_implementation(pid)
+    }
+
+    /// The running daemons of device `name`, by scanning `/proc` (slow on a
+    /// busy machine; [`Userspace::daemon_pid`] asks the socket first): processes whose executable is
     /// this implementation and whose last argument is `name` (wireguard-go's
     /// daemon re-executes itself with the same arguments, so the process that
     /// bound the socket, which `SO_PEERCRED` names, has exited by then).
@@ -304,12 +341,7 @@ impl Userspace {
         entries
             .flatten()
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    c.split(|b| *b == 0).rfind(|a| !a.is_empty()) == Some(name.as_bytes())
-                })
-            })
-            .filter(|pid| process_alive(*pid) && self.is_implementation(*pid))
+            .filter(|pid| self.serves(*pid, name))
             .collect()
     }
 
@@ -353,23 +385,36 @@ impl Userspace {
             .resolve()
             .ok_or_else(|| spawn_err("program not found".into()))?;
         crate::fault::check("start userspace daemon")?;
-        let mut child = Command::new(&path)
-            .args(&self.args)
-            .arg(name)
+        let mut cmd = Command::new(&path);
+        cmd.args(&self.args);
+        if self.foreground {
+            cmd.arg("-f");
+        }
+        cmd.arg(name)
             .env("WG_SUDO", "true")
             .env_remove("LOG_LEVEL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| spawn_err(e.to_string()))?;
+            .stderr(Stdio::null());
+        // SAFETY: runs in the forked child before exec and makes one raw
+        // system call; it allocates nothing and touches no lock.
+        unsafe {
+            // Its own session: not signalled with the caller's process group.
+            cmd.pre_exec(|| rustix::process::setsid().map(|_| ()).map_err(Into::into));
+        }
+        let mut child = cmd.spawn().map_err(|e| spawn_err(e.to_string()))?;
         let deadline = Instant::now() + self.start_timeout;
         loop {
             // Ready means a full `get` exchange succeeds: the socket file can
             // exist (wireguard-go's parent binds it before forking) while the
             // daemon is still initializing the TUN, MTU included.
             if let Ok(conn) = UapiConn::connect(name, &socket).and_then(|c| c.get().map(|_| c)) {
-                reap(child);
+                let parent_exits = if self.foreground {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(500)
+                };
+                reap(child, parent_exits);
                 return Ok(conn);
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -405,9 +450,11 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 
 /// Collect the started process's exit status so it does not linger as a
 /// zombie: a daemonizing implementation's parent exits right after its socket
-/// is up; one that stays in the foreground is waited for on a small thread.
-fn reap(mut child: std::process::Child) {
-    let deadline = Instant::now() + Duration::from_millis(500);
+/// is up (checked for `wait`); one that stays in the foreground is waited for
+/// on a small thread (in a short-lived caller such as a CNI plugin it is
+/// adopted by init when the caller exits).
+fn reap(mut child: std::process::Child, wait: Duration) {
+    let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         match child.try_wait() {
             Ok(Some(_)) | Err(_) => return,
@@ -467,9 +514,9 @@ impl UapiConn {
         &self.name
     }
 
-    /// PID of the process that created the listening socket (`SO_PEERCRED`).
-    /// For wireguard-go that is the parent that daemonized and exited, so use
-    /// [`Userspace::daemon_pids`] to find the daemon.
+    /// PID of the process that listens on the socket (`SO_PEERCRED`). For a
+    /// daemonizing implementation that is the parent, which has exited;
+    /// [`Userspace::daemon_pid`] checks it.
     pub(crate) fn peer_pid(&self) -> Result<u32> {
         let s = self.stream()?;
         let cred = rustix::net::sockopt::socket_peercred(&s).map_err(|e| {
@@ -484,7 +531,10 @@ impl UapiConn {
     /// Send `request` and read the reply up to the blank line that ends it.
     fn exchange(&self, request: &[u8]) -> Result<Zeroizing<String>> {
         crate::fault::check("UAPI exchange")?;
-        let mut s = self.stream()?;
+        self.exchange_on(self.stream()?, request)
+    }
+
+    fn exchange_on(&self, mut s: UnixStream, request: &[u8]) -> Result<Zeroizing<String>> {
         s.write_all(request)
             .map_err(|e| Error::io(format!("writing to {}", self.socket.display()), e))?;
         let mut reply = Zeroizing::new(String::new());

@@ -302,6 +302,23 @@ fn birthplace_move_rename_full_tunnel_find_and_detach() {
         .iter()
         .any(|r| r.destination == net("0.0.0.0/0") && r.oif == Some(att.index)));
 
+    // A userspace daemon runs in the foreground, in a session of its own,
+    // and is the socket's SO_PEERCRED owner: found without scanning /proc.
+    if let Backend::Userspace(u) = &backend {
+        let pid = place
+            .device(&wg0, &birth)
+            .unwrap()
+            .daemon_pid()
+            .expect("daemon pid");
+        assert_eq!(u.daemon_pid(birth.as_str()), Some(pid));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        assert_eq!(fields[3], pid.to_string(), "session leader: {stat}");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        assert!(u.foreground && args.contains(&&b"-f"[..]), "foreground");
+    }
+
     // Found again later, from scratch.
     let found = place.find(&wg0, &birth).unwrap().expect("found");
     assert_eq!(found.index, att.index);
@@ -487,6 +504,33 @@ fn thousand_peers_and_incremental_update() {
             .socket_path(name.as_str())
             .exists()));
     }
+}
+
+#[test]
+fn link_created_directly_in_another_namespace() {
+    let Some(backend) = environment("link_created_directly_in_another_namespace") else {
+        return;
+    };
+    let (here, there) = (TestNs::new("ci-a"), TestNs::new("ci-b"));
+    // Kernel WireGuard is what attach creates this way; without it, a bridge
+    // exercises the same request.
+    let kind = if backend == Backend::Kernel {
+        "wireguard"
+    } else {
+        "bridge"
+    };
+    let name = ifname("wgci");
+    let ra = Rtnl::open(&here.ns).unwrap();
+    ra.create_link_in(&name, kind, &there.ns).unwrap();
+    assert!(!here.link_names().contains(&name.to_string()));
+    let rb = Rtnl::open(&there.ns).unwrap();
+    let link = rb.link_by_name(&name).unwrap();
+    assert_eq!(link.kind.as_deref(), Some(kind));
+    // The name is taken there now: the request never touches what exists.
+    let err = ra.create_link_in(&name, kind, &there.ns).unwrap_err();
+    assert!(err.to_string().contains("exists"), "{err}");
+    assert_eq!(rb.link_by_name(&name).unwrap().index, link.index);
+    rb.delete_link(link.index).unwrap();
 }
 
 #[test]
