@@ -2,7 +2,10 @@
 //! one run: Debian's bridge + host-local against wg-cni (one peer), and the
 //! whole chain bridge + host-local + wg-cni.
 //!
-//!     sudo cargo bench -p wg-netns-benches --bench cni [-- --rounds 20]
+//!     sudo cargo bench -p wg-netns-benches --bench cni [-- --rounds 20] [--baseline PATH]
+//!
+//! `--baseline PATH` adds another wg-cni binary (an earlier build) as one more
+//! configuration in the same rotation: before/after figures from one run.
 //!
 //! Needs root, Go with Debian's libcni sources, the reference plugins and a
 //! WireGuard backend; builds wg-cni (release) and the libcni client itself.
@@ -110,6 +113,11 @@ fn main() -> Res<()> {
         eprintln!("SKIP cni bench: needs root, Go + libcni sources (golang-github-appc-cni-dev) and containernetworking-plugins");
         return Ok(());
     }
+    let baseline = args
+        .iter()
+        .position(|a| a == "--baseline")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
     let backend = wg_netns::Backend::detect()?;
     let (release, client_bin) = build()?;
     let tag = std::process::id();
@@ -131,9 +139,19 @@ fn main() -> Res<()> {
     let lo = Rtnl::open(&node)?;
     lo.set_up(lo.link_by_name(&wg_netns::IfName::new("lo")?)?.index, true)?;
     let pod_path = format!("/var/run/netns/{pod_name}");
+    // The baseline binary is installed under its own plugin name.
+    let baseline_dir = dir.join("baseline");
+    std::fs::create_dir_all(&baseline_dir)?;
+    if let Some(b) = &baseline {
+        std::fs::copy(b, baseline_dir.join("wg-cni-baseline"))?;
+    }
     let client = Client {
         bin: client_bin,
-        cni_path: format!("/usr/lib/cni:{}", release.display()),
+        cni_path: format!(
+            "/usr/lib/cni:{}:{}",
+            release.display(),
+            baseline_dir.display()
+        ),
         cache: dir.join("cache"),
     };
     let peer = PrivateKey::generate()?.public_key();
@@ -156,7 +174,7 @@ fn main() -> Res<()> {
         )?;
         Ok(p)
     };
-    let lists = [
+    let mut lists = vec![
         (
             "bridge + host-local",
             write("bridge.conflist", serde_json::json!([bridge.clone()]))?,
@@ -167,9 +185,18 @@ fn main() -> Res<()> {
         ),
         (
             "bridge + host-local + wg-cni",
-            write("chain.conflist", serde_json::json!([bridge, wg]))?,
+            write("chain.conflist", serde_json::json!([bridge, wg.clone()]))?,
         ),
     ];
+    if baseline.is_some() {
+        let mut old = wg;
+        old["type"] = "wg-cni-baseline".into();
+        old["stateDir"] = dir.join("state-baseline").to_string_lossy().into();
+        lists.push((
+            "wg-cni (one peer), baseline build",
+            write("baseline.conflist", serde_json::json!([old]))?,
+        ));
+    }
     let mut adds = vec![Vec::new(); lists.len()];
     let mut dels = vec![Vec::new(); lists.len()];
     // Warm-up round (page cache, first bridge creation), not counted.

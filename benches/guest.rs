@@ -4,7 +4,10 @@
 //! 1. wg-cni ADD and DEL (one peer, kernel backend, the plugin binary run with
 //!    CNI environment and stdin) against the same work done by the standard
 //!    tools: `ip link add type wireguard`, `wg set`, `ip link set netns`,
-//!    `ip addr`, `ip link set up`, `ip route`; and `ip link del`.
+//!    `ip addr`, `ip link set up`, `ip route`; and `ip link del`. A third
+//!    column does it the way wg-cni now does, creating the link in the pod
+//!    (`ip link add NAME netns POD type wireguard`), to separate the method
+//!    from the number of processes.
 //! 2. Applying 1, 100 and 1,000 peers through wg-netns against `wg setconf`
 //!    of the same configuration (10,000: `wg setconf` did not finish within
 //!    5 minutes under emulation; sizes can be set in /tests-extra/sizes).
@@ -21,8 +24,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wg_netns::{
-    Backend, DeviceConfig, IfName, IpNetwork, Netns, PeerConfig, PrivateKey, PublicKey, Rtnl,
-    WgDevice,
+    Backend, Birthplace, DeviceConfig, IfName, InterfaceSpec, IpNetwork, Netns, PeerConfig,
+    PrivateKey, PublicKey, Route, Rtnl, WgDevice,
 };
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -176,15 +179,67 @@ fn main() -> Res<()> {
             None,
         )
     };
+    // The same tools, but creating the link in the pod to begin with
+    // (`ip link add ... netns`), as wg-cni does: no move, one process fewer.
+    let tools_add_in_place = |n: &Netns| -> Res<()> {
+        sh(
+            n,
+            &[
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                "bench-pod",
+                "type",
+                "wireguard",
+            ],
+            None,
+        )?;
+        sh(
+            &pod,
+            &[
+                "wg",
+                "set",
+                "eth0",
+                "private-key",
+                "/tmp/bench.key",
+                "listen-port",
+                "51820",
+                "peer",
+                &peer.to_base64(),
+                "endpoint",
+                "127.0.0.1:51999",
+                "allowed-ips",
+                "10.14.0.0/16",
+                "persistent-keepalive",
+                "25",
+            ],
+            None,
+        )?;
+        for args in [
+            &["addr", "add", "10.13.13.2/24", "dev", "eth0"][..],
+            &["link", "set", "eth0", "up"],
+            &["route", "add", "10.14.0.0/16", "dev", "eth0"],
+        ] {
+            let mut a = vec!["ip", "-n", "bench-pod"];
+            a.extend_from_slice(args);
+            sh(n, &a, None)?;
+        }
+        Ok(())
+    };
     let tools_del = |n: &Netns| sh(n, &["ip", "-n", "bench-pod", "link", "del", "eth0"], None);
-    let (mut ca, mut cd, mut ta, mut td) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // [wg-cni, tools moving the link, tools creating it in place] x [ADD, DEL]
+    let mut times: [[Vec<Duration>; 2]; 3] = Default::default();
     for round in 0..rounds + 2 {
-        for side in [round % 2, 1 - round % 2] {
+        for k in 0..3 {
+            // Rotate the order so no side always goes first.
+            let side = (k + round) % 3;
             let t = Instant::now();
-            if side == 0 {
-                cni(&node, "ADD", pod_path, &conf)?;
-            } else {
-                tools_add(&node)?;
+            match side {
+                0 => cni(&node, "ADD", pod_path, &conf)?,
+                1 => tools_add(&node)?,
+                _ => tools_add_in_place(&node)?,
             }
             let add = t.elapsed();
             let t = Instant::now();
@@ -196,31 +251,79 @@ fn main() -> Res<()> {
             let del = t.elapsed();
             if round >= 2 {
                 // The first two rounds warm caches and are not counted.
-                if side == 0 {
-                    ca.push(add);
-                    cd.push(del);
-                } else {
-                    ta.push(add);
-                    td.push(del);
-                }
+                times[side][0].push(add);
+                times[side][1].push(del);
             }
         }
     }
-    println!("guest: kernel WireGuard, {rounds} rounds, alternating order");
+    println!("guest: kernel WireGuard, {rounds} rounds, rotating order");
     println!();
-    println!("| | wg-cni median | wg-cni p99 | tools median | tools p99 | ratio (median) |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (label, ours, theirs) in [("ADD", &ca, &ta), ("DEL", &cd, &td)] {
-        let (om, op, _, _) = stats(ours);
-        let (tm, tp, _, _) = stats(theirs);
+    println!("| | wg-cni median | wg-cni p99 | tools median | tools p99 | ratio (median) | tools, created in place: median | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, label) in ["ADD", "DEL"].iter().enumerate() {
+        let (om, op, _, _) = stats(&times[0][i]);
+        let (tm, tp, _, _) = stats(&times[1][i]);
+        let (pm, _, _, _) = stats(&times[2][i]);
         println!(
-            "| {label} | {} | {} | {} | {} | {:.2}x |",
+            "| {label} | {} | {} | {} | {} | {:.2}x | {} | {:.2}x |",
             ms(om),
             ms(op),
             ms(tm),
             ms(tp),
-            om.as_secs_f64() / tm.as_secs_f64()
+            om.as_secs_f64() / tm.as_secs_f64(),
+            ms(pm),
+            om.as_secs_f64() / pm.as_secs_f64()
         );
+    }
+
+    // Where wg-cni's ADD goes: a process start that does nothing (VERSION),
+    // and the same interface attached and detached by the library in this
+    // process (the netlink work, kernel time included, without a process).
+    let spec = InterfaceSpec::new(IfName::new("wgbirth")?, IfName::new("eth0")?)
+        .device(
+            DeviceConfig::new()
+                .private_key(me.clone())
+                .listen_port(51820)
+                .peer(
+                    PeerConfig::new(peer)
+                        .endpoint("127.0.0.1:51999".parse()?)
+                        .allowed_ip("10.14.0.0/16".parse()?)
+                        .persistent_keepalive(Duration::from_secs(25)),
+                ),
+        )
+        .address("10.13.13.2/24".parse()?)
+        .route(Route::new("10.14.0.0/16".parse()?));
+    let place = Birthplace::new(&node, &pod, &Backend::Kernel);
+    let (mut version, mut lib_add, mut lib_del) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds + 2 {
+        let t = Instant::now();
+        cni(&node, "VERSION", pod_path, &conf)?;
+        let v = t.elapsed();
+        let t = Instant::now();
+        place.attach(&spec)?;
+        let a = t.elapsed();
+        let t = Instant::now();
+        place.detach(&spec.name, &spec.birth_name)?;
+        let d = t.elapsed();
+        if round >= 2 {
+            version.push(v);
+            lib_add.push(a);
+            lib_del.push(d);
+        }
+    }
+    println!();
+    println!("| where the wg-cni ADD goes | median | p99 |");
+    println!("|---|---:|---:|");
+    for (label, v) in [
+        ("wg-cni VERSION: a process start and nothing else", &version),
+        (
+            "`Birthplace::attach` in-process: the netlink work alone",
+            &lib_add,
+        ),
+        ("`Birthplace::detach` in-process", &lib_del),
+    ] {
+        let (m, p, _, _) = stats(v);
+        println!("| {label} | {} | {} |", ms(m), ms(p));
     }
 
     // 2. Peers: wg-netns against wg setconf.

@@ -1,7 +1,7 @@
 //! Applying N peers through wg-netns against `wg setconf` of the same
 //! configuration, on the same backend, side by side in one run; and changing
-//! one peer of a 10,000-peer device through the incremental API against
-//! `wg set` of that one peer.
+//! one peer of a 100-, 1,000- and 10,000-peer device through the incremental
+//! API against `wg set` of that one peer (is it flat as the device grows?).
 //!
 //!     sudo cargo bench -p wg-netns-benches --bench peers [-- --sizes 1,100,1000,10000 --rounds 5]
 //!
@@ -222,64 +222,64 @@ fn main() -> Res<()> {
         );
     }
 
-    // One peer changed on a 10,000-peer device.
-    let big = 10_000.min(keys.len());
-    let cfg = config(&keys, big, &me);
-    let t = Trial::new(&ns, &backend, &mut n)?;
-    t.dev.set(&cfg)?;
-    let mut state = t.dev.get()?;
-    let (mut ours, mut theirs, mut sends) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds * 4 {
-        let mut desired = cfg.clone();
-        desired.peers[round % big].persistent_keepalive =
-            Some(Duration::from_secs(100 + round as u64));
-        let s = Instant::now();
-        let diff = desired.diff(&state);
-        let computed = s.elapsed();
-        t.dev.set(&diff)?;
-        ours.push(s.elapsed());
-        sends.push(s.elapsed() - computed);
-        assert_eq!(diff.peers.len(), 1);
-        state.apply(&diff);
-        // The tool puts the same peer back to its configured keepalive, so
-        // the next round differs from the configuration in one peer again.
-        let i = round % big;
-        let key = keys[i].to_base64();
-        let d = wg(
-            &ns_name,
-            &[
-                "set",
-                t.name.as_str(),
-                "peer",
-                &key,
-                "persistent-keepalive",
-                "25",
-            ],
-        )?;
-        theirs.push(d.saturating_sub(overhead));
-        if let Some(p) = state.peers.iter_mut().find(|p| p.public_key == keys[i]) {
-            p.persistent_keepalive = Some(Duration::from_secs(25));
-        }
-    }
-    let (o, th) = (Stats(ours), Stats(theirs));
+    // One peer changed on devices of growing size: the incremental API
+    // (`set` of a one-peer change) and `update_from` (diff the whole desired
+    // state against the known one, then send), against `wg set` of that peer.
     println!();
-    let se = Stats(sends);
-    let ratio = |a: &Stats| a.median().as_secs_f64() / th.median().as_secs_f64();
-    println!("| change one peer of {big} | wg-netns | wg set | ratio |");
-    println!("|---|---:|---:|---:|");
-    println!(
-        "| diff against the known state, then send (`update_from`) | {} | {} | {:.2}x |",
-        o.fmt(),
-        th.fmt(),
-        ratio(&o)
-    );
-    println!(
-        "| send the one-peer change only (`set`) | {} | {} | {:.2}x |",
-        se.fmt(),
-        th.fmt(),
-        ratio(&se)
-    );
-    drop(t);
+    println!("| change one peer of a device with N peers | `set` (the change) | `update_from` (diff + send) | `wg set` | `set` ratio | `update_from` ratio |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for big in [100, 1_000, 10_000]
+        .into_iter()
+        .filter(|b| *b <= keys.len())
+    {
+        let cfg = config(&keys, big, &me);
+        let t = Trial::new(&ns, &backend, &mut n)?;
+        t.dev.set(&cfg)?;
+        let mut state = t.dev.get()?;
+        let (mut ours, mut theirs, mut sends) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds * 4 {
+            let mut desired = cfg.clone();
+            desired.peers[round % big].persistent_keepalive =
+                Some(Duration::from_secs(100 + round as u64));
+            let s = Instant::now();
+            let diff = desired.diff(&state);
+            let computed = s.elapsed();
+            t.dev.set(&diff)?;
+            ours.push(s.elapsed());
+            sends.push(s.elapsed() - computed);
+            assert_eq!(diff.peers.len(), 1);
+            state.apply(&diff);
+            // The tool puts the same peer back to its configured keepalive, so
+            // the next round differs from the configuration in one peer again.
+            let i = round % big;
+            let key = keys[i].to_base64();
+            let d = wg(
+                &ns_name,
+                &[
+                    "set",
+                    t.name.as_str(),
+                    "peer",
+                    &key,
+                    "persistent-keepalive",
+                    "25",
+                ],
+            )?;
+            theirs.push(d.saturating_sub(overhead));
+            if let Some(p) = state.peers.iter_mut().find(|p| p.public_key == keys[i]) {
+                p.persistent_keepalive = Some(Duration::from_secs(25));
+            }
+        }
+        let (o, th, se) = (Stats(ours), Stats(theirs), Stats(sends));
+        let ratio = |a: &Stats| a.median().as_secs_f64() / th.median().as_secs_f64();
+        println!(
+            "| {big} | {} | {} | {} | {:.2}x | {:.2}x |",
+            se.fmt(),
+            o.fmt(),
+            th.fmt(),
+            ratio(&se),
+            ratio(&o)
+        );
+    }
     let _ = std::fs::remove_file(&tmp);
     Ok(())
 }
