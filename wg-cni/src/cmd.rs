@@ -125,8 +125,11 @@ fn socket_ns_name(s: SocketNamespace) -> &'static str {
 }
 
 /// The MTU of the underlay towards the first peer with an endpoint, as seen
-/// from the birth namespace (for `"mtu": "auto"`).
+/// from the birth namespace; only asked for `"mtu": "auto"`.
 fn underlay_mtu(birth: &Netns, conf: &NetConf) -> Option<u32> {
+    if conf.mtu != crate::config::Mtu::Auto {
+        return None;
+    }
     let ep = conf.peers.iter().find_map(|p| p.endpoint)?;
     let rtnl = Rtnl::open(birth).ok()?;
     let route = rtnl.route_get(ep.ip()).ok()?;
@@ -140,9 +143,9 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// ADD: create the interface where its socket lives, move it into the
-/// container, address and route it; or, when it is already there, bring it
-/// back to the configuration. Answer with the (appended) result.
+/// ADD: attach the interface to the container with its socket where the
+/// configuration says (`Birthplace::attach`), addressed and routed; or, when
+/// it is already there, bring it back to the configuration. Answer with the (appended) result.
 fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
     let state = StateDir::open(&conf.state_dir)?;
     let _all = state.lock_all(false)?;

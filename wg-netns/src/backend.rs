@@ -188,7 +188,24 @@ impl WgDevice {
         }
     }
 
-    /// Apply a change.
+    /// Apply a change, in WireGuard's own terms: only what `cfg` names is
+    /// touched, so this is the incremental API. One peer added, changed or
+    /// removed costs the same whatever the number of peers on the device.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use wg_netns::{Backend, DeviceConfig, IfName, Netns, PeerConfig, PublicKey, WgDevice};
+    /// let dev = WgDevice::open_kernel(&Netns::from_name("pod1")?, &IfName::new("wg0")?)?;
+    /// let peer: PublicKey = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".parse()?;
+    /// // Change one peer's keepalive, leaving its endpoint and allowed IPs alone.
+    /// dev.set(&DeviceConfig::new().peer(
+    ///     PeerConfig::new(peer).update_only().persistent_keepalive(Duration::from_secs(10)),
+    /// ))?;
+    /// // Remove another.
+    /// let gone: PublicKey = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".parse()?;
+    /// dev.set(&DeviceConfig::new().peer(PeerConfig::removal(gone)))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set(&self, cfg: &DeviceConfig) -> Result<()> {
         cfg.validate()?;
         match &self.control {
@@ -219,7 +236,10 @@ impl WgDevice {
 
     /// Like [`WgDevice::update`], but against a state the caller already
     /// holds (for example the one it last wrote), so nothing is read from the
-    /// device: the cost is that of the difference, not of the device's size.
+    /// device and only the difference is sent. Computing the difference still
+    /// walks both states, so it grows with the device (about 1 ms for 10,000
+    /// peers, docs/benchmarks.md); when the change is already known, send it
+    /// with [`WgDevice::set`], whose cost does not depend on the device's size.
     /// Returns the change that was sent.
     pub fn update_from(&self, current: &Device, desired: &DeviceConfig) -> Result<DeviceConfig> {
         desired.validate()?;
