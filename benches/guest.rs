@@ -294,8 +294,37 @@ fn main() -> Res<()> {
         .address("10.13.13.2/24".parse()?)
         .route(Route::new("10.14.0.0/16".parse()?));
     let place = Birthplace::new(&node, &pod, &Backend::Kernel);
+    // wg-cni's ADD and DEL as library calls in this (warm) process, from a
+    // thread in the node, with the environment a runtime would set.
+    let verb_in_process = |cmd: &str| -> Res<()> {
+        let env = wg_cni::cni::Env::from_vars(|k| {
+            match k {
+                "CNI_COMMAND" => Some(cmd),
+                "CNI_CONTAINERID" => Some("inproc"),
+                "CNI_NETNS" => Some(pod_path),
+                "CNI_IFNAME" => Some("eth0"),
+                "CNI_PATH" => Some("/usr/lib/cni"),
+                _ => None,
+            }
+            .map(String::from)
+        })
+        .map_err(|e| e.to_string())?;
+        node.run(|| {
+            wg_cni::cmd::run(&env, conf.as_bytes(), &mut wg_cni::log::Log::none())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })??;
+        Ok(())
+    };
     let (mut version, mut lib_add, mut lib_del) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut verb_add, mut verb_del) = (Vec::new(), Vec::new());
     for round in 0..rounds + 2 {
+        let t = Instant::now();
+        verb_in_process("ADD")?;
+        let va = t.elapsed();
+        let t = Instant::now();
+        verb_in_process("DEL")?;
+        let vd = t.elapsed();
         let t = Instant::now();
         cni(&node, "VERSION", pod_path, &conf)?;
         let v = t.elapsed();
@@ -309,6 +338,8 @@ fn main() -> Res<()> {
             version.push(v);
             lib_add.push(a);
             lib_del.push(d);
+            verb_add.push(va);
+            verb_del.push(vd);
         }
     }
     println!();
@@ -317,9 +348,14 @@ fn main() -> Res<()> {
     for (label, v) in [
         ("wg-cni VERSION: a process start and nothing else", &version),
         (
+            "wg-cni's ADD in-process (`wg_cni::cmd::run`): everything but the process",
+            &verb_add,
+        ),
+        (
             "`Birthplace::attach` in-process: the netlink work alone",
             &lib_add,
         ),
+        ("wg-cni's DEL in-process", &verb_del),
         ("`Birthplace::detach` in-process", &lib_del),
     ] {
         let (m, p, _, _) = stats(v);
