@@ -418,9 +418,11 @@ impl Userspace {
                 return Ok(conn);
             }
             if let Ok(Some(status)) = child.try_wait() {
-                if !status.success() {
+                // A daemonizing parent exits successfully once its daemon
+                // runs; a foreground daemon that exits at all has failed.
+                if !status.success() || self.foreground {
                     return Err(spawn_err(format!(
-                        "exited with {status} before its socket appeared"
+                        "exited with {status} before its socket answered"
                     )));
                 }
             }
@@ -677,6 +679,25 @@ mod tests {
             d.peers[0].last_handshake,
             Some(SystemTime::UNIX_EPOCH + Duration::new(1, 999_999_999))
         );
+    }
+
+    /// A foreground daemon that exits before answering is a failed start,
+    /// reported as such, not waited for until the start timeout.
+    #[test]
+    fn foreground_daemon_that_exits_is_a_failed_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("wg-netns-uapi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("wireguard-go");
+        std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut u = Userspace::new(&program);
+        assert!(u.foreground, "wireguard-go runs in the foreground");
+        u.socket_dir = dir.join("sockets");
+        u.start_timeout = Duration::from_secs(3);
+        let err = u.start("wgtest0").unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(err.contains("exited with"), "{err}");
     }
 
     #[test]
