@@ -504,8 +504,10 @@ impl NetConf {
                 persistent_keepalive,
             });
         }
+        // One pass with a set: a configuration can list thousands of peers.
+        let mut seen = std::collections::HashSet::with_capacity(peers.len());
         for (i, a) in peers.iter().enumerate() {
-            if peers[..i].iter().any(|b| b.public_key == a.public_key) {
+            if !seen.insert(a.public_key) {
                 return Err(invalid(
                     format!("peers[{i}].publicKey"),
                     format!("{} is listed twice", a.public_key),
@@ -513,7 +515,9 @@ impl NetConf {
             }
         }
         if let KeySource::Inline(k) = &private_key {
-            if let Some(i) = peers.iter().position(|p| p.public_key == k.public_key()) {
+            // Derived once (a scalar multiplication), not once per peer.
+            let own = k.public_key();
+            if let Some(i) = peers.iter().position(|p| p.public_key == own) {
                 return Err(invalid(
                     format!("peers[{i}].publicKey"),
                     "is this interface's own public key",
