@@ -9,11 +9,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use neli::consts::socket::{Msg, NlFamily};
 use neli::socket::NlSocket;
 use neli::utils::Groups;
-use zeroize::Zeroizing;
+use rustix::buffer::spare_capacity;
+use rustix::net::RecvFlags;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, Result};
 
@@ -38,10 +41,22 @@ pub(crate) fn align4(n: usize) -> usize {
 }
 
 /// A connected netlink socket, bound to the namespace it was created in.
+///
+/// Replies are received into one buffer per connection, allocated on first
+/// use and never zero-filled up front (the kernel writes what it sends).
+/// Replies can carry keys (a WireGuard `GET_DEVICE` answer holds the private
+/// key), so each reply is wiped once parsed, before the next one and on drop:
+/// the cost follows the bytes received, not the buffer's 64 KiB.
 pub(crate) struct NlConn {
     sock: NlSocket,
     seq: Cell<u32>,
-    buf: RefCell<Zeroizing<Vec<u8>>>,
+    buf: RefCell<Vec<u8>>,
+}
+
+impl Drop for NlConn {
+    fn drop(&mut self) {
+        self.buf.get_mut().as_mut_slice().zeroize();
+    }
 }
 
 impl std::fmt::Debug for NlConn {
@@ -57,7 +72,7 @@ impl NlConn {
         Ok(NlConn {
             sock,
             seq: Cell::new(1),
-            buf: RefCell::new(Zeroizing::new(vec![0; RECV_BUF])),
+            buf: RefCell::new(Vec::new()),
         })
     }
 
@@ -90,17 +105,26 @@ impl NlConn {
                 source,
             })?;
         let mut buf = self.buf.borrow_mut();
+        if buf.capacity() < RECV_BUF {
+            buf.reserve_exact(RECV_BUF);
+        }
+        // SAFETY: the descriptor belongs to `self.sock`, which outlives this
+        // borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.sock.as_raw_fd()) };
         loop {
-            let (n, _) = loop {
-                match self.sock.recv(&mut buf[..], Msg::TRUNC) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Wipe the previous reply, then receive into the spare capacity.
+            buf.as_mut_slice().zeroize();
+            buf.clear();
+            let (_, n) = loop {
+                match rustix::net::recv(fd, spare_capacity(&mut buf), RecvFlags::TRUNC) {
+                    Err(rustix::io::Errno::INTR) => continue,
                     r => break r,
                 }
             }
-            .map_err(|source| Error::Netlink {
+            .map_err(|e| Error::Netlink {
                 op,
                 target: target(),
-                source,
+                source: e.into(),
             })?;
             if n > buf.len() {
                 return Err(Error::NetlinkDecode {
