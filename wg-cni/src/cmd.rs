@@ -169,7 +169,7 @@ fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
         }
         None => {
             // Whatever a crashed ADD may have left at the birthplace.
-            cleanup_birth(birth_ns, &birth, &backend)?;
+            place.cleanup_birth(&birth)?;
             let key = conf.load_private_key()?;
             let mtu = plan::mtu(conf, underlay_mtu(birth_ns, conf));
             let spec = plan::interface_spec(conf, birth.clone(), name.clone(), key, mtu);
@@ -256,7 +256,7 @@ fn reconcile(
     place
         .device(name, birth)?
         .update(&plan::device_config(conf, key))?;
-    let rtnl = Rtnl::open(place.target)?;
+    let rtnl = place.target_rtnl()?;
     let have = rtnl.addresses(index)?;
     for a in conf.addresses.iter().filter(|a| !have.contains(a)) {
         rtnl.add_address(index, *a)?;
@@ -424,7 +424,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     };
     compare_device(conf, want_key, &device, &mut diffs);
 
-    let rtnl = Rtnl::open(&pod)?;
+    let rtnl = place.target_rtnl()?;
     let have: Vec<IpNetwork> = rtnl.addresses(found.index)?;
     for a in conf.addresses.iter().filter(|a| !have.contains(a)) {
         diffs.push(format!("address {a} is missing from {}", t.name));

@@ -26,6 +26,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::cell::OnceCell;
+
 use ipnetwork::IpNetwork;
 
 use crate::backend::{wait_userspace_gone, Backend, BackendKind, WgDevice};
@@ -144,7 +146,12 @@ pub struct Attachment {
 }
 
 /// A pair of namespaces and a backend: where interfaces are born and where they go.
-#[derive(Debug, Clone, Copy)]
+///
+/// It opens one route-netlink socket per namespace on first use and reuses
+/// it for every later call, so keep one `Birthplace` for a sequence of calls
+/// (find, clean up, attach): each socket opened in another namespace costs a
+/// helper thread.
+#[derive(Debug)]
 pub struct Birthplace<'a> {
     /// Where the interface is created and its UDP socket lives.
     pub birth: &'a Netns,
@@ -152,6 +159,18 @@ pub struct Birthplace<'a> {
     pub target: &'a Netns,
     /// Which implementation creates it.
     pub backend: &'a Backend,
+    birth_rtnl: OnceCell<Rtnl>,
+    target_rtnl: OnceCell<Rtnl>,
+    same: OnceCell<bool>,
+}
+
+/// The value in `cell`, made by `open` on first use.
+fn opened<T>(cell: &OnceCell<T>, open: impl FnOnce() -> Result<T>) -> Result<&T> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let v = open()?;
+    Ok(cell.get_or_init(|| v))
 }
 
 impl<'a> Birthplace<'a> {
@@ -161,11 +180,28 @@ impl<'a> Birthplace<'a> {
             birth,
             target,
             backend,
+            birth_rtnl: OnceCell::new(),
+            target_rtnl: OnceCell::new(),
+            same: OnceCell::new(),
         }
     }
 
     fn same_namespace(&self) -> Result<bool> {
-        self.birth.same_as(self.target)
+        opened(&self.same, || self.birth.same_as(self.target)).copied()
+    }
+
+    /// The route-netlink socket of the birthplace, opened on first use.
+    pub fn birth_rtnl(&self) -> Result<&Rtnl> {
+        opened(&self.birth_rtnl, || Rtnl::open(self.birth))
+    }
+
+    /// The route-netlink socket of the target, opened on first use (the
+    /// birthplace's when they are one namespace).
+    pub fn target_rtnl(&self) -> Result<&Rtnl> {
+        if self.same_namespace()? {
+            return self.birth_rtnl();
+        }
+        opened(&self.target_rtnl, || Rtnl::open(self.target))
     }
 
     /// Create, configure, move and address an interface. On any failure
@@ -181,16 +217,10 @@ impl<'a> Birthplace<'a> {
     pub fn attach(&self, spec: &InterfaceSpec) -> Result<Attachment> {
         spec.device.validate()?;
         let same = self.same_namespace()?;
-        let birth_rtnl = Rtnl::open(self.birth)?;
-        let target_rtnl = if same {
-            None
-        } else {
-            Some(Rtnl::open(self.target)?)
-        };
-        let rtnl = target_rtnl.as_ref().unwrap_or(&birth_rtnl);
+        let (birth_rtnl, rtnl) = (self.birth_rtnl()?, self.target_rtnl()?);
         match self.backend {
-            Backend::Kernel => self.attach_kernel(spec, &birth_rtnl, rtnl, same),
-            Backend::Userspace(_) => self.attach_userspace(spec, &birth_rtnl, rtnl, same),
+            Backend::Kernel => self.attach_kernel(spec, birth_rtnl, rtnl, same),
+            Backend::Userspace(_) => self.attach_userspace(spec, birth_rtnl, rtnl, same),
         }
     }
 
@@ -226,7 +256,8 @@ impl<'a> Birthplace<'a> {
         rtnl: &Rtnl,
         same: bool,
     ) -> Result<Attachment> {
-        let (dev, link) = WgDevice::create(self.birth, &spec.birth_name, self.backend)?;
+        let (dev, link) =
+            WgDevice::create_with(self.birth, birth_rtnl, &spec.birth_name, self.backend)?;
         let mut moved = false;
         let result = dev.set(&spec.device).and_then(|()| {
             if same {
@@ -286,7 +317,7 @@ impl<'a> Birthplace<'a> {
     /// with its device reachable (kernel: a `wireguard` link; userspace: the
     /// control socket of `birth_name` answers). `Ok(None)` when absent.
     pub fn find(&self, name: &IfName, birth_name: &IfName) -> Result<Option<Attachment>> {
-        let rtnl = Rtnl::open(self.target)?;
+        let rtnl = self.target_rtnl()?;
         let link = match rtnl.link_by_name(name) {
             Ok(l) => l,
             Err(e) if e.is_not_found() => return Ok(None),
@@ -325,7 +356,7 @@ impl<'a> Birthplace<'a> {
     /// was removed.
     pub fn detach(&self, name: &IfName, birth_name: &IfName) -> Result<bool> {
         let mut removed = false;
-        let rtnl = Rtnl::open(self.target)?;
+        let rtnl = self.target_rtnl()?;
         if let Ok(l) = rtnl.link_by_name(name) {
             // Only delete what is ours: a WireGuard link, or a TUN served by
             // a daemon of our birth name.
@@ -343,35 +374,42 @@ impl<'a> Birthplace<'a> {
                 }
             }
         }
-        removed |= cleanup_birth(self.birth, birth_name, self.backend)?;
+        removed |= self.cleanup_birth(birth_name)?;
+        Ok(removed)
+    }
+
+    /// Remove what an attachment may have left at the birthplace (a crashed
+    /// attach, or the target namespace gone): a link still called
+    /// `birth_name`, and a userspace daemon with its socket. Idempotent;
+    /// returns whether anything was removed.
+    pub fn cleanup_birth(&self, birth_name: &IfName) -> Result<bool> {
+        let mut removed = false;
+        let rtnl = self.birth_rtnl()?;
+        if let Ok(l) = rtnl.link_by_name(birth_name) {
+            if matches!(l.kind.as_deref(), Some("wireguard") | Some("tun")) {
+                match rtnl.delete_link(l.index) {
+                    Ok(()) => removed = true,
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if let Backend::Userspace(u) = self.backend {
+            let name = birth_name.as_str();
+            // A daemon whose socket is gone exits by itself.
+            if u.socket_path(name).exists() {
+                wait_userspace_gone(u, name, std::time::Duration::from_secs(3))?;
+                removed = true;
+            }
+        }
         Ok(removed)
     }
 }
 
-/// Remove what an attachment may have left at its birthplace when the target
-/// namespace is gone or was never reached: a link still called `birth_name`,
-/// and a userspace daemon with its socket. Idempotent.
+/// [`Birthplace::cleanup_birth`] when only the birthplace is known (the
+/// target namespace is gone).
 pub fn cleanup_birth(birth: &Netns, birth_name: &IfName, backend: &Backend) -> Result<bool> {
-    let mut removed = false;
-    let rtnl = Rtnl::open(birth)?;
-    if let Ok(l) = rtnl.link_by_name(birth_name) {
-        if matches!(l.kind.as_deref(), Some("wireguard") | Some("tun")) {
-            match rtnl.delete_link(l.index) {
-                Ok(()) => removed = true,
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    if let Backend::Userspace(u) = backend {
-        let name = birth_name.as_str();
-        // A daemon whose socket is gone exits by itself.
-        if u.socket_path(name).exists() {
-            wait_userspace_gone(u, name, std::time::Duration::from_secs(3))?;
-            removed = true;
-        }
-    }
-    Ok(removed)
+    Birthplace::new(birth, birth, backend).cleanup_birth(birth_name)
 }
 
 #[cfg(test)]

@@ -117,7 +117,16 @@ impl WgDevice {
     /// Create a device called `name` in `netns`. Its UDP socket will live in
     /// `netns` for the device's whole life, wherever the interface is moved.
     pub fn create(netns: &Netns, name: &IfName, backend: &Backend) -> Result<(WgDevice, Link)> {
-        let rtnl = Rtnl::open(netns)?;
+        Self::create_with(netns, &Rtnl::open(netns)?, name, backend)
+    }
+
+    /// [`WgDevice::create`] with a route-netlink socket already open in `netns`.
+    pub(crate) fn create_with(
+        netns: &Netns,
+        rtnl: &Rtnl,
+        name: &IfName,
+        backend: &Backend,
+    ) -> Result<(WgDevice, Link)> {
         match backend {
             Backend::Kernel => {
                 let link = rtnl.create_wireguard(name)?;
