@@ -6,6 +6,8 @@
 //!
 //! `--baseline PATH` adds another wg-cni binary (an earlier build) as one more
 //! configuration in the same rotation: before/after figures from one run.
+//! `--busy N` runs with N extra (sleeping) processes on the machine, as on a
+//! Kubernetes node, where anything that scans `/proc` slows down.
 //!
 //! Needs root, Go with Debian's libcni sources, the reference plugins and a
 //! WireGuard backend; builds wg-cni (release) and the libcni client itself.
@@ -118,7 +120,32 @@ fn main() -> Res<()> {
         .position(|a| a == "--baseline")
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from);
+    let busy: usize = args
+        .iter()
+        .position(|a| a == "--busy")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let backend = wg_netns::Backend::detect()?;
+    // Extra processes, killed (by their own handles) when the run ends.
+    struct Sleepers(Vec<std::process::Child>);
+    impl Drop for Sleepers {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut sleepers = Sleepers(Vec::with_capacity(busy));
+    for _ in 0..busy {
+        sleepers.0.push(
+            Command::new("sleep")
+                .arg("3600")
+                .stdin(std::process::Stdio::null())
+                .spawn()?,
+        );
+    }
     let (release, client_bin) = build()?;
     let tag = std::process::id();
     let dir = std::env::temp_dir().join(format!("wgcni-bench-{tag}"));
@@ -214,8 +241,13 @@ fn main() -> Res<()> {
         }
     }
     println!(
-        "backend: {:?}; {rounds} rounds, rotating order; wall time of the libcni call",
-        backend.kind()
+        "backend: {:?}; {rounds} rounds, rotating order; wall time of the libcni call{}",
+        backend.kind(),
+        if busy > 0 {
+            format!("; {busy} extra processes on the machine")
+        } else {
+            String::new()
+        }
     );
     println!();
     println!("| conflist | ADD median (min-max) | DEL median (min-max) | ADD vs bridge | DEL vs bridge |");
