@@ -9,8 +9,19 @@ use serde_json::Value;
 
 const KEY: &str = "mKQMU6UHA3epPzrZr8yZxRbmESQ7fA4KO7/5phyI43E=";
 
+/// The state directory the corpus's configurations name; cases that get as
+/// far as opening it create it, so it is removed afterwards, pass or fail.
+const STATE_DIR: &str = "/tmp/wgcni-malformed";
+
 #[test]
 fn every_malformed_input_gets_its_error_code() {
+    struct RemoveState;
+    impl Drop for RemoveState {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(STATE_DIR);
+        }
+    }
+    let _cleanup = RemoveState;
     let cases: Vec<Value> =
         serde_json::from_str(include_str!("malformed/cases.json")).expect("corpus");
     assert!(cases.len() >= 200, "only {} cases", cases.len());
