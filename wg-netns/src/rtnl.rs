@@ -267,6 +267,11 @@ where
         .map_err(|e| Error::invalid("netlink attribute", e.to_string()))
 }
 
+/// `IFLA_NET_NS_FD`: the namespace a link is created in or moved to.
+fn netns_attr(ns: &Netns) -> Result<Rtattr<Ifla, Buffer>> {
+    attr(Ifla::NetNsFd, ns.as_fd().as_raw_fd() as u32)
+}
+
 fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
@@ -448,7 +453,7 @@ impl Rtnl {
     ) -> Result<Link> {
         let mut peer_attrs = vec![attr(Ifla::Ifname, cstr(peer_name.as_str()))?];
         if let Some(ns) = peer_netns {
-            peer_attrs.push(attr(Ifla::NetNsFd, ns.as_fd().as_raw_fd() as u32)?);
+            peer_attrs.push(netns_attr(ns)?);
         }
         let peer = IfinfomsgBuilder::default()
             .ifi_family(RtAddrFamily::Unspecified)
@@ -488,7 +493,7 @@ impl Rtnl {
         }
         let mut attrs = vec![attr(Ifla::Ifname, cstr(name.as_str()))?, info];
         if let Some(ns) = netns {
-            attrs.push(attr(Ifla::NetNsFd, ns.as_fd().as_raw_fd() as u32)?);
+            attrs.push(netns_attr(ns)?);
         }
         let msg = IfinfomsgBuilder::default()
             .ifi_family(RtAddrFamily::Unspecified)
@@ -619,8 +624,7 @@ impl Rtnl {
         target: &Netns,
         new_name: Option<&IfName>,
     ) -> Result<()> {
-        let fd = target.as_fd().as_raw_fd() as u32;
-        let mut attrs = vec![attr(Ifla::NetNsFd, fd)?];
+        let mut attrs = vec![netns_attr(target)?];
         if let Some(n) = new_name {
             attrs.push(attr(Ifla::Ifname, cstr(n.as_str()))?);
         }
