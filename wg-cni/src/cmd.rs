@@ -6,8 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use wg_netns::{
-    cleanup_birth, normalize, Backend, Birthplace, Device, IfName, IpNetwork, Netns, Rtnl,
-    Userspace, WgDevice,
+    cleanup_birth, normalize, Backend, Birthplace, Device, IfName, IpNetwork, Netns, Userspace,
+    WgDevice,
 };
 
 use crate::cni::{build_result, CniError, Code, Command, Env, Version, SUPPORTED_VERSIONS};
@@ -126,12 +126,12 @@ fn socket_ns_name(s: SocketNamespace) -> &'static str {
 
 /// The MTU of the underlay towards the first peer with an endpoint, as seen
 /// from the birth namespace; only asked for `"mtu": "auto"`.
-fn underlay_mtu(birth: &Netns, conf: &NetConf) -> Option<u32> {
+fn underlay_mtu(place: &Birthplace<'_>, conf: &NetConf) -> Option<u32> {
     if conf.mtu != crate::config::Mtu::Auto {
         return None;
     }
     let ep = conf.peers.iter().find_map(|p| p.endpoint)?;
-    let rtnl = Rtnl::open(birth).ok()?;
+    let rtnl = place.birth_rtnl().ok()?;
     let route = rtnl.route_get(ep.ip()).ok()?;
     rtnl.link_by_index(route.oif?).ok().map(|l| l.mtu)
 }
@@ -171,7 +171,7 @@ fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
             // Whatever a crashed ADD may have left at the birthplace.
             place.cleanup_birth(&birth)?;
             let key = conf.load_private_key()?;
-            let mtu = plan::mtu(conf, underlay_mtu(birth_ns, conf));
+            let mtu = plan::mtu(conf, underlay_mtu(&place, conf));
             let spec = plan::interface_spec(conf, birth.clone(), name.clone(), key, mtu);
             let a = place.attach(&spec)?;
             log.line(&format!(

@@ -216,22 +216,15 @@ impl<'a> Birthplace<'a> {
     /// birth name, configured, then moved and renamed in one request.
     pub fn attach(&self, spec: &InterfaceSpec) -> Result<Attachment> {
         spec.device.validate()?;
-        let same = self.same_namespace()?;
-        let (birth_rtnl, rtnl) = (self.birth_rtnl()?, self.target_rtnl()?);
         match self.backend {
-            Backend::Kernel => self.attach_kernel(spec, birth_rtnl, rtnl, same),
-            Backend::Userspace(_) => self.attach_userspace(spec, birth_rtnl, rtnl, same),
+            Backend::Kernel => self.attach_kernel(spec),
+            Backend::Userspace(_) => self.attach_userspace(spec),
         }
     }
 
-    fn attach_kernel(
-        &self,
-        spec: &InterfaceSpec,
-        birth_rtnl: &Rtnl,
-        rtnl: &Rtnl,
-        same: bool,
-    ) -> Result<Attachment> {
-        if same {
+    fn attach_kernel(&self, spec: &InterfaceSpec) -> Result<Attachment> {
+        let (birth_rtnl, rtnl) = (self.birth_rtnl()?, self.target_rtnl()?);
+        if self.same_namespace()? {
             birth_rtnl.create_wireguard(&spec.name)?;
         } else {
             birth_rtnl.create_link_in(&spec.name, "wireguard", self.target)?;
@@ -249,13 +242,9 @@ impl<'a> Birthplace<'a> {
         result
     }
 
-    fn attach_userspace(
-        &self,
-        spec: &InterfaceSpec,
-        birth_rtnl: &Rtnl,
-        rtnl: &Rtnl,
-        same: bool,
-    ) -> Result<Attachment> {
+    fn attach_userspace(&self, spec: &InterfaceSpec) -> Result<Attachment> {
+        let (birth_rtnl, rtnl) = (self.birth_rtnl()?, self.target_rtnl()?);
+        let same = self.same_namespace()?;
         let (dev, link) =
             WgDevice::create_with(self.birth, birth_rtnl, &spec.birth_name, self.backend)?;
         let mut moved = false;
