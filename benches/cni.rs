@@ -151,18 +151,14 @@ fn main() -> Res<()> {
     let dir = std::env::temp_dir().join(format!("wgcni-bench-{tag}"));
     std::fs::create_dir_all(&dir)?;
     let (node_name, pod_name) = (format!("wgbench-{tag}-node"), format!("wgbench-{tag}-pod"));
+    let mut cleanup = common::Cleanup {
+        namespaces: Vec::new(),
+        dir: Some(dir.clone()),
+    };
     let node = Netns::create_named(&node_name)?;
-    struct Cleanup(Vec<String>, PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for n in &self.0 {
-                let _ = Netns::remove_named(n);
-            }
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _cleanup = Cleanup(vec![node_name.clone(), pod_name.clone()], dir.clone());
+    cleanup.namespaces.push(node_name.clone());
     let _pod = Netns::create_named(&pod_name)?;
+    cleanup.namespaces.push(pod_name.clone());
     let lo = Rtnl::open(&node)?;
     lo.set_up(lo.link_by_name(&wg_netns::IfName::new("lo")?)?.index, true)?;
     let pod_path = format!("/var/run/netns/{pod_name}");

@@ -108,20 +108,23 @@ fn main() -> Res<()> {
         "peers": [{"endpoint": "127.0.0.1:51999", "publicKey": peer.to_base64(),
                    "allowedIPs": ["10.14.0.0/16"], "persistentKeepalive": 25}]})
     .to_string();
-    let tools_add = |n: &Netns| -> Res<()> {
-        sh(n, &["ip", "link", "add", "wgb", "type", "wireguard"], None)?;
+    // The tools' steps shared by both sequences: `wg set` of wg-cni's
+    // configuration on `dev` from a thread in `ns`, then address, up and
+    // route in the pod.
+    let peer_b64 = peer.to_base64();
+    let wg_set = |ns: &Netns, dev: &str| {
         sh(
-            n,
+            ns,
             &[
                 "wg",
                 "set",
-                "wgb",
+                dev,
                 "private-key",
                 "/tmp/bench.key",
                 "listen-port",
                 "51820",
                 "peer",
-                &peer.to_base64(),
+                &peer_b64,
                 "endpoint",
                 "127.0.0.1:51999",
                 "allowed-ips",
@@ -130,7 +133,24 @@ fn main() -> Res<()> {
                 "25",
             ],
             None,
-        )?;
+        )
+    };
+    let configure_pod = |n: &Netns| -> Res<()> {
+        for args in [
+            &["addr", "add", "10.13.13.2/24", "dev", "eth0"][..],
+            &["link", "set", "eth0", "up"],
+            &["route", "add", "10.14.0.0/16", "dev", "eth0"],
+        ] {
+            let mut a = vec!["ip", "-n", "bench-pod"];
+            a.extend_from_slice(args);
+            sh(n, &a, None)?;
+        }
+        Ok(())
+    };
+    // As the issue lists them: create in the node, configure, move, address.
+    let tools_add = |n: &Netns| -> Res<()> {
+        sh(n, &["ip", "link", "add", "wgb", "type", "wireguard"], None)?;
+        wg_set(n, "wgb")?;
         sh(
             n,
             &[
@@ -145,39 +165,7 @@ fn main() -> Res<()> {
             ],
             None,
         )?;
-        sh(
-            n,
-            &[
-                "ip",
-                "-n",
-                "bench-pod",
-                "addr",
-                "add",
-                "10.13.13.2/24",
-                "dev",
-                "eth0",
-            ],
-            None,
-        )?;
-        sh(
-            n,
-            &["ip", "-n", "bench-pod", "link", "set", "eth0", "up"],
-            None,
-        )?;
-        sh(
-            n,
-            &[
-                "ip",
-                "-n",
-                "bench-pod",
-                "route",
-                "add",
-                "10.14.0.0/16",
-                "dev",
-                "eth0",
-            ],
-            None,
-        )
+        configure_pod(n)
     };
     // The same tools, but creating the link in the pod to begin with
     // (`ip link add ... netns`), as wg-cni does: no move, one process fewer.
@@ -196,37 +184,8 @@ fn main() -> Res<()> {
             ],
             None,
         )?;
-        sh(
-            &pod,
-            &[
-                "wg",
-                "set",
-                "eth0",
-                "private-key",
-                "/tmp/bench.key",
-                "listen-port",
-                "51820",
-                "peer",
-                &peer.to_base64(),
-                "endpoint",
-                "127.0.0.1:51999",
-                "allowed-ips",
-                "10.14.0.0/16",
-                "persistent-keepalive",
-                "25",
-            ],
-            None,
-        )?;
-        for args in [
-            &["addr", "add", "10.13.13.2/24", "dev", "eth0"][..],
-            &["link", "set", "eth0", "up"],
-            &["route", "add", "10.14.0.0/16", "dev", "eth0"],
-        ] {
-            let mut a = vec!["ip", "-n", "bench-pod"];
-            a.extend_from_slice(args);
-            sh(n, &a, None)?;
-        }
-        Ok(())
+        wg_set(&pod, "eth0")?;
+        configure_pod(n)
     };
     let tools_del = |n: &Netns| sh(n, &["ip", "-n", "bench-pod", "link", "del", "eth0"], None);
     // [wg-cni, tools moving the link, tools creating it in place] x [ADD, DEL]

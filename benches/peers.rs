@@ -172,13 +172,10 @@ fn main() -> Res<()> {
     let backend = Backend::detect()?;
     let ns_name = format!("wgbench-{}", std::process::id());
     let ns = Netns::create_named(&ns_name)?;
-    struct Rm(String);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = Netns::remove_named(&self.0);
-        }
-    }
-    let _rm = Rm(ns_name.clone());
+    let _cleanup = common::Cleanup {
+        namespaces: vec![ns_name.clone()],
+        dir: None,
+    };
     let overhead = exec_overhead(&ns_name)?;
     let max = sizes.iter().copied().max().unwrap_or(1);
     let keys: Vec<PublicKey> = (0..max.max(10_000))

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wg_netns::{IfName, Netns, PrivateKey, Rtnl};
@@ -45,26 +45,20 @@ fn main() -> Res<()> {
     let tag = std::process::id();
     let dir = std::env::temp_dir().join(format!("wgcni-scale-{tag}"));
     let node_name = format!("wgbench-{tag}-node");
+    let mut cleanup = common::Cleanup {
+        namespaces: Vec::new(),
+        dir: Some(dir.clone()),
+    };
     let node = Netns::create_named(&node_name)?;
-    let mut names = vec![node_name.clone()];
-    struct Cleanup(Vec<String>, PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for n in &self.0 {
-                let _ = Netns::remove_named(n);
-            }
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
+    cleanup.namespaces.push(node_name.clone());
     let lo = Rtnl::open(&node)?;
     lo.set_up(lo.link_by_name(&IfName::new("lo")?)?.index, true)?;
     let pods = 100;
     for i in 0..pods {
         let n = format!("wgbench-{tag}-pod{i}");
         Netns::create_named(&n)?;
-        names.push(n);
+        cleanup.namespaces.push(n);
     }
-    let _cleanup = Cleanup(names, dir.clone());
     let b = if backend == wg_netns::Backend::Kernel {
         "kernel"
     } else {

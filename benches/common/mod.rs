@@ -21,6 +21,27 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Scratch a benchmark made: named namespaces and a directory, removed when
+/// this is dropped, whether the run finished or failed. Push a namespace's
+/// name right after creating it.
+pub struct Cleanup {
+    /// Namespaces made with `Netns::create_named`.
+    pub namespaces: Vec<String>,
+    /// A scratch directory.
+    pub dir: Option<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in &self.namespaces {
+            let _ = Netns::remove_named(n);
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// Run a CNI plugin the way a runtime does (environment + stdin), from a
 /// thread inside `node`; returns its wall time, or its stdout on failure.
 pub fn run_plugin(
