@@ -1,5 +1,5 @@
 //! End-to-end under a real CNI client: a small runtime written against
-//! libcni (tests/libcni-client, Debian's golang-github-appc-cni-dev), running
+//! libcni (tests/libcni-client, a Go module built by scripts/build-cni-client), running
 //! conflists that chain the reference plugins (bridge + host-local + portmap)
 //! with wg-cni, shaped like the original wireguard-cni's flannel example, and
 //! a standalone conflist in every result version libcni knows.
@@ -23,34 +23,26 @@ use serde_json::{json, Value};
 use wg_netns::PrivateKey;
 
 const PING_WITHIN: Duration = Duration::from_secs(12);
-const LIBCNI_SRC: &str = "/usr/share/gocode/src/github.com/containernetworking/cni/libcni";
 const PLUGINS: &str = "/usr/lib/cni";
 
 /// Build the client once per test process; `None` (after a SKIP or a
-/// failure under WG_NETNS_REQUIRE_ALL) when Go, libcni or the plugins are missing.
+/// failure under WG_NETNS_REQUIRE_ALL) when Go or the plugins are missing.
 fn client(test: &str) -> Option<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        if !Path::new(LIBCNI_SRC).is_dir() {
-            return Err("golang-github-appc-cni-dev (libcni sources) is not installed".into());
-        }
         if !Path::new(PLUGINS).join("bridge").exists() {
             return Err("containernetworking-plugins is not installed".into());
         }
         let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cni-client");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libcni-client/main.go");
-        let status = Command::new("go")
-            .args(["build", "-o"])
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-cni-client");
+        let status = Command::new(script)
             .arg(&out)
-            .arg(&src)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
             .env(
                 "GOCACHE",
                 PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gocache"),
             )
             .output()
-            .map_err(|e| format!("go is not installed ({e})"))?;
+            .map_err(|e| format!("scripts/build-cni-client: {e}"))?;
         if !status.status.success() {
             return Err(format!(
                 "building the libcni client: {}",
