@@ -100,6 +100,34 @@ pub(crate) fn resolve_family(conn: &NlConn, name: &'static str) -> Result<Option
     }
 }
 
+/// How a request names its device: by index (stable across renames, what a
+/// long-lived handle uses) or by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DevRef {
+    /// `WGDEVICE_A_IFINDEX`.
+    Index(u32),
+    /// `WGDEVICE_A_IFNAME`.
+    Name(String),
+}
+
+impl DevRef {
+    fn put(&self, w: &mut MsgWriter) {
+        match self {
+            DevRef::Index(i) => w.put_u32(WGDEVICE_A_IFINDEX, *i),
+            DevRef::Name(n) => w.put_str(WGDEVICE_A_IFNAME, n),
+        }
+    }
+}
+
+impl std::fmt::Display for DevRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DevRef::Index(i) => write!(f, "ifindex {i}"),
+            DevRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
 /// A generic netlink socket speaking to the `wireguard` family, bound to the
 /// namespace it was opened in.
 pub(crate) struct KernelConn {
@@ -122,16 +150,14 @@ impl KernelConn {
         Ok(resolve_family(&conn, WG_GENL_NAME)?.map(|family| KernelConn { conn, family }))
     }
 
-    pub(crate) fn set(&self, ifname: &str, cfg: &DeviceConfig) -> Result<()> {
-        for msg in encode_set(self.family, ifname, cfg, MAX_REQUEST, || {
-            self.conn.next_seq()
-        }) {
+    pub(crate) fn set(&self, dev: &DevRef, cfg: &DeviceConfig) -> Result<()> {
+        for msg in encode_set(self.family, dev, cfg, MAX_REQUEST, || self.conn.next_seq()) {
             let seq = crate::netlink::MsgHeader::parse(&msg)
                 .map(|h| h.seq)
                 .unwrap_or(0);
             self.conn.transact(
                 "WG_CMD_SET_DEVICE",
-                &|| ifname.to_string(),
+                &|| dev.to_string(),
                 &msg,
                 seq,
                 |_, _| Ok(()),
@@ -140,26 +166,31 @@ impl KernelConn {
         Ok(())
     }
 
-    pub(crate) fn get(&self, ifname: &str) -> Result<Device> {
+    pub(crate) fn get(&self, dev: &DevRef) -> Result<Device> {
         let seq = self.conn.next_seq();
-        let mut w = MsgWriter::new(
-            self.family,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP,
-            seq,
-            &[WG_CMD_GET_DEVICE, WG_GENL_VERSION, 0, 0],
-        );
-        w.put_str(WGDEVICE_A_IFNAME, ifname);
-        let req = w.finish();
-        let mut dev = Device::default();
+        let req = encode_get(self.family, dev, seq);
+        let mut out = Device::default();
         self.conn.transact(
             "WG_CMD_GET_DEVICE",
-            &|| ifname.to_string(),
+            &|| dev.to_string(),
             &req,
             seq,
-            |_, p| decode_get_part(p, &mut dev),
+            |_, p| decode_get_part(p, &mut out),
         )?;
-        Ok(dev)
+        Ok(out)
     }
+}
+
+/// A `WG_CMD_GET_DEVICE` dump request for one device.
+pub(crate) fn encode_get(family: u16, dev: &DevRef, seq: u32) -> Zeroizing<Vec<u8>> {
+    let mut w = MsgWriter::new(
+        family,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP,
+        seq,
+        &[WG_CMD_GET_DEVICE, WG_GENL_VERSION, 0, 0],
+    );
+    dev.put(&mut w);
+    w.finish()
 }
 
 fn put_endpoint(w: &mut MsgWriter, ty: u16, ep: &SocketAddr) {
@@ -239,7 +270,7 @@ fn peer_flags(p: &PeerConfig) -> u32 {
 /// most `budget` bytes each. `next_seq` numbers them.
 pub(crate) fn encode_set(
     family: u16,
-    ifname: &str,
+    dev: &DevRef,
     cfg: &DeviceConfig,
     budget: usize,
     mut next_seq: impl FnMut() -> u32,
@@ -253,7 +284,7 @@ pub(crate) fn encode_set(
             seq,
             &[WG_CMD_SET_DEVICE, WG_GENL_VERSION, 0, 0],
         );
-        w.put_str(WGDEVICE_A_IFNAME, ifname);
+        dev.put(&mut w);
         w
     };
     let mut w = new_msg(next_seq());
@@ -497,7 +528,7 @@ mod tests {
         }
         cfg.peers.push(big);
         let mut seq = 0;
-        let msgs = encode_set(21, "wg0", &cfg, 4096, || {
+        let msgs = encode_set(21, &DevRef::Name("wg0".into()), &cfg, 4096, || {
             seq += 1;
             seq
         });
@@ -553,7 +584,7 @@ mod tests {
                 .persistent_keepalive(Duration::from_secs(25))
                 .allowed_ip("fd00::/64".parse().unwrap()),
         );
-        let msgs = encode_set(21, "wg0", &cfg, MAX_REQUEST, || 1);
+        let msgs = encode_set(21, &DevRef::Name("wg0".into()), &cfg, MAX_REQUEST, || 1);
         assert_eq!(msgs.len(), 1);
         let dev = reassemble(&msgs);
         assert_eq!(dev.fwmark, 0x42);
@@ -597,3 +628,7 @@ mod tests {
         }
     }
 }
+
+/// Tests against the messages the reference `wg(8)` exchanged with the kernel.
+#[cfg(test)]
+mod known_good;

@@ -7,9 +7,10 @@
 //! messages carry private keys, so they are written with [`MsgWriter`] into a
 //! buffer that zeroizes on drop and read with the zero-copy [`AttrIter`].
 
-use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use neli::consts::socket::{Msg, NlFamily};
 use neli::socket::NlSocket;
@@ -47,15 +48,20 @@ pub(crate) fn align4(n: usize) -> usize {
 /// Replies can carry keys (a WireGuard `GET_DEVICE` answer holds the private
 /// key), so each reply is wiped once parsed, before the next one and on drop:
 /// the cost follows the bytes received, not the buffer's 64 KiB.
+///
+/// A connection is `Send + Sync`: requests from several threads are
+/// serialized (the buffer's lock is held from send to the last reply), so
+/// each thread gets its own answers.
 pub(crate) struct NlConn {
     sock: NlSocket,
-    seq: Cell<u32>,
-    buf: RefCell<Vec<u8>>,
+    seq: AtomicU32,
+    buf: Mutex<Vec<u8>>,
 }
 
 impl Drop for NlConn {
     fn drop(&mut self) {
-        self.buf.get_mut().as_mut_slice().zeroize();
+        let buf = self.buf.get_mut().unwrap_or_else(|p| p.into_inner());
+        buf.as_mut_slice().zeroize();
     }
 }
 
@@ -71,16 +77,25 @@ impl NlConn {
             .map_err(|e| Error::io("opening a netlink socket", e))?;
         Ok(NlConn {
             sock,
-            seq: Cell::new(1),
-            buf: RefCell::new(Vec::new()),
+            seq: AtomicU32::new(1),
+            buf: Mutex::new(Vec::new()),
         })
     }
 
     /// The next sequence number to put in a request.
     pub(crate) fn next_seq(&self) -> u32 {
-        let s = self.seq.get();
-        self.seq.set(s.wrapping_add(1).max(1));
-        s
+        loop {
+            let s = self.seq.fetch_add(1, Ordering::Relaxed);
+            if s != 0 {
+                return s;
+            }
+        }
+    }
+
+    /// The receive buffer, locked for one exchange. A panic in another
+    /// exchange leaves nothing to repair: the buffer is wiped before use.
+    fn lock_buf(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.buf.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Send one request (whose header carries `seq`) and collect the answer.
@@ -97,6 +112,9 @@ impl NlConn {
         mut on_msg: impl FnMut(u16, &[u8]) -> Result<()>,
     ) -> Result<()> {
         crate::fault::check(op)?;
+        // Held from send to the last reply: answers to a request sent by
+        // another thread in between are never consumed here.
+        let mut buf = self.lock_buf();
         self.sock
             .send(request, Msg::empty())
             .map_err(|source| Error::Netlink {
@@ -104,7 +122,6 @@ impl NlConn {
                 target: target(),
                 source,
             })?;
-        let mut buf = self.buf.borrow_mut();
         if buf.capacity() < RECV_BUF {
             buf.reserve_exact(RECV_BUF);
         }
