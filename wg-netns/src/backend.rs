@@ -11,13 +11,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::device::{Device, DeviceConfig};
 use crate::error::{Error, Result};
-use crate::kernel::KernelConn;
+use crate::kernel::{DevRef, KernelConn};
 use crate::netns::Netns;
 use crate::rtnl::{IfName, Link, Rtnl};
+use crate::stats::DeviceStats;
 use crate::uapi::{process_alive, UapiConn, Userspace};
 
 /// Which WireGuard implementation drives a device.
@@ -29,13 +31,112 @@ pub enum Backend {
     Userspace(Userspace),
 }
 
-/// The two kinds of backend, without their settings.
+/// The two kinds of backend, without their settings. Written and parsed as
+/// `kernel` / `userspace` (also by serde), the words records and
+/// configurations use.
+///
+/// ```
+/// use wg_netns::BackendKind;
+/// assert_eq!("kernel".parse::<BackendKind>()?, BackendKind::Kernel);
+/// assert_eq!(BackendKind::Userspace.to_string(), "userspace");
+/// # Ok::<(), wg_netns::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum BackendKind {
     /// Kernel WireGuard.
     Kernel,
     /// Userspace WireGuard.
     Userspace,
+}
+
+impl BackendKind {
+    /// The word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Kernel => "kernel",
+            BackendKind::Userspace => "userspace",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "kernel" => Ok(BackendKind::Kernel),
+            "userspace" => Ok(BackendKind::Userspace),
+            other => Err(Error::invalid(
+                "backend",
+                format!("{other:?} is not \"kernel\" or \"userspace\""),
+            )),
+        }
+    }
+}
+
+/// What a configuration asks for: a kind, or whichever is available.
+///
+/// ```
+/// use wg_netns::{BackendChoice, BackendKind};
+/// assert_eq!("auto".parse::<BackendChoice>()?, BackendChoice::Auto);
+/// assert_eq!("".parse::<BackendChoice>()?, BackendChoice::Auto);
+/// assert_eq!("kernel".parse::<BackendChoice>()?, BackendChoice::Only(BackendKind::Kernel));
+/// assert!("ebpf".parse::<BackendChoice>().is_err());
+/// # Ok::<(), wg_netns::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendChoice {
+    /// Kernel WireGuard when the kernel has it, else userspace.
+    #[default]
+    Auto,
+    /// This kind or nothing.
+    Only(BackendKind),
+}
+
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendChoice::Auto => f.write_str("auto"),
+            BackendChoice::Only(k) => k.fmt(f),
+        }
+    }
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "" | "auto" => Ok(BackendChoice::Auto),
+            other => other.parse().map(BackendChoice::Only).map_err(|_| {
+                Error::invalid(
+                    "backend",
+                    format!("{other:?} is not one of \"auto\", \"kernel\", \"userspace\""),
+                )
+            }),
+        }
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for BackendChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for BackendChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Backend {
@@ -51,34 +152,60 @@ impl Backend {
         KernelConn::current().map(|c| c.is_some())
     }
 
-    /// Kernel WireGuard when available, else the userspace implementation
-    /// named by `WG_USERSPACE_IMPLEMENTATION` (default `wireguard-go`) when it
-    /// is installed, else [`Error::NoBackend`].
+    /// Kernel WireGuard when available, else wireguard-go when it is
+    /// installed, else [`Error::NoBackend`]. Reads no environment; see
+    /// [`Backend::choose`] to name the userspace implementation.
     pub fn detect() -> Result<Backend> {
-        if Self::kernel_available() {
-            return Ok(Backend::Kernel);
-        }
-        let u = Userspace::from_env();
-        if u.resolve().is_some() {
-            return Ok(Backend::Userspace(u));
-        }
-        Err(Error::NoBackend(format!(
-            "the kernel has no WireGuard and {} is not installed",
-            u.program.display()
-        )))
+        Self::choose(BackendChoice::Auto, Userspace::default())
     }
 
-    /// Parse an explicit choice: `"kernel"`, `"userspace"` (implementation
-    /// from the environment), or `"auto"` / empty for [`Backend::detect`].
-    pub fn from_choice(choice: &str) -> Result<Backend> {
+    /// The backend `choice` asks for, with `userspace` as the userspace
+    /// implementation. [`Error::NoBackend`] when the chosen kind is not
+    /// available here; another error when the kernel could not be asked.
+    ///
+    /// ```no_run
+    /// use wg_netns::{Backend, BackendChoice, Userspace};
+    /// // As a CNI plugin does: the implementation from WG_USERSPACE_IMPLEMENTATION.
+    /// let b = Backend::choose("auto".parse()?, Userspace::from_env())?;
+    /// # Ok::<(), wg_netns::Error>(())
+    /// ```
+    pub fn choose(choice: BackendChoice, userspace: Userspace) -> Result<Backend> {
+        let userspace_or = |why: &str| {
+            if userspace.resolve().is_some() {
+                Ok(Backend::Userspace(userspace.clone()))
+            } else {
+                Err(Error::NoBackend(format!(
+                    "{why}{} is not installed",
+                    userspace.program.display()
+                )))
+            }
+        };
         match choice {
-            "" | "auto" => Self::detect(),
-            "kernel" => Ok(Backend::Kernel),
-            "userspace" => Ok(Backend::Userspace(Userspace::from_env())),
-            other => Err(Error::invalid(
-                "backend",
-                format!("{other:?} is not one of \"auto\", \"kernel\", \"userspace\""),
+            BackendChoice::Only(BackendKind::Kernel) if Self::probe_kernel()? => {
+                Ok(Backend::Kernel)
+            }
+            BackendChoice::Only(BackendKind::Kernel) => Err(Error::NoBackend(
+                "kernel WireGuard was asked for and the kernel has none".into(),
             )),
+            BackendChoice::Only(BackendKind::Userspace) => userspace_or(""),
+            BackendChoice::Auto if Self::probe_kernel()? => Ok(Backend::Kernel),
+            BackendChoice::Auto => userspace_or("the kernel has no WireGuard and "),
+        }
+    }
+
+    /// Parse an explicit choice (see [`BackendChoice`]) and
+    /// [`choose`](Backend::choose) with the userspace implementation named by
+    /// `WG_USERSPACE_IMPLEMENTATION`.
+    pub fn from_choice(choice: &str) -> Result<Backend> {
+        Self::choose(choice.parse()?, Userspace::from_env())
+    }
+
+    /// A backend of `kind` without probing, for a device that exists already
+    /// (found in a record): `userspace` is used for the userspace kind.
+    pub fn of_kind(kind: BackendKind, userspace: Userspace) -> Backend {
+        match kind {
+            BackendKind::Kernel => Backend::Kernel,
+            BackendKind::Userspace => Backend::Userspace(userspace),
         }
     }
 
@@ -94,8 +221,8 @@ impl Backend {
 #[derive(Debug)]
 enum Control {
     Kernel {
-        conn: KernelConn,
-        ifname: IfName,
+        conn: Arc<KernelConn>,
+        dev: DevRef,
     },
     Userspace {
         conn: UapiConn,
@@ -105,9 +232,14 @@ enum Control {
 
 /// A handle to configure and read one WireGuard device.
 ///
-/// Kernel devices are addressed by their current name in the namespace the
-/// handle was opened in; userspace devices by the name of their control
-/// socket, which keeps the interface's *birth* name after a rename or a move.
+/// Kernel devices are addressed by interface index when the handle was
+/// opened by index (as [`crate::Birthplace`] does: a rename does not break
+/// it), else by name, in the namespace the handle was opened in; userspace
+/// devices by the name of their control socket, which keeps the interface's
+/// *birth* name after a rename or a move.
+///
+/// A handle is `Send + Sync`: share it in an `Arc` across threads; requests
+/// on one handle are serialized.
 #[derive(Debug)]
 pub struct WgDevice {
     control: Control,
@@ -166,15 +298,27 @@ impl WgDevice {
 
     /// Open the kernel device `name` in `netns`.
     pub fn open_kernel(netns: &Netns, name: &IfName) -> Result<WgDevice> {
+        Self::open_kernel_ref(netns, DevRef::Name(name.to_string()))
+    }
+
+    /// Open the kernel device with interface index `index` in `netns`: the
+    /// handle keeps working when the interface is renamed.
+    pub fn open_kernel_index(netns: &Netns, index: u32) -> Result<WgDevice> {
+        Self::open_kernel_ref(netns, DevRef::Index(index))
+    }
+
+    fn open_kernel_ref(netns: &Netns, dev: DevRef) -> Result<WgDevice> {
         let conn = netns
             .run(KernelConn::current)??
             .ok_or_else(|| Error::NoBackend("the kernel has no WireGuard".into()))?;
-        Ok(WgDevice {
-            control: Control::Kernel {
-                conn,
-                ifname: name.clone(),
-            },
-        })
+        Ok(Self::from_kernel(Arc::new(conn), dev))
+    }
+
+    /// A kernel device handle on a socket shared with other handles.
+    pub(crate) fn from_kernel(conn: Arc<KernelConn>, dev: DevRef) -> WgDevice {
+        WgDevice {
+            control: Control::Kernel { conn, dev },
+        }
     }
 
     /// Open the userspace device whose control socket is `socket_name`
@@ -218,7 +362,7 @@ impl WgDevice {
     pub fn set(&self, cfg: &DeviceConfig) -> Result<()> {
         cfg.validate()?;
         match &self.control {
-            Control::Kernel { conn, ifname } => conn.set(ifname.as_str(), cfg),
+            Control::Kernel { conn, dev } => conn.set(dev, cfg),
             Control::Userspace { conn, .. } => conn.set(cfg),
         }
     }
@@ -226,9 +370,16 @@ impl WgDevice {
     /// Read the device's state.
     pub fn get(&self) -> Result<Device> {
         match &self.control {
-            Control::Kernel { conn, ifname } => conn.get(ifname.as_str()),
+            Control::Kernel { conn, dev } => conn.get(dev),
             Control::Userspace { conn, .. } => conn.get(),
         }
+    }
+
+    /// Read the device's counters and peers without any key material: no
+    /// private or preshared key is kept past this call (they are wiped with
+    /// the state they were read in).
+    pub fn stats(&self) -> Result<DeviceStats> {
+        Ok(DeviceStats::from(&self.get()?))
     }
 
     /// Bring the device to `desired` (read as a complete desired state, see

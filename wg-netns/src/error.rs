@@ -14,9 +14,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// [`Error::is_not_found`] lets callers make deletes idempotent:
 ///
 /// ```
-/// use wg_netns::Error;
-/// let e = Error::NotFound { what: "link", name: "wg0".into() };
+/// use wg_netns::{Error, Object};
+/// let e = Error::NotFound { what: Object::Link, name: "wg0".into() };
 /// assert!(e.is_not_found());
+/// ```
+///
+/// Parse errors of the types the API takes convert into it, so `?` works on
+/// them in a function returning [`Result`]:
+///
+/// ```
+/// fn route() -> wg_netns::Result<wg_netns::Route> {
+///     Ok(wg_netns::Route::new("10.0.0.0/8".parse()?).via("10.1.0.1".parse()?))
+/// }
+/// # route().unwrap();
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -24,8 +34,8 @@ pub enum Error {
     /// The object (link, address, route, device, namespace) does not exist.
     #[error("{what} {name:?} not found")]
     NotFound {
-        /// Kind of object ("link", "namespace", "userspace device", ...).
-        what: &'static str,
+        /// Which kind of object.
+        what: Object,
         /// Its name or a description.
         name: String,
     },
@@ -113,6 +123,15 @@ pub enum Error {
     #[error(transparent)]
     Key(#[from] crate::key::KeyError),
 
+    /// A bug in this crate (a message that could not be built, a broken
+    /// invariant), never a problem with the caller's input.
+    #[error("internal error in wg-netns: {0}")]
+    Internal(String),
+
+    /// Several steps of a teardown failed; each was still attempted.
+    #[error("{} teardown steps failed: {}", .0.len(), join(.0))]
+    Teardown(Vec<Error>),
+
     /// An I/O error with context.
     #[error("{context}: {source}")]
     Io {
@@ -124,7 +143,80 @@ pub enum Error {
     },
 }
 
+fn join(errors: &[Error]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The kinds of object an [`Error::NotFound`] can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Object {
+    /// A network interface.
+    Link,
+    /// A route.
+    Route,
+    /// An address on an interface.
+    Address,
+    /// A network namespace.
+    Namespace,
+    /// A WireGuard device (kernel device or userspace control socket).
+    Device,
+    /// A peer of a device.
+    Peer,
+    /// A host name (an endpoint that does not resolve).
+    Host,
+    /// A file (a key file, a record).
+    File,
+}
+
+impl std::fmt::Display for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Object::Link => "link",
+            Object::Route => "route",
+            Object::Address => "address",
+            Object::Namespace => "network namespace",
+            Object::Device => "WireGuard device",
+            Object::Peer => "peer",
+            Object::Host => "host",
+            Object::File => "file",
+        })
+    }
+}
+
+impl From<ipnetwork::IpNetworkError> for Error {
+    fn from(e: ipnetwork::IpNetworkError) -> Self {
+        Error::invalid("network", e.to_string())
+    }
+}
+
+impl From<std::net::AddrParseError> for Error {
+    fn from(e: std::net::AddrParseError) -> Self {
+        Error::invalid("address", e.to_string())
+    }
+}
+
+impl From<std::num::ParseIntError> for Error {
+    fn from(e: std::num::ParseIntError) -> Self {
+        Error::invalid("number", e.to_string())
+    }
+}
+
 impl Error {
+    /// Collect the failures of a teardown: `Ok` when there were none, the
+    /// one error itself when there was one, [`Error::Teardown`] otherwise.
+    pub fn all(mut errors: Vec<Error>) -> Result<()> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Teardown(errors)),
+        }
+    }
+
     /// True when the error means "the thing does not exist": a missing link,
     /// namespace, device, address or route (`ENODEV`, `ENOENT`, `ESRCH`,
     /// `EADDRNOTAVAIL` from the kernel count too).
@@ -139,6 +231,7 @@ impl Error {
                     | Some(libc_errno::EADDRNOTAVAIL)
             ),
             Error::UapiErrno { errno, .. } => *errno == libc_errno::ENODEV,
+            Error::Teardown(all) => all.iter().all(Error::is_not_found),
             _ => false,
         }
     }

@@ -90,6 +90,109 @@ fn read_key_file(kind: &'static str, path: &Path) -> Result<Zeroizing<String>, K
     Ok(Zeroizing::new(text.trim().to_string()))
 }
 
+/// How a key file is checked before it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum KeyFileCheck {
+    /// Owned by the effective user and not accessible by group or others
+    /// (what `wg genkey` with `umask 077` gives). The default.
+    #[default]
+    OwnerOnly,
+    /// Any file the process can read.
+    AllowInsecure,
+}
+
+/// Check a key file's owner and mode (see [`KeyFileCheck::OwnerOnly`]).
+pub fn check_key_file(
+    kind: &'static str,
+    path: &Path,
+    check: KeyFileCheck,
+) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    let file_err = |reason: String| KeyError::File {
+        kind,
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| file_err(e.to_string()))?;
+    if check == KeyFileCheck::AllowInsecure {
+        return Ok(());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(file_err(format!("owned by uid {}, not {me}", meta.uid())));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(file_err(format!(
+            "accessible by group or others (mode {:o}); chmod 600 it",
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
+/// Key types that can be read from a key file.
+pub trait KeyMaterial: Sized + Clone {
+    /// "private key", "preshared key".
+    const KIND: &'static str;
+    /// Decode the trimmed file contents.
+    fn from_key_text(text: &str) -> Result<Self, KeyError>;
+}
+
+/// Where a secret key comes from: given inline, or a file read only when
+/// [`KeySource::load`] is called (parsing a configuration reads nothing, so
+/// a teardown works after the file is gone).
+///
+/// ```no_run
+/// use wg_netns::key::{KeyFileCheck, KeySource};
+/// use wg_netns::PresharedKey;
+/// let psk: KeySource<PresharedKey> = KeySource::File("/etc/wg/psk".into());
+/// let key = psk.load(KeyFileCheck::OwnerOnly)?; // reads and checks the file now
+/// # Ok::<(), wg_netns::KeyError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource<K> {
+    /// The key itself.
+    Inline(K),
+    /// A file holding the key in base64.
+    File(std::path::PathBuf),
+}
+
+impl<K> fmt::Debug for KeySource<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            KeySource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+impl<K: KeyMaterial> KeySource<K> {
+    /// The key: the inline one, or the file's after `check`.
+    pub fn load(&self, check: KeyFileCheck) -> Result<K, KeyError> {
+        match self {
+            KeySource::Inline(k) => Ok(k.clone()),
+            KeySource::File(path) => {
+                check_key_file(K::KIND, path, check)?;
+                K::from_key_text(&read_key_file(K::KIND, path)?)
+            }
+        }
+    }
+}
+
+impl KeyMaterial for PrivateKey {
+    const KIND: &'static str = "private key";
+    fn from_key_text(text: &str) -> Result<Self, KeyError> {
+        Self::from_base64(text)
+    }
+}
+
+impl KeyMaterial for PresharedKey {
+    const KIND: &'static str = "preshared key";
+    fn from_key_text(text: &str) -> Result<Self, KeyError> {
+        Self::from_base64(text)
+    }
+}
+
 /// A Curve25519 private key. Zeroized on drop, redacted in `Debug`/`Display`.
 ///
 /// ```

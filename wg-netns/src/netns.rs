@@ -64,7 +64,7 @@ impl Netns {
         let file = File::open(&path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 Error::NotFound {
-                    what: "network namespace",
+                    what: crate::error::Object::Namespace,
                     name: path.display().to_string(),
                 }
             } else {

@@ -106,6 +106,21 @@ impl AsRef<str> for IfName {
     }
 }
 
+#[cfg(feature = "serde")]
+impl serde::Serialize for IfName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for IfName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        IfName::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A network interface as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -264,7 +279,7 @@ where
         .rta_type(ty)
         .rta_payload(payload)
         .build()
-        .map_err(|e| Error::invalid("netlink attribute", e.to_string()))
+        .map_err(|e| Error::Internal(format!("building a netlink attribute: {e}")))
 }
 
 /// `IFLA_NET_NS_FD`: the namespace a link is created in or moved to.
@@ -317,7 +332,7 @@ impl Rtnl {
             .nl_seq(seq)
             .nl_payload(NlPayload::Payload(payload))
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         let mut c = Cursor::new(vec![0u8; msg.padded_size()]);
         msg.to_bytes(&mut c).map_err(|e| Error::NetlinkDecode {
             op,
@@ -352,7 +367,7 @@ impl Rtnl {
             .ifi_index(index as i32)
             .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         let target = || {
             name.map(|n| n.to_string())
                 .unwrap_or_else(|| format!("ifindex {index}"))
@@ -371,12 +386,12 @@ impl Rtnl {
         );
         match r {
             Err(e) if e.is_not_found() => Err(Error::NotFound {
-                what: "link",
+                what: crate::error::Object::Link,
                 name: target(),
             }),
             Err(e) => Err(e),
             Ok(()) => found.ok_or_else(|| Error::NotFound {
-                what: "link",
+                what: crate::error::Object::Link,
                 name: target(),
             }),
         }
@@ -397,7 +412,7 @@ impl Rtnl {
         let msg = IfinfomsgBuilder::default()
             .ifi_family(RtAddrFamily::Unspecified)
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         let mut out = Vec::new();
         self.request(
             "RTM_GETLINK dump",
@@ -459,14 +474,14 @@ impl Rtnl {
             .ifi_family(RtAddrFamily::Unspecified)
             .rtattrs(peer_attrs.into_iter().collect::<RtBuffer<_, _>>())
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         let mut peer_bytes = Cursor::new(vec![0u8; peer.padded_size()]);
         peer.to_bytes(&mut peer_bytes)
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         const VETH_INFO_PEER: u16 = 1;
         let data = attr(IflaInfo::Data, Buffer::new())?
             .nest(&attr(VETH_INFO_PEER, peer_bytes.into_inner())?)
-            .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink attribute: {e}")))?;
         self.new_link(name, "veth", Some(data), None, &|| {
             format!("{name} <-> {peer_name} (veth)")
         })?;
@@ -485,11 +500,11 @@ impl Rtnl {
     ) -> Result<()> {
         let mut info = attr(Ifla::Linkinfo, Buffer::new())?
             .nest(&attr(IflaInfo::Kind, cstr(kind))?)
-            .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink attribute: {e}")))?;
         if let Some(d) = data {
             info = info
                 .nest(&d)
-                .map_err(|e| Error::invalid("netlink attribute", e.to_string()))?;
+                .map_err(|e| Error::Internal(format!("building a netlink attribute: {e}")))?;
         }
         let mut attrs = vec![attr(Ifla::Ifname, cstr(name.as_str()))?, info];
         if let Some(ns) = netns {
@@ -499,7 +514,7 @@ impl Rtnl {
             .ifi_family(RtAddrFamily::Unspecified)
             .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         self.ack(
             "RTM_NEWLINK",
             target,
@@ -527,7 +542,7 @@ impl Rtnl {
                     .collect::<RtBuffer<_, _>>(),
             )
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         self.ack(
             "RTM_DELLINK",
             &|| name.to_string(),
@@ -548,7 +563,7 @@ impl Rtnl {
             .ifi_family(RtAddrFamily::Unspecified)
             .ifi_index(index as i32)
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         self.ack(
             "RTM_DELLINK",
             &|| format!("ifindex {index}"),
@@ -570,7 +585,7 @@ impl Rtnl {
             .ifi_index(index as i32)
             .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         self.ack(
             op,
             &|| format!("ifindex {index}"),
@@ -649,7 +664,7 @@ impl Rtnl {
             .ifa_index(index)
             .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))
     }
 
     /// Add an address (IPv4 or IPv6) to a link. `EEXIST` if present.
@@ -684,7 +699,7 @@ impl Rtnl {
             .ifa_scope(RtScope::Universe)
             .ifa_index(0)
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         let mut out = Vec::new();
         self.request(
             "RTM_GETADDR dump",
@@ -757,7 +772,7 @@ impl Rtnl {
             .rtm_type(Rtn::Unicast)
             .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))
     }
 
     /// Add a route. `EEXIST` if an identical route exists.
@@ -806,7 +821,7 @@ impl Rtnl {
                     .collect::<RtBuffer<_, _>>(),
             )
             .build()
-            .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
         let mut found = None;
         self.request(
             "RTM_GETROUTE",
@@ -820,7 +835,7 @@ impl Rtnl {
             },
         )?;
         found.ok_or_else(|| Error::NotFound {
-            what: "route",
+            what: crate::error::Object::Route,
             name: ip.to_string(),
         })
     }
@@ -851,7 +866,7 @@ impl Rtnl {
                 .rtm_scope(RtScope::Universe)
                 .rtm_type(Rtn::Unspec)
                 .build()
-                .map_err(|e| Error::invalid("netlink message", e.to_string()))?;
+                .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))?;
             self.request(
                 "RTM_GETROUTE dump",
                 &|| "routes".into(),
@@ -902,7 +917,7 @@ pub(crate) fn fuzz_decode(p: &[u8]) {
     }
 }
 
-fn parse_link(p: &[u8]) -> Result<Link> {
+pub(crate) fn parse_link(p: &[u8]) -> Result<Link> {
     let m = Ifinfomsg::from_bytes_with_input(&mut Cursor::new(p), p.len())
         .map_err(decode_err("RTM_GETLINK"))?;
     let mut link = Link {

@@ -499,7 +499,7 @@ impl UapiConn {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) {
                 Error::NotFound {
-                    what: "userspace WireGuard device",
+                    what: crate::error::Object::Device,
                     name: self.socket.display().to_string(),
                 }
             } else {
