@@ -252,7 +252,7 @@ fn main() -> Res<()> {
         )
         .address("10.13.13.2/24".parse()?)
         .route(Route::new("10.14.0.0/16".parse()?));
-    let place = Birthplace::new(&node, &pod, &Backend::Kernel);
+    let place = Birthplace::new(&node, &pod, &Backend::Kernel)?;
     // wg-cni's ADD and DEL as library calls in this (warm) process, from a
     // thread in the node, with the environment a runtime would set.
     let verb_in_process = |cmd: &str| -> Res<()> {

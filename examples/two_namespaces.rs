@@ -87,7 +87,7 @@ fn main() -> Res<()> {
             )
             .address(addr.parse()?))
     };
-    let att_a = Birthplace::new(&a, &a, &backend).attach(&spec(
+    let att_a = Birthplace::new(&a, &a, &backend)?.attach(&spec(
         &ka,
         &kb,
         &birth_a,
@@ -96,7 +96,7 @@ fn main() -> Res<()> {
         "10.99.0.1/24",
         "10.99.0.2/32",
     )?)?;
-    let att_b = Birthplace::new(&b, &b, &backend).attach(&spec(
+    let att_b = Birthplace::new(&b, &b, &backend)?.attach(&spec(
         &kb,
         &ka,
         &birth_b,
@@ -133,11 +133,13 @@ fn main() -> Res<()> {
     println!("echo: {reply:?} after {:?}", started.elapsed());
 
     for (label, ns) in [(&name_a, &a), (&name_b, &b)] {
-        let place = Birthplace::new(ns, ns, &backend);
+        let place = Birthplace::new(ns, ns, &backend)?;
         let birth = if label == &name_a { &birth_a } else { &birth_b };
-        let dev = place
-            .device(&IfName::new("wg0")?, &IfName::new(birth.as_str())?)?
-            .get()?;
+        let found = place
+            .find(&IfName::new("wg0")?, &IfName::new(birth.as_str())?)?
+            .ok_or("wg0 vanished")?;
+        // Counters and peers, without key material.
+        let dev = place.device(&found)?.stats()?;
         println!(
             "{label}/wg0: listening on {}, public key {}",
             dev.listen_port,
@@ -161,7 +163,7 @@ fn main() -> Res<()> {
         }
     }
     for (ns, birth) in [(&a, &birth_a), (&b, &birth_b)] {
-        Birthplace::new(ns, ns, &backend)
+        Birthplace::new(ns, ns, &backend)?
             .detach(&IfName::new("wg0")?, &IfName::new(birth.as_str())?)?;
     }
     println!("detached both interfaces (daemons and sockets gone)");

@@ -14,7 +14,7 @@
 //! let node = Netns::current()?;
 //! let pod = Netns::from_path("/var/run/netns/pod1")?;
 //! let backend = Backend::detect()?;
-//! let place = Birthplace::new(&node, &pod, &backend);
+//! let place = Birthplace::new(&node, &pod, &backend)?;
 //! let spec = InterfaceSpec::new(IfName::derived("wgb", "container-id/wg0")?, IfName::new("wg0")?)
 //!     .device(DeviceConfig::new().private_key(PrivateKey::generate()?))
 //!     .address("10.13.13.210/24".parse()?);
@@ -22,19 +22,24 @@
 //! // later, from another process:
 //! let found = place.find(&spec.name, &spec.birth_name)?;
 //! assert_eq!(found.map(|a| a.index), Some(attached.index));
+//! // a handle on the device, by interface index for kernel devices
+//! let stats = place.device(&attached)?.stats()?;
 //! place.detach(&spec.name, &spec.birth_name)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::cell::OnceCell;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
 use ipnetwork::IpNetwork;
 
 use crate::backend::{wait_userspace_gone, Backend, BackendKind, WgDevice};
 use crate::device::DeviceConfig;
 use crate::error::{Error, Result};
+use crate::kernel::{DevRef, KernelConn};
 use crate::key::PublicKey;
 use crate::netns::Netns;
+use crate::record::SocketNamespace;
 use crate::rtnl::{IfName, Route, Rtnl, IFNAMSIZ_MAX};
 
 impl IfName {
@@ -68,8 +73,9 @@ impl IfName {
     }
 }
 
-/// What [`Birthplace::attach`] creates.
+/// What [`Birthplace::attach`] creates and [`Birthplace::ensure`] keeps.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct InterfaceSpec {
     /// Name in the birth namespace; for userspace devices it also names the
     /// control socket for the device's whole life, so it must be unique on
@@ -88,6 +94,10 @@ pub struct InterfaceSpec {
     pub routes: Vec<Route>,
     /// MTU; `None` keeps the implementation's default (1420).
     pub mtu: Option<u32>,
+    /// The private key in `device` is used when the interface is created
+    /// and never replaces the key of an existing one (a key generated for
+    /// this attachment): see [`InterfaceSpec::key_on_create_only`].
+    pub key_on_create_only: bool,
 }
 
 impl InterfaceSpec {
@@ -100,6 +110,27 @@ impl InterfaceSpec {
             addresses: Vec::new(),
             routes: Vec::new(),
             mtu: None,
+            key_on_create_only: false,
+        }
+    }
+
+    /// Use the device's private key only when creating the interface:
+    /// [`Birthplace::ensure`] keeps an existing interface's key and
+    /// [`Birthplace::verify`] does not compare it (for keys generated per
+    /// attachment, which the caller cannot know again later).
+    pub fn key_on_create_only(mut self) -> Self {
+        self.key_on_create_only = true;
+        self
+    }
+
+    /// The device configuration to compare an existing interface with.
+    pub(crate) fn desired_device(&self) -> std::borrow::Cow<'_, DeviceConfig> {
+        if self.key_on_create_only && self.device.private_key.is_some() {
+            let mut d = self.device.clone();
+            d.private_key = None;
+            std::borrow::Cow::Owned(d)
+        } else {
+            std::borrow::Cow::Borrowed(&self.device)
         }
     }
 
@@ -130,6 +161,7 @@ impl InterfaceSpec {
 
 /// An interface created by [`Birthplace::attach`] or located by [`Birthplace::find`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Attachment {
     /// Interface index in the target namespace.
     pub index: u32,
@@ -143,29 +175,34 @@ pub struct Attachment {
     pub public_key: Option<PublicKey>,
     /// The interface's MTU.
     pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
 }
 
-/// A pair of namespaces and a backend: where interfaces are born and where they go.
+/// A pair of namespaces and a backend: where interfaces are born and where
+/// they go. It owns what it uses: duplicates of the two namespace handles,
+/// the backend, and the netlink sockets it opens on first use (one per
+/// namespace, reused by every later call; each socket opened in another
+/// namespace costs a helper thread).
 ///
-/// It opens one route-netlink socket per namespace on first use and reuses
-/// it for every later call, so keep one `Birthplace` for a sequence of calls
-/// (find, clean up, attach): each socket opened in another namespace costs a
-/// helper thread.
+/// A `Birthplace` is `Send + Sync`: a long-lived user (a node agent) keeps
+/// one per pod in an `Arc` and calls it from any thread; requests on one
+/// socket are serialized. Its parts are read through accessors, so nothing
+/// can swap a namespace under its cached sockets.
 #[derive(Debug)]
-pub struct Birthplace<'a> {
-    /// Where the interface is created and its UDP socket lives.
-    pub birth: &'a Netns,
-    /// Where the interface ends up.
-    pub target: &'a Netns,
-    /// Which implementation creates it.
-    pub backend: &'a Backend,
-    birth_rtnl: OnceCell<Rtnl>,
-    target_rtnl: OnceCell<Rtnl>,
-    same: OnceCell<bool>,
+pub struct Birthplace {
+    birth: Netns,
+    target: Netns,
+    backend: Backend,
+    birth_rtnl: OnceLock<Rtnl>,
+    target_rtnl: OnceLock<Rtnl>,
+    target_genl: OnceLock<Option<Arc<KernelConn>>>,
+    same: OnceLock<bool>,
 }
 
-/// The value in `cell`, made by `open` on first use.
-fn opened<T>(cell: &OnceCell<T>, open: impl FnOnce() -> Result<T>) -> Result<&T> {
+/// The value in `cell`, made by `open` on first use. Two threads racing here
+/// may both open; one value wins and the other is dropped.
+fn opened<T>(cell: &OnceLock<T>, open: impl FnOnce() -> Result<T>) -> Result<&T> {
     if let Some(v) = cell.get() {
         return Ok(v);
     }
@@ -173,35 +210,99 @@ fn opened<T>(cell: &OnceCell<T>, open: impl FnOnce() -> Result<T>) -> Result<&T>
     Ok(cell.get_or_init(|| v))
 }
 
-impl<'a> Birthplace<'a> {
-    /// Bundle the namespaces and the backend.
-    pub fn new(birth: &'a Netns, target: &'a Netns, backend: &'a Backend) -> Self {
+impl Birthplace {
+    /// Interfaces born in `birth` (where their UDP socket lives) and placed
+    /// in `target`, made by `backend`. The namespace handles are duplicated,
+    /// so the caller's may be dropped.
+    pub fn new(birth: &Netns, target: &Netns, backend: &Backend) -> Result<Self> {
+        Ok(Self::from_parts(
+            birth.try_clone()?,
+            target.try_clone()?,
+            backend.clone(),
+        ))
+    }
+
+    /// Like [`Birthplace::new`], taking ownership of the handles.
+    pub fn from_parts(birth: Netns, target: Netns, backend: Backend) -> Self {
         Birthplace {
             birth,
             target,
             backend,
-            birth_rtnl: OnceCell::new(),
-            target_rtnl: OnceCell::new(),
-            same: OnceCell::new(),
+            birth_rtnl: OnceLock::new(),
+            target_rtnl: OnceLock::new(),
+            target_genl: OnceLock::new(),
+            same: OnceLock::new(),
         }
     }
 
+    /// The place for a container's interface: born on the node (the
+    /// caller's namespace, `node`) or in the container itself, as `socket`
+    /// says. This is the one place that choice is turned into namespaces.
+    pub fn for_container(
+        node: &Netns,
+        container: &Netns,
+        socket: SocketNamespace,
+        backend: &Backend,
+    ) -> Result<Self> {
+        let birth = match socket {
+            SocketNamespace::Host => node,
+            SocketNamespace::Container => container,
+        };
+        Self::new(birth, container, backend)
+    }
+
+    /// Where interfaces are created and their UDP sockets live.
+    pub fn birth(&self) -> &Netns {
+        &self.birth
+    }
+
+    /// Where interfaces end up.
+    pub fn target(&self) -> &Netns {
+        &self.target
+    }
+
+    /// The implementation that creates them.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     fn same_namespace(&self) -> Result<bool> {
-        opened(&self.same, || self.birth.same_as(self.target)).copied()
+        opened(&self.same, || self.birth.same_as(&self.target)).copied()
     }
 
     /// The route-netlink socket of the birthplace, opened on first use.
-    pub fn birth_rtnl(&self) -> Result<&Rtnl> {
-        opened(&self.birth_rtnl, || Rtnl::open(self.birth))
+    pub(crate) fn birth_rtnl(&self) -> Result<&Rtnl> {
+        opened(&self.birth_rtnl, || Rtnl::open(&self.birth))
     }
 
     /// The route-netlink socket of the target, opened on first use (the
     /// birthplace's when they are one namespace).
-    pub fn target_rtnl(&self) -> Result<&Rtnl> {
+    pub(crate) fn target_rtnl(&self) -> Result<&Rtnl> {
         if self.same_namespace()? {
             return self.birth_rtnl();
         }
-        opened(&self.target_rtnl, || Rtnl::open(self.target))
+        opened(&self.target_rtnl, || Rtnl::open(&self.target))
+    }
+
+    /// The WireGuard generic netlink socket in the target, opened on first use.
+    fn target_genl(&self) -> Result<Arc<KernelConn>> {
+        opened(&self.target_genl, || {
+            Ok(self.target.run(KernelConn::current)??.map(Arc::new))
+        })?
+        .clone()
+        .ok_or_else(|| Error::NoBackend("the kernel has no WireGuard".into()))
+    }
+
+    /// The MTU of the interface the birthplace would use to reach `dst`
+    /// (the underlay towards a peer), for an MTU derived from it.
+    pub fn underlay_mtu(&self, dst: IpAddr) -> Result<u32> {
+        let rtnl = self.birth_rtnl()?;
+        let route = rtnl.route_get(dst)?;
+        let oif = route.oif.ok_or_else(|| Error::NotFound {
+            what: crate::error::Object::Route,
+            name: format!("{dst} (no output interface)"),
+        })?;
+        Ok(rtnl.link_by_index(oif)?.mtu)
     }
 
     /// Create, configure, move and address an interface. On any failure
@@ -216,7 +317,7 @@ impl<'a> Birthplace<'a> {
     /// birth name, configured, then moved and renamed in one request.
     pub fn attach(&self, spec: &InterfaceSpec) -> Result<Attachment> {
         spec.device.validate()?;
-        match self.backend {
+        match &self.backend {
             Backend::Kernel => self.attach_kernel(spec),
             Backend::Userspace(_) => self.attach_userspace(spec),
         }
@@ -227,13 +328,16 @@ impl<'a> Birthplace<'a> {
         if self.same_namespace()? {
             birth_rtnl.create_wireguard(&spec.name)?;
         } else {
-            birth_rtnl.create_link_in(&spec.name, "wireguard", self.target)?;
+            birth_rtnl.create_link_in(&spec.name, "wireguard", &self.target)?;
         }
         let link = rtnl.link_by_name(&spec.name).inspect_err(|_| {
             let _ = rtnl.delete_link_by_name(&spec.name);
         })?;
-        let result = WgDevice::open_kernel(self.target, &spec.name)
-            .and_then(|dev| dev.set(&spec.device))
+        let result = self
+            .target_genl()
+            .and_then(|conn| {
+                WgDevice::from_kernel(conn, DevRef::Index(link.index)).set(&spec.device)
+            })
             .and_then(|()| self.finish_attach(spec, rtnl, link.index));
         if result.is_err() {
             // Deleting the link closes its UDP socket at the birthplace too.
@@ -246,7 +350,7 @@ impl<'a> Birthplace<'a> {
         let (birth_rtnl, rtnl) = (self.birth_rtnl()?, self.target_rtnl()?);
         let same = self.same_namespace()?;
         let (dev, link) =
-            WgDevice::create_with(self.birth, birth_rtnl, &spec.birth_name, self.backend)?;
+            WgDevice::create_with(&self.birth, birth_rtnl, &spec.birth_name, &self.backend)?;
         let mut moved = false;
         let result = dev.set(&spec.device).and_then(|()| {
             if same {
@@ -254,7 +358,7 @@ impl<'a> Birthplace<'a> {
                     birth_rtnl.rename(link.index, &spec.name)?;
                 }
             } else {
-                birth_rtnl.move_to_netns(link.index, self.target, Some(&spec.name))?;
+                birth_rtnl.move_to_netns(link.index, &self.target, Some(&spec.name))?;
             }
             moved = true;
             let index = rtnl.link_by_name(&spec.name)?.index;
@@ -285,11 +389,7 @@ impl<'a> Birthplace<'a> {
         }
         rtnl.set_up(index, true)?;
         for r in &spec.routes {
-            let mut r = r.clone();
-            if r.oif.is_none() {
-                r.oif = Some(index);
-            }
-            rtnl.replace_route(&r)?;
+            rtnl.replace_route(&route_through(r, index))?;
         }
         let link = rtnl.link_by_index(index)?;
         Ok(Attachment {
@@ -299,6 +399,7 @@ impl<'a> Birthplace<'a> {
             kind: self.backend.kind(),
             public_key: spec.device.private_key.as_ref().map(|k| k.public_key()),
             mtu: link.mtu,
+            up: link.up,
         })
     }
 
@@ -312,15 +413,19 @@ impl<'a> Birthplace<'a> {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let dev = match self.device(name, birth_name) {
+        if self.backend.kind() == BackendKind::Kernel && link.kind.as_deref() != Some("wireguard") {
+            return Ok(None);
+        }
+        let dev = match self.device_at(link.index, birth_name) {
             Ok(d) => d,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        if self.backend.kind() == BackendKind::Kernel && link.kind.as_deref() != Some("wireguard") {
-            return Ok(None);
-        }
-        let state = dev.get()?;
+        let state = match dev.get() {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
         Ok(Some(Attachment {
             index: link.index,
             name: name.clone(),
@@ -328,13 +433,23 @@ impl<'a> Birthplace<'a> {
             kind: self.backend.kind(),
             public_key: state.public_key,
             mtu: link.mtu,
+            up: link.up,
         }))
     }
 
-    /// A control handle on an attached interface.
-    pub fn device(&self, name: &IfName, birth_name: &IfName) -> Result<WgDevice> {
-        match self.backend {
-            Backend::Kernel => WgDevice::open_kernel(self.target, name),
+    /// A control handle on an attached interface: by interface index for a
+    /// kernel device (a later rename does not break it), by its control
+    /// socket for a userspace one.
+    pub fn device(&self, attachment: &Attachment) -> Result<WgDevice> {
+        self.device_at(attachment.index, &attachment.birth_name)
+    }
+
+    fn device_at(&self, index: u32, birth_name: &IfName) -> Result<WgDevice> {
+        match &self.backend {
+            Backend::Kernel => Ok(WgDevice::from_kernel(
+                self.target_genl()?,
+                DevRef::Index(index),
+            )),
             Backend::Userspace(u) => WgDevice::open_userspace(u, birth_name.as_str()),
         }
     }
@@ -342,29 +457,39 @@ impl<'a> Birthplace<'a> {
     /// Remove an attached interface and everything it left: the link in the
     /// target, a link still at its birthplace after a partial attach, and a
     /// userspace daemon and its socket. Idempotent; returns whether anything
-    /// was removed.
+    /// was removed. Every step is attempted; failures are reported together
+    /// ([`Error::Teardown`] when more than one).
     pub fn detach(&self, name: &IfName, birth_name: &IfName) -> Result<bool> {
         let mut removed = false;
-        let rtnl = self.target_rtnl()?;
-        if let Ok(l) = rtnl.link_by_name(name) {
-            // Only delete what is ours: a WireGuard link, or a TUN served by
-            // a daemon of our birth name.
-            let ours = match self.backend {
-                Backend::Kernel => l.kind.as_deref() == Some("wireguard"),
-                Backend::Userspace(u) => {
-                    l.kind.as_deref() == Some("tun") && u.daemon_pid(birth_name.as_str()).is_some()
-                }
-            };
-            if ours {
-                match rtnl.delete_link(l.index) {
-                    Ok(()) => removed = true,
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e),
+        let mut errors = Vec::new();
+        match self.target_rtnl() {
+            Ok(rtnl) => {
+                if let Ok(l) = rtnl.link_by_name(name) {
+                    // Only delete what is ours: a WireGuard link, or a TUN
+                    // served by a daemon of our birth name.
+                    let ours = match &self.backend {
+                        Backend::Kernel => l.kind.as_deref() == Some("wireguard"),
+                        Backend::Userspace(u) => {
+                            l.kind.as_deref() == Some("tun")
+                                && u.daemon_pid(birth_name.as_str()).is_some()
+                        }
+                    };
+                    if ours {
+                        match rtnl.delete_link(l.index) {
+                            Ok(()) => removed = true,
+                            Err(e) if e.is_not_found() => {}
+                            Err(e) => errors.push(e),
+                        }
+                    }
                 }
             }
+            Err(e) => errors.push(e),
         }
-        removed |= self.cleanup_birth(birth_name)?;
-        Ok(removed)
+        match self.cleanup_birth(birth_name) {
+            Ok(r) => removed |= r,
+            Err(e) => errors.push(e),
+        }
+        Error::all(errors).map(|()| removed)
     }
 
     /// Remove what an attachment may have left at the birthplace (a crashed
@@ -373,32 +498,134 @@ impl<'a> Birthplace<'a> {
     /// returns whether anything was removed.
     pub fn cleanup_birth(&self, birth_name: &IfName) -> Result<bool> {
         let mut removed = false;
-        let rtnl = self.birth_rtnl()?;
-        if let Ok(l) = rtnl.link_by_name(birth_name) {
-            if matches!(l.kind.as_deref(), Some("wireguard") | Some("tun")) {
-                match rtnl.delete_link(l.index) {
-                    Ok(()) => removed = true,
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e),
+        let mut errors = Vec::new();
+        match self.birth_rtnl() {
+            Ok(rtnl) => {
+                if let Ok(l) = rtnl.link_by_name(birth_name) {
+                    if matches!(l.kind.as_deref(), Some("wireguard") | Some("tun")) {
+                        match rtnl.delete_link(l.index) {
+                            Ok(()) => removed = true,
+                            Err(e) if e.is_not_found() => {}
+                            Err(e) => errors.push(e),
+                        }
+                    }
                 }
             }
+            Err(e) => errors.push(e),
         }
-        if let Backend::Userspace(u) = self.backend {
+        if let Backend::Userspace(u) = &self.backend {
             let name = birth_name.as_str();
             // A daemon whose socket is gone exits by itself.
             if u.socket_path(name).exists() {
-                wait_userspace_gone(u, name, std::time::Duration::from_secs(3))?;
-                removed = true;
+                match wait_userspace_gone(u, name, std::time::Duration::from_secs(3)) {
+                    Ok(()) => removed = true,
+                    Err(e) => errors.push(e),
+                }
             }
         }
-        Ok(removed)
+        Error::all(errors).map(|()| removed)
     }
+
+    /// The WireGuard devices whose interface is in the target namespace
+    /// (kernel backend) or whose UDP socket lives at the birthplace
+    /// (userspace backend: its daemon runs there), see [`list_devices`].
+    pub fn list(&self) -> Result<Vec<ListedDevice>> {
+        match &self.backend {
+            Backend::Kernel => list_kernel(self.target_rtnl()?),
+            Backend::Userspace(u) => list_userspace(&self.birth, u),
+        }
+    }
+}
+
+/// `r` with this interface as its output when it names none.
+pub(crate) fn route_through(r: &Route, index: u32) -> Route {
+    let mut r = r.clone();
+    if r.oif.is_none() {
+        r.oif = Some(index);
+    }
+    r
 }
 
 /// [`Birthplace::cleanup_birth`] when only the birthplace is known (the
 /// target namespace is gone).
 pub fn cleanup_birth(birth: &Netns, birth_name: &IfName, backend: &Backend) -> Result<bool> {
-    Birthplace::new(birth, birth, backend).cleanup_birth(birth_name)
+    Birthplace::new(birth, birth, backend)?.cleanup_birth(birth_name)
+}
+
+/// A WireGuard device found by [`list_devices`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListedDevice {
+    /// A kernel WireGuard interface in the namespace.
+    Kernel {
+        /// Interface index.
+        index: u32,
+        /// Interface name.
+        name: IfName,
+    },
+    /// A userspace daemon whose UDP socket lives in the namespace (its
+    /// interface may have been moved elsewhere).
+    Userspace {
+        /// The control socket's name (the interface's birth name).
+        socket_name: String,
+        /// The daemon's process id.
+        pid: u32,
+    },
+}
+
+/// The WireGuard devices of `netns`: for the kernel backend, its
+/// `wireguard` interfaces; for a userspace backend, the daemons of that
+/// implementation whose control socket answers and whose network namespace
+/// is `netns` (where their UDP socket lives; a userspace device's interface
+/// may have moved into another namespace, where it is a plain TUN).
+pub fn list_devices(netns: &Netns, backend: &Backend) -> Result<Vec<ListedDevice>> {
+    match backend {
+        Backend::Kernel => list_kernel(&Rtnl::open(netns)?),
+        Backend::Userspace(u) => list_userspace(netns, u),
+    }
+}
+
+fn list_kernel(rtnl: &Rtnl) -> Result<Vec<ListedDevice>> {
+    Ok(rtnl
+        .links()?
+        .into_iter()
+        .filter(|l| l.kind.as_deref() == Some("wireguard"))
+        .filter_map(|l| {
+            Some(ListedDevice::Kernel {
+                index: l.index,
+                name: IfName::new(l.name).ok()?,
+            })
+        })
+        .collect())
+}
+
+fn list_userspace(netns: &Netns, u: &crate::uapi::Userspace) -> Result<Vec<ListedDevice>> {
+    let dir = match std::fs::read_dir(&u.socket_dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", u.socket_dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let file = entry.file_name();
+        let Some(name) = file.to_str().and_then(|n| n.strip_suffix(".sock")) else {
+            continue;
+        };
+        let Some(pid) = u.daemon_pid(name) else {
+            continue;
+        };
+        let here = Netns::from_pid(pid)
+            .and_then(|ns| ns.same_as(netns))
+            .unwrap_or(false);
+        if here {
+            out.push((name.to_string(), pid));
+        }
+    }
+    out.sort();
+    Ok(out
+        .into_iter()
+        .map(|(socket_name, pid)| ListedDevice::Userspace { socket_name, pid })
+        .collect())
 }
 
 #[cfg(test)]

@@ -7,11 +7,22 @@
 //!
 //! | layer | type | module |
 //! |---|---|---|
-//! | namespace entry | [`Netns`] | `netns` |
-//! | links, addresses, routes (rtnetlink) | [`Rtnl`], [`Link`], [`Route`] | `rtnl` |
-//! | WireGuard device (kernel genl or userspace UAPI) | [`WgDevice`], [`Backend`] | `backend`, `kernel`, `uapi` |
-//! | device configuration and state, diffing | [`DeviceConfig`], [`Device`] | `device` |
-//! | attachment (create here, move there) | [`Birthplace`], [`InterfaceSpec`] | `attach` |
+//! | namespace entry | [`Netns`] | [`netns`] |
+//! | links, addresses, routes (rtnetlink) | [`Rtnl`], [`Link`], [`Route`] | [`rtnl`] |
+//! | WireGuard device (kernel genl or userspace UAPI) | [`WgDevice`], [`Backend`] | [`backend`], `kernel`, [`uapi`] |
+//! | device configuration and state, diffing | [`DeviceConfig`], [`Device`] | [`device`] |
+//! | attachment (create here, move there) | [`Birthplace`], [`InterfaceSpec`] | [`attach`] |
+//! | make it so / is it so | [`Birthplace::ensure`], [`Birthplace::verify`], [`Drift`] | [`reconcile`], [`drift`] |
+//! | teardown from a record | [`AttachmentRecord`] | [`record`] |
+//! | monitoring without keys | [`DeviceStats`], [`list_devices`] | [`stats`] |
+//! | link and namespace events (rtnetlink notifications) | [`LinkEvents`], [`LinkEvent`] | [`events`] |
+//!
+//! Every handle is `Send + Sync` (a long-lived agent shares them in an
+//! `Arc`); they are blocking, and safe to call from an async runtime's
+//! blocking pool (`tokio::task::spawn_blocking`): each call is a few
+//! netlink or UAPI round trips (docs/architecture.md gives the measured
+//! cost). The crate reads no environment variable unless a function says it
+//! does ([`Userspace::from_env`], [`Backend::from_choice`]).
 //!
 //! Keys ([`PrivateKey`], [`PresharedKey`]) zeroize on drop and never appear in
 //! `Debug`, `Display` or error messages. The library never writes to stdout.
@@ -31,7 +42,7 @@
 //!             .allowed_ip("10.99.0.2/32".parse()?),
 //!     ))
 //!     .address("10.99.0.1/24".parse()?);
-//! Birthplace::new(&a, &a, &backend).attach(&spec_a)?;
+//! Birthplace::new(&a, &a, &backend)?.attach(&spec_a)?;
 //! # Ok(()) }
 //! ```
 
@@ -39,26 +50,42 @@
 #![deny(clippy::print_stdout, clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-mod attach;
-mod backend;
-mod device;
-mod error;
+pub mod attach;
+pub mod backend;
+pub mod device;
+pub mod drift;
+pub mod endpoint;
+pub mod error;
+pub mod events;
 mod fault;
 mod kernel;
 pub mod key;
 mod netlink;
-mod netns;
-mod rtnl;
-mod uapi;
+pub mod netns;
+pub mod reconcile;
+pub mod record;
+pub mod rtnl;
+pub mod spec;
+pub mod stats;
+pub mod uapi;
 
-pub use attach::{cleanup_birth, Attachment, Birthplace, InterfaceSpec};
-pub use backend::{Backend, BackendKind, WgDevice};
+pub use attach::{
+    cleanup_birth, list_devices, Attachment, Birthplace, InterfaceSpec, ListedDevice,
+};
+pub use backend::{Backend, BackendChoice, BackendKind, WgDevice};
 pub use device::{Device, DeviceConfig, Peer, PeerConfig};
-pub use error::{Error, Result};
+pub use drift::Drift;
+pub use endpoint::Endpoint;
+pub use error::{Error, Object, Result};
+pub use events::{LinkEvent, LinkEvents, LinkUpdate};
 pub use ipnetwork::IpNetwork;
-pub use key::{KeyError, PresharedKey, PrivateKey, PublicKey};
+pub use key::{KeyError, KeyFileCheck, KeySource, PresharedKey, PrivateKey, PublicKey};
 pub use netns::{Netns, NETNS_RUN_DIR};
+pub use reconcile::Ensured;
+pub use record::{AttachmentRecord, SocketNamespace};
 pub use rtnl::{normalize, IfName, Link, Route, RouteScope, Rtnl, TABLE_MAIN};
+pub use spec::PeerSpec;
+pub use stats::{DeviceStats, PeerStats};
 pub use uapi::{Userspace, DEFAULT_SOCKET_DIR};
 
 /// Decoders exposed for fuzzing only; not a stable API.
@@ -84,3 +111,16 @@ pub mod fuzzing {
         }
     }
 }
+
+// The long-lived handles are shareable across an agent's threads: this fails
+// to compile if one of them stops being `Send + Sync`.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<Birthplace>();
+    shareable::<WgDevice>();
+    shareable::<Rtnl>();
+    shareable::<Netns>();
+    shareable::<Backend>();
+    shareable::<AttachmentRecord>();
+    shareable::<LinkEvents>();
+};

@@ -168,9 +168,11 @@ fn two_nodes_dual_stack_tunnel_with_readback() {
         .address(net(&format!("10.99.{x}.2/24")))
         .address(net(&format!("fd99:{x}::2/64")));
     let att_a = Birthplace::new(&a.ns, &a.ns, &backend)
+        .unwrap()
         .attach(&spec_a)
         .expect("attach a");
     Birthplace::new(&b.ns, &b.ns, &backend)
+        .unwrap()
         .attach(&spec_b)
         .expect("attach b");
     assert_eq!(att_a.public_key, Some(ka.public_key()));
@@ -186,7 +188,8 @@ fn two_nodes_dual_stack_tunnel_with_readback() {
 
     // Read back through wg-netns: exactly what was written, plus traffic.
     let dev = Birthplace::new(&a.ns, &a.ns, &backend)
-        .device(&na, &na)
+        .unwrap()
+        .device(&att_a)
         .unwrap()
         .get()
         .unwrap();
@@ -252,13 +255,14 @@ fn birthplace_move_rename_full_tunnel_find_and_detach() {
         .address(net(&format!("10.98.{x}.2/24")))
         .route(Route::new(net("0.0.0.0/0")))
         .mtu(1380);
-    let place = Birthplace::new(&node.ns, &pod.ns, &backend);
+    let place = Birthplace::new(&node.ns, &pod.ns, &backend).unwrap();
     let att = place.attach(&spec).expect("attach");
     assert_eq!(att.name, wg0);
     assert_eq!(att.mtu, 1380);
 
     let rname = ifname("wgtr");
     Birthplace::new(&remote.ns, &remote.ns, &backend)
+        .unwrap()
         .attach(
             &InterfaceSpec::new(rname.clone(), rname.clone())
                 .device(
@@ -306,7 +310,7 @@ fn birthplace_move_rename_full_tunnel_find_and_detach() {
     // and is the socket's SO_PEERCRED owner: found without scanning /proc.
     if let Backend::Userspace(u) = &backend {
         let pid = place
-            .device(&wg0, &birth)
+            .device(&att)
             .unwrap()
             .daemon_pid()
             .expect("daemon pid");
@@ -323,7 +327,7 @@ fn birthplace_move_rename_full_tunnel_find_and_detach() {
     let found = place.find(&wg0, &birth).unwrap().expect("found");
     assert_eq!(found.index, att.index);
     assert_eq!(found.public_key, Some(kp.public_key()));
-    let dev = place.device(&wg0, &birth).unwrap().get().unwrap();
+    let dev = place.device(&found).unwrap().get().unwrap();
     assert_eq!(dev.listen_port, pod_port);
     assert_eq!(dev.peers.len(), 1);
 
@@ -354,6 +358,7 @@ fn failed_attach_leaves_nothing_behind() {
         // A gateway that is not on any connected network: the kernel refuses it.
         .route(Route::new(net("10.200.0.0/16")).via("10.123.123.123".parse().unwrap()));
     let err = Birthplace::new(&node.ns, &pod.ns, &backend)
+        .unwrap()
         .attach(&spec)
         .unwrap_err();
     let msg = err.to_string();
@@ -394,6 +399,7 @@ fn pod_namespace_deleted_then_cleanup() {
                 .listen_port(51999),
         );
         Birthplace::new(&node.ns, &pod.ns, &backend)
+            .unwrap()
             .attach(&spec)
             .expect("attach");
         assert!(node.udp_ports().contains(&51999));
