@@ -1,20 +1,20 @@
-//! The verbs. Each handler is a short story told with wg-netns calls:
-//! parse, plan, apply, answer.
+//! The verbs. Each handler is a straight line told with wg-netns calls:
+//! plan (pure), lock, open the place, ensure / verify / detach, record,
+//! answer. No netlink, no daemon, no namespace juggling here: that is
+//! wg-netns's.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use wg_netns::{
-    cleanup_birth, normalize, Backend, Birthplace, Device, IfName, IpNetwork, Netns, Userspace,
-    WgDevice,
-};
+use wg_netns::{Backend, BackendKind, Birthplace, Netns, Userspace};
 
-use crate::cni::{build_result, CniError, Code, Command, Env, Version, SUPPORTED_VERSIONS};
-use crate::config::{ChainedResult, KeySource, NetConf, SocketNamespace};
+use crate::cni::{CniError, Code, Command, Env, Version, SUPPORTED_VERSIONS};
+use crate::config::{ChainedResult, NetConf};
 use crate::log::Log;
-use crate::plan;
-use crate::state::{Record, StateDir};
+use crate::plan::{KeyUse, Plan};
+use crate::state::StateDir;
 
 /// Run one invocation. `Ok(Some(json))` is printed on stdout; `Ok(None)`
 /// prints nothing; errors become CNI error JSON.
@@ -68,43 +68,14 @@ fn userspace(conf: &NetConf) -> Userspace {
 /// The backend the configuration asks for, or code 50 when there is none.
 /// A failure to find out (netlink refusing the question) is code 5, not 50.
 fn backend(conf: &NetConf) -> Result<Backend, CniError> {
-    let kernel = || Backend::probe_kernel().map_err(CniError::from);
-    let userspace_or = |why: String| {
-        let u = userspace(conf);
-        match u.resolve() {
-            Some(_) => Ok(Backend::Userspace(u)),
-            None => Err(CniError::new(
-                Code::NotAvailable,
-                why,
-                format!("{} is not installed", u.program.display()),
-            )),
-        }
-    };
-    match conf.backend.as_str() {
-        "kernel" if kernel()? => Ok(Backend::Kernel),
-        "kernel" => Err(CniError::new(
+    Backend::choose(conf.backend, userspace(conf)).map_err(|e| match e {
+        wg_netns::Error::NoBackend(why) => CniError::new(
             Code::NotAvailable,
-            "kernel WireGuard is not available",
-            "backend \"kernel\" was configured",
-        )),
-        "userspace" => userspace_or("userspace WireGuard is not available".into()),
-        _ if kernel()? => Ok(Backend::Kernel),
-        _ => userspace_or("no WireGuard backend: the kernel has no WireGuard".into()),
-    }
-}
-
-/// The backend a recorded attachment was made with.
-fn recorded_backend(r: &Record, conf: &NetConf) -> Backend {
-    if r.backend == "kernel" {
-        Backend::Kernel
-    } else {
-        Backend::Userspace(
-            r.userspace_implementation
-                .clone()
-                .map(Userspace::new)
-                .unwrap_or_else(|| userspace(conf)),
-        )
-    }
+            "no WireGuard backend is available",
+            format!("{why} (backend \"{}\" was configured)", conf.backend),
+        ),
+        e => e.into(),
+    })
 }
 
 fn open_pod(path: &str) -> Result<Netns, CniError> {
@@ -117,25 +88,6 @@ fn open_pod(path: &str) -> Result<Netns, CniError> {
     })
 }
 
-fn socket_ns_name(s: SocketNamespace) -> &'static str {
-    match s {
-        SocketNamespace::Host => "host",
-        SocketNamespace::Container => "container",
-    }
-}
-
-/// The MTU of the underlay towards the first peer with an endpoint, as seen
-/// from the birth namespace; only asked for `"mtu": "auto"`.
-fn underlay_mtu(place: &Birthplace<'_>, conf: &NetConf) -> Option<u32> {
-    if conf.mtu != crate::config::Mtu::Auto {
-        return None;
-    }
-    let ep = conf.peers.iter().find_map(|p| p.endpoint)?;
-    let rtnl = place.birth_rtnl().ok()?;
-    let route = rtnl.route_get(ep.ip()).ok()?;
-    rtnl.link_by_index(route.oif?).ok().map(|l| l.mtu)
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -143,227 +95,74 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// ADD: attach the interface to the container with its socket where the
-/// configuration says (`Birthplace::attach`), addressed and routed; or, when
-/// it is already there, bring it back to the configuration. Answer with the (appended) result.
+/// ADD: make the attachment what the configuration says (created, or an
+/// existing one repaired: [`Birthplace::ensure`]), record it, answer.
 fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
+    let plan = Plan::new(conf, env)?;
     let state = StateDir::open(&conf.state_dir)?;
     let _all = state.lock_all(false)?;
     let _one = state.lock_attachment(&conf.name, &env.container_id, &env.ifname)?;
     let backend = backend(conf)?;
     let pod = open_pod(&env.netns)?;
-    let host = Netns::current()?;
-    let birth_ns = match conf.socket_namespace {
-        SocketNamespace::Host => &host,
-        SocketNamespace::Container => &pod,
-    };
-    let name = plan::interface_name(conf, env)?;
-    let birth = plan::birth_name(&conf.name, &env.container_id, &env.ifname);
-    let place = Birthplace::new(birth_ns, &pod, &backend);
-
-    let attachment = match place.find(&name, &birth)? {
-        Some(found) => {
-            log.line(&format!("{name} exists (birth {birth}); reconciling"));
-            reconcile(&place, conf, &name, &birth, found.index)?;
-            place.find(&name, &birth)?.unwrap_or(found)
-        }
-        None => {
-            // Whatever a crashed ADD may have left at the birthplace.
-            place.cleanup_birth(&birth)?;
-            let key = conf.load_private_key()?;
-            let mtu = plan::mtu(conf, underlay_mtu(&place, conf));
-            let spec = plan::interface_spec(conf, birth.clone(), name.clone(), key, mtu);
-            let a = place.attach(&spec)?;
-            log.line(&format!(
-                "attached {name} (birth {birth}, {:?}, mtu {}) public key {}",
-                a.kind,
-                a.mtu,
-                a.public_key.map(|k| k.to_base64()).unwrap_or_default()
-            ));
-            a
-        }
-    };
-
-    let record = Record {
-        network: conf.name.clone(),
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
-        interface: name.to_string(),
-        birth_name: birth.to_string(),
-        netns: env.netns.clone(),
-        socket_namespace: socket_ns_name(conf.socket_namespace).into(),
-        backend: if backend == Backend::Kernel {
-            "kernel"
+    let place =
+        Birthplace::for_container(&Netns::current()?, &pod, conf.socket_namespace, &backend)?;
+    let spec = plan.interface_spec(&place, KeyUse::Add)?;
+    let done = place.ensure(&spec)?;
+    let a = &done.attachment;
+    log.line(&format!(
+        "{} {} (birth {}, {}, mtu {}) public key {}",
+        if done.created {
+            "attached"
+        } else if done.changed() {
+            "repaired"
         } else {
-            "userspace"
-        }
-        .into(),
-        userspace_implementation: match &backend {
-            Backend::Userspace(u) => Some(u.program.display().to_string()),
-            Backend::Kernel => None,
+            "unchanged"
         },
-        public_key: attachment
-            .public_key
-            .map(|k| k.to_base64())
-            .unwrap_or_default(),
-        listen_port: conf.listen_port,
-        addresses: conf.addresses.iter().map(|a| a.to_string()).collect(),
-        k8s: env
-            .args
-            .iter()
-            .filter(|(k, _)| k.starts_with("K8S_POD_"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<BTreeMap<_, _>>(),
-        created: now(),
-    };
-    if let Err(e) = state.save(&record) {
-        let _ = place.detach(&name, &birth);
+        a.name,
+        a.birth_name,
+        a.kind,
+        a.mtu,
+        a.public_key.map(|k| k.to_base64()).unwrap_or_default()
+    ));
+    if let Err(e) = state.save(&plan.record(a, &backend, now())) {
+        let _ = place.detach(&a.name, &a.birth_name);
         return Err(e);
     }
-    match (&conf.prev_result, conf.chained_result) {
-        (Some(Value::Object(prev)), ChainedResult::Passthrough) => {
-            let mut prev = prev.clone();
-            prev.insert("cniVersion".into(), json!(conf.cni_version.as_str()));
-            Ok(Value::Object(prev))
-        }
-        _ => {
-            let (iface, ips, routes) = plan::result_parts(conf, &name, &env.netns, attachment.mtu);
-            Ok(build_result(
-                conf.cni_version,
-                conf.prev_result.as_ref(),
-                &iface,
-                &ips,
-                &routes,
-                conf.dns.as_ref(),
-            ))
-        }
-    }
+    Ok(plan.answer(a))
 }
 
-/// Bring an existing attachment back to the configuration: device state by
-/// difference, missing addresses, routes.
-fn reconcile(
-    place: &Birthplace<'_>,
-    conf: &NetConf,
-    name: &IfName,
-    birth: &IfName,
-    index: u32,
-) -> Result<(), CniError> {
-    let key = match conf.private_key {
-        KeySource::Generate => None, // keep the key generated at the first ADD
-        _ => Some(conf.load_private_key()?),
-    };
-    place
-        .device(name, birth)?
-        .update(&plan::device_config(conf, key))?;
-    let rtnl = place.target_rtnl()?;
-    let have = rtnl.addresses(index)?;
-    for a in conf.addresses.iter().filter(|a| !have.contains(a)) {
-        rtnl.add_address(index, *a)?;
-    }
-    rtnl.set_up(index, true)?;
-    for r in plan::routes(conf) {
-        rtnl.replace_route(&r.dev(index))?;
-    }
-    Ok(())
-}
-
-/// Everything needed to tear an attachment down.
-struct Teardown {
-    name: IfName,
-    birth: IfName,
-    socket_namespace: SocketNamespace,
-    backend: Backend,
-    netns: String,
-}
-
-impl Teardown {
-    fn from_record(r: &Record, conf: &NetConf) -> Result<Teardown, CniError> {
-        let bad =
-            |e: wg_netns::Error| CniError::new(Code::Io, "corrupt state record", e.to_string());
-        Ok(Teardown {
-            name: IfName::new(r.interface.as_str()).map_err(bad)?,
-            birth: IfName::new(r.birth_name.as_str()).map_err(bad)?,
-            socket_namespace: if r.socket_namespace == "container" {
-                SocketNamespace::Container
-            } else {
-                SocketNamespace::Host
-            },
-            backend: recorded_backend(r, conf),
-            netns: r.netns.clone(),
-        })
-    }
-
-    /// Remove the interface, its daemon and socket, and leftovers at the
-    /// birthplace. Succeeds when the namespace or the interface is gone.
-    fn run(&self) -> Result<(), CniError> {
-        let host = Netns::current()?;
-        let pod = (!self.netns.is_empty())
-            .then(|| Netns::from_path(&self.netns).ok())
-            .flatten();
-        match (&pod, self.socket_namespace) {
-            (Some(pod), SocketNamespace::Host) => {
-                Birthplace::new(&host, pod, &self.backend).detach(&self.name, &self.birth)?;
-            }
-            (Some(pod), SocketNamespace::Container) => {
-                Birthplace::new(pod, pod, &self.backend).detach(&self.name, &self.birth)?;
-            }
-            (None, SocketNamespace::Host) => {
-                cleanup_birth(&host, &self.birth, &self.backend)?;
-            }
-            (None, SocketNamespace::Container) => {
-                // The runtime let go of the namespace, but a userspace daemon
-                // born inside keeps it alive: reach it through the daemon.
-                if let Backend::Userspace(u) = &self.backend {
-                    let pid = WgDevice::open_userspace(u, self.birth.as_str())
-                        .ok()
-                        .and_then(|d| d.daemon_pid());
-                    if let Some(ns) = pid.and_then(|p| Netns::from_pid(p).ok()) {
-                        Birthplace::new(&ns, &ns, &self.backend).detach(&self.name, &self.birth)?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// DEL: remove what ADD made. Idempotent: the namespace gone, the interface
-/// gone, never added, or run twice are all success.
+/// DEL: remove what ADD made, from its record alone (or, without one, from
+/// the names ADD derives). Needs no DNS, no key file, no namespace:
+/// whatever is already gone is success.
 fn del(env: &Env, conf: &NetConf, log: &mut Log) -> Result<(), CniError> {
     let state = StateDir::open(&conf.state_dir)?;
     let _all = state.lock_all(false)?;
     let _one = state.lock_attachment(&conf.name, &env.container_id, &env.ifname)?;
-    let teardown = match state.load(&conf.name, &env.container_id, &env.ifname) {
-        Some(r) => Teardown {
-            netns: if env.netns.is_empty() {
-                String::new()
-            } else {
-                env.netns.clone()
-            },
-            ..Teardown::from_record(&r, conf)?
-        },
-        None => Teardown {
-            // Never recorded (never added, or a crashed ADD): derive the names.
-            name: plan::interface_name(conf, env)
-                .or_else(|_| IfName::new(env.ifname.as_str()).map_err(CniError::from))?,
-            birth: plan::birth_name(&conf.name, &env.container_id, &env.ifname),
-            socket_namespace: conf.socket_namespace,
-            backend: backend(conf).unwrap_or_else(|_| Backend::Userspace(userspace(conf))),
-            netns: env.netns.clone(),
-        },
+    let record = match state.load(&conf.name, &env.container_id, &env.ifname) {
+        Some(r) => r.attachment,
+        // Never recorded (never added, a crashed ADD, a corrupt record).
+        None => {
+            let kind = backend(conf)
+                .map(|b| b.kind())
+                .unwrap_or(BackendKind::Userspace);
+            Plan::for_teardown(conf, env).attachment_record(kind, None)
+        }
     };
-    teardown.run()?;
+    record.detach_in(
+        &Netns::current()?,
+        Some(Path::new(&env.netns)),
+        &userspace(conf),
+    )?;
     state.remove(&conf.name, &env.container_id, &env.ifname)?;
     log.line(&format!(
         "removed {} (birth {})",
-        teardown.name, teardown.birth
+        record.interface, record.birth_name
     ));
     Ok(())
 }
 
-/// CHECK: the interface in the container matches the configuration: keys,
-/// peers, addresses, routes. Every difference is named.
+/// CHECK: the attachment matches the configuration; every difference is
+/// named ([`Birthplace::verify`]).
 fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     if conf.cni_version < Version::V0_4_0 {
         return Err(CniError::new(
@@ -387,146 +186,49 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
                 ),
             )
         })?;
-    let t = Teardown::from_record(&record, conf)?;
+    let plan = Plan::recorded(conf, env, &record.attachment);
+    let backend = record.attachment.backend(&userspace(conf));
     let pod = open_pod(&env.netns)?;
-    let host = Netns::current()?;
-    let birth_ns = if t.socket_namespace == SocketNamespace::Container {
-        &pod
-    } else {
-        &host
-    };
-    let place = Birthplace::new(birth_ns, &pod, &t.backend);
-    let mut diffs = Vec::new();
-
+    let place = Birthplace::for_container(
+        &Netns::current()?,
+        &pod,
+        record.attachment.socket_namespace,
+        &backend,
+    )?;
+    let spec = plan.interface_spec(&place, KeyUse::Check)?;
+    let mut diffs: Vec<String> = place.verify(&spec)?.iter().map(|d| d.to_string()).collect();
+    if conf.private_key.is_none() && diffs.is_empty() {
+        // A generated key: compare with the public key ADD recorded.
+        let found = place.find(&plan.name, &plan.birth)?;
+        if found
+            .and_then(|a| a.public_key)
+            .map(|k| k.to_base64().to_string())
+            != Some(record.public_key.clone())
+        {
+            diffs.push("the interface's key is not the one ADD generated".into());
+        }
+    }
     if let (Some(prev), ChainedResult::Append) = (&conf.prev_result, conf.chained_result) {
         let listed = prev["interfaces"].as_array().is_some_and(|ifs| {
             ifs.iter()
-                .any(|i| i["name"] == t.name.as_str() && i["sandbox"] == env.netns.as_str())
+                .any(|i| i["name"] == plan.name.as_str() && i["sandbox"] == env.netns.as_str())
         });
         if !listed {
             diffs.push(format!(
                 "prevResult does not list interface {} in {}",
-                t.name, env.netns
+                plan.name, env.netns
             ));
-        }
-    }
-    let Some(found) = place.find(&t.name, &t.birth)? else {
-        diffs.push(format!(
-            "interface {} is missing from {}",
-            t.name, env.netns
-        ));
-        return Err(mismatch(diffs));
-    };
-    let device = place.device(&t.name, &t.birth)?.get()?;
-    let want_key = match conf.private_key {
-        KeySource::Generate => record.public_key.parse().ok(),
-        _ => Some(conf.load_private_key()?.public_key()),
-    };
-    compare_device(conf, want_key, &device, &mut diffs);
-
-    let rtnl = place.target_rtnl()?;
-    let have: Vec<IpNetwork> = rtnl.addresses(found.index)?;
-    for a in conf.addresses.iter().filter(|a| !have.contains(a)) {
-        diffs.push(format!("address {a} is missing from {}", t.name));
-    }
-    let routes = rtnl.routes(None)?;
-    for r in plan::routes(conf) {
-        let present = routes.iter().any(|g| {
-            g.destination == r.destination
-                && g.table == r.table
-                && g.oif == Some(found.index)
-                && g.gateway == r.gateway
-        });
-        if !present {
-            diffs.push(format!(
-                "route {} (table {}) through {} is missing",
-                r.destination, r.table, t.name
-            ));
-        }
-    }
-    if let Some(mtu) = plan::mtu(conf, None).filter(|_| conf.mtu != crate::config::Mtu::Auto) {
-        if found.mtu != mtu {
-            diffs.push(format!("mtu is {}, configured {mtu}", found.mtu));
         }
     }
     if diffs.is_empty() {
         Ok(())
     } else {
-        Err(mismatch(diffs))
+        Err(CniError::new(
+            Code::CheckMismatch,
+            "the attachment differs from its configuration",
+            diffs.join("; "),
+        ))
     }
-}
-
-fn mismatch(diffs: Vec<String>) -> CniError {
-    CniError::new(
-        Code::CheckMismatch,
-        "the attachment differs from its configuration",
-        diffs.join("; "),
-    )
-}
-
-fn compare_device(
-    conf: &NetConf,
-    want_key: Option<wg_netns::PublicKey>,
-    dev: &Device,
-    diffs: &mut Vec<String>,
-) {
-    if want_key.is_some() && dev.public_key != want_key {
-        diffs.push("the interface's key is not the configured one".into());
-    }
-    if let Some(p) = conf.listen_port {
-        if dev.listen_port != p {
-            diffs.push(format!(
-                "listen port is {}, configured {p}",
-                dev.listen_port
-            ));
-        }
-    }
-    if let Some(m) = conf.fwmark {
-        if dev.fwmark != m {
-            diffs.push(format!("fwmark is {:#x}, configured {m:#x}", dev.fwmark));
-        }
-    }
-    let want: BTreeSet<_> = conf.peers.iter().map(|p| p.public_key).collect();
-    for p in &dev.peers {
-        if !want.contains(&p.public_key) {
-            diffs.push(format!("unexpected peer {}", p.public_key));
-        }
-    }
-    for p in &conf.peers {
-        let Some(have) = dev.peer(&p.public_key) else {
-            diffs.push(format!("peer {} is missing", p.public_key));
-            continue;
-        };
-        let set = |v: &[IpNetwork]| v.iter().map(|n| normalize(*n)).collect::<BTreeSet<_>>();
-        if set(&have.allowed_ips) != set(&p.allowed_ips) {
-            diffs.push(format!(
-                "peer {} allowed IPs are [{}], configured [{}]",
-                p.public_key,
-                fmt_nets(&have.allowed_ips),
-                fmt_nets(&p.allowed_ips)
-            ));
-        }
-        let ka = p.persistent_keepalive.filter(|d| !d.is_zero());
-        if have.persistent_keepalive != ka {
-            diffs.push(format!(
-                "peer {} keepalive is {:?}, configured {:?}",
-                p.public_key, have.persistent_keepalive, ka
-            ));
-        }
-        if have.preshared_key != p.preshared_key {
-            diffs.push(format!(
-                "peer {} preshared key differs from the configuration (values not shown)",
-                p.public_key
-            ));
-        }
-    }
-}
-
-fn fmt_nets(v: &[IpNetwork]) -> String {
-    v.iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// STATUS: ready when a WireGuard backend is available.
@@ -573,16 +275,33 @@ fn gc(conf: &NetConf, stdin: &[u8], log: &mut Log) -> Result<(), CniError> {
     };
     let state = StateDir::open(&conf.state_dir)?;
     let _all = state.lock_all(true)?;
+    let node = Netns::current()?;
+    let fallback = userspace(conf);
+    let mut failed = Vec::new();
     for r in state.list(&conf.name) {
         if valid.contains(&(r.container_id.clone(), r.ifname.clone())) {
             continue;
         }
-        Teardown::from_record(&r, conf)?.run()?;
-        state.remove(&r.network, &r.container_id, &r.ifname)?;
-        log.line(&format!(
-            "gc removed container={} ifname={} ({})",
-            r.container_id, r.ifname, r.interface
-        ));
+        // Every stale attachment is tried; one failing does not keep the
+        // others alive.
+        match r.attachment.detach(&node, &fallback) {
+            Ok(_) => {
+                state.remove(&r.network, &r.container_id, &r.ifname)?;
+                log.line(&format!(
+                    "gc removed container={} ifname={} ({})",
+                    r.container_id, r.ifname, r.attachment.interface
+                ));
+            }
+            Err(e) => failed.push(format!("container {} {}: {e}", r.container_id, r.ifname)),
+        }
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            Code::Io,
+            "garbage collection left attachments behind",
+            failed.join("; "),
+        ))
+    }
 }

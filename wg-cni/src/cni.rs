@@ -127,7 +127,14 @@ impl From<wg_netns::Error> for CniError {
         let code = match &e {
             E::Invalid { .. } | E::Key(_) => Code::InvalidConfig,
             E::NoBackend(_) => Code::NotAvailable,
-            E::NotFound { what, .. } if *what == "network namespace" => Code::ContainerUnknown,
+            E::NotFound {
+                what: wg_netns::Object::Namespace,
+                ..
+            } => Code::ContainerUnknown,
+            E::NotFound {
+                what: wg_netns::Object::Host | wg_netns::Object::File,
+                ..
+            } => Code::InvalidConfig,
             _ => Code::Io,
         };
         CniError::new(code, "wg-netns", e.to_string())

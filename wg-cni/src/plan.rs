@@ -1,14 +1,21 @@
-//! From a configuration and the CNI environment to what an ADD creates: the
-//! names, the device configuration, the routes, the result. Pure functions,
-//! so the plan can be tested and compared without privileges.
+//! From a configuration and the CNI environment to what a verb does: the
+//! names, the device configuration, the routes, the record, the result.
+//! [`Plan`] is that decision as one value; everything here is pure except
+//! [`Plan::interface_spec`] and [`resolve_peers`], which ADD and CHECK call
+//! to read key files and resolve host names.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
 use wg_netns::{
-    normalize, DeviceConfig, IfName, InterfaceSpec, IpNetwork, PeerConfig, PrivateKey, Route,
-    TABLE_MAIN,
+    normalize, Attachment, AttachmentRecord, Backend, BackendKind, Birthplace, DeviceConfig,
+    IfName, InterfaceSpec, IpNetwork, PeerConfig, PrivateKey, Route, TABLE_MAIN,
 };
 
-use crate::cni::{CniError, Code, Env, ResultInterface, ResultIp, ResultRoute};
-use crate::config::{Mtu, NetConf};
+use crate::cni::{build_result, CniError, Code, Env, ResultInterface, ResultIp, ResultRoute};
+use crate::config::{key_file_hint, ChainedResult, Mtu, NetConf};
+use crate::state::Record;
 
 /// The interface's birth name: deterministic from network, container id and
 /// CNI_IFNAME, so DEL and GC find it without state; unique machine-wide,
@@ -44,21 +51,41 @@ pub fn interface_name(conf: &NetConf, env: &Env) -> Result<IfName, CniError> {
     }
 }
 
-/// The desired device state, every peer listed (`replace_peers`).
-pub fn device_config(conf: &NetConf, key: Option<PrivateKey>) -> DeviceConfig {
+/// The desired device state, every peer listed (`replace_peers`), with
+/// peers already resolved ([`resolve_peers`]).
+pub fn device_config(
+    conf: &NetConf,
+    key: Option<PrivateKey>,
+    peers: Vec<PeerConfig>,
+) -> DeviceConfig {
     let mut cfg = DeviceConfig::new().replace_peers();
     cfg.private_key = key;
     cfg.listen_port = conf.listen_port;
     cfg.fwmark = conf.fwmark;
-    for p in &conf.peers {
-        let mut pc = PeerConfig::new(p.public_key).allowed_ips(p.allowed_ips.iter().copied());
-        pc.preshared_key = p.preshared_key.clone();
-        pc.endpoint = p.endpoint;
-        pc.persistent_keepalive = p.persistent_keepalive;
-        pc.replace_allowed_ips = true;
-        cfg.peers.push(pc);
-    }
+    cfg.peers = peers;
     cfg
+}
+
+/// The peers as a device takes them: host names resolved, preshared key
+/// files read. The I/O of ADD and CHECK; DEL, GC and STATUS never call it.
+pub fn resolve_peers(conf: &NetConf) -> Result<Vec<PeerConfig>, CniError> {
+    conf.peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.resolve(conf.key_file_check).map_err(|e| {
+                let field = match &e {
+                    wg_netns::Error::Key(_) => "presharedKeyFile",
+                    _ => "endpoint",
+                };
+                CniError::new(
+                    Code::InvalidConfig,
+                    format!("invalid peers[{i}].{field}"),
+                    format!("peers[{i}].{field}: {}", key_file_hint(e.to_string())),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Routes through the interface: one per peer allowed IP (unless
@@ -113,19 +140,163 @@ pub fn mtu(conf: &NetConf, underlay: Option<u32>) -> Option<u32> {
     }
 }
 
-/// The whole attachment.
-pub fn interface_spec(
-    conf: &NetConf,
-    birth: IfName,
-    name: IfName,
-    key: PrivateKey,
-    mtu: Option<u32>,
-) -> InterfaceSpec {
-    let mut spec = InterfaceSpec::new(birth, name).device(device_config(conf, Some(key)));
-    spec.addresses = conf.addresses.clone();
-    spec.routes = routes(conf);
-    spec.mtu = mtu;
-    spec
+/// What a verb will do, decided from the configuration and the
+/// environment before anything is touched: the names, the routes, the
+/// record and the answer. Only [`Plan::interface_spec`] does I/O (key files,
+/// host names, the underlay MTU), and only ADD and CHECK call it.
+#[derive(Debug)]
+pub struct Plan<'c> {
+    conf: &'c NetConf,
+    env: &'c Env,
+    /// The interface's name in the container.
+    pub name: IfName,
+    /// Its birth name.
+    pub birth: IfName,
+}
+
+/// Whether the spec is for creating (a key is needed) or for comparing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// ADD: load or generate the private key.
+    Add,
+    /// CHECK: a generated key cannot be known again; compare a given one.
+    Check,
+}
+
+impl<'c> Plan<'c> {
+    /// The plan for ADD and CHECK.
+    pub fn new(conf: &'c NetConf, env: &'c Env) -> Result<Self, CniError> {
+        Ok(Plan {
+            conf,
+            env,
+            name: interface_name(conf, env)?,
+            birth: birth_name(&conf.name, &env.container_id, &env.ifname),
+        })
+    }
+
+    /// The plan for CHECK: the names ADD recorded (CHECK's prevResult is
+    /// ADD's result, so it cannot tell chained from standalone).
+    pub fn recorded(conf: &'c NetConf, env: &'c Env, record: &AttachmentRecord) -> Self {
+        Plan {
+            conf,
+            env,
+            name: record.interface.clone(),
+            birth: record.birth_name.clone(),
+        }
+    }
+
+    /// The names of what an ADD would have made, for a teardown without a
+    /// record: never fails (an invalid `interfaceName` falls back to
+    /// CNI_IFNAME, then to the birth name).
+    pub fn for_teardown(conf: &'c NetConf, env: &'c Env) -> Self {
+        let birth = birth_name(&conf.name, &env.container_id, &env.ifname);
+        let name = interface_name(conf, env)
+            .ok()
+            .or_else(|| IfName::new(env.ifname.as_str()).ok())
+            .unwrap_or_else(|| birth.clone());
+        Plan {
+            conf,
+            env,
+            name,
+            birth,
+        }
+    }
+
+    /// The attachment to ensure or verify at `place`. Reads the key file,
+    /// resolves endpoints and preshared key files, and for `"mtu": "auto"`
+    /// asks the birthplace for the underlay's MTU.
+    pub fn interface_spec(
+        &self,
+        place: &Birthplace,
+        key: KeyUse,
+    ) -> Result<InterfaceSpec, CniError> {
+        let conf = self.conf;
+        let peers = resolve_peers(conf)?;
+        let underlay = match conf.mtu {
+            Mtu::Auto => peers
+                .iter()
+                .find_map(|p| p.endpoint)
+                .and_then(|ep| place.underlay_mtu(ep.ip()).ok()),
+            _ => None,
+        };
+        let generated = conf.private_key.is_none();
+        let key = match (key, generated) {
+            (KeyUse::Check, true) => None,
+            _ => Some(conf.load_private_key()?),
+        };
+        let mut spec = InterfaceSpec::new(self.birth.clone(), self.name.clone())
+            .device(device_config(conf, key, peers));
+        spec.addresses = conf.addresses.clone();
+        spec.routes = routes(conf);
+        spec.mtu = mtu(conf, underlay);
+        if generated {
+            spec = spec.key_on_create_only();
+        }
+        Ok(spec)
+    }
+
+    /// What a teardown needs, when no record was saved.
+    pub fn attachment_record(
+        &self,
+        backend: BackendKind,
+        userspace: Option<PathBuf>,
+    ) -> AttachmentRecord {
+        AttachmentRecord {
+            interface: self.name.clone(),
+            birth_name: self.birth.clone(),
+            netns: PathBuf::from(&self.env.netns),
+            socket_namespace: self.conf.socket_namespace,
+            backend,
+            userspace_implementation: userspace,
+        }
+    }
+
+    /// The record an ADD saves.
+    pub fn record(&self, a: &Attachment, backend: &Backend, created: u64) -> Record {
+        let userspace = match backend {
+            Backend::Userspace(u) => Some(u.program.clone()),
+            Backend::Kernel => None,
+        };
+        Record {
+            network: self.conf.name.clone(),
+            container_id: self.env.container_id.clone(),
+            ifname: self.env.ifname.clone(),
+            attachment: self.attachment_record(a.kind, userspace),
+            public_key: a.public_key.map(|k| k.to_base64()).unwrap_or_default(),
+            listen_port: self.conf.listen_port,
+            addresses: self.conf.addresses.iter().map(|a| a.to_string()).collect(),
+            k8s: self
+                .env
+                .args
+                .iter()
+                .filter(|(k, _)| k.starts_with("K8S_POD_"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            created,
+        }
+    }
+
+    /// ADD's answer: prevResult with the interface appended (or unchanged,
+    /// for `chainedResult: passthrough`), or a result of our own.
+    pub fn answer(&self, a: &Attachment) -> Value {
+        let conf = self.conf;
+        if let (Some(Value::Object(prev)), ChainedResult::Passthrough) =
+            (&conf.prev_result, conf.chained_result)
+        {
+            let mut prev = prev.clone();
+            prev.insert("cniVersion".into(), json!(conf.cni_version.as_str()));
+            return Value::Object(prev);
+        }
+        let (iface, ips, routes) = result_parts(conf, &self.name, &self.env.netns, a.mtu);
+        build_result(
+            conf.cni_version,
+            conf.prev_result.as_ref(),
+            &iface,
+            &ips,
+            &routes,
+            conf.dns.as_ref(),
+        )
+    }
 }
 
 /// What the result reports about the attachment.
@@ -309,7 +480,7 @@ mod tests {
                     prop_assert_eq!(&r["x-kept"], &json!(1));
                     prop_assert_eq!(&r["ips"][0]["address"], &json!("10.88.0.2/16"));
                 }
-                let dev = device_config(&conf, None);
+                let dev = device_config(&conf, None, resolve_peers(&conf).unwrap());
                 prop_assert_eq!(dev.peers.len(), conf.peers.len());
                 for (d, c) in dev.peers.iter().zip(&conf.peers) {
                     prop_assert_eq!(d.public_key, c.public_key);
@@ -322,7 +493,7 @@ mod tests {
     #[test]
     fn device_config_lists_every_peer() {
         let c = conf(json!({"listenPort": 51820}));
-        let d = device_config(&c, None);
+        let d = device_config(&c, None, resolve_peers(&c).unwrap());
         assert!(d.replace_peers);
         assert_eq!(d.listen_port, Some(51820));
         assert_eq!(d.peers.len(), 2);

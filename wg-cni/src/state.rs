@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
+use wg_netns::AttachmentRecord;
 
 use crate::cni::{CniError, Code};
 
@@ -29,19 +30,10 @@ pub struct Record {
     pub container_id: String,
     /// `CNI_IFNAME`.
     pub ifname: String,
-    /// The WireGuard interface's name in the container.
-    pub interface: String,
-    /// Its birth name (userspace control socket name).
-    pub birth_name: String,
-    /// `CNI_NETNS` at ADD time.
-    pub netns: String,
-    /// "host" or "container".
-    pub socket_namespace: String,
-    /// "kernel" or "userspace".
-    pub backend: String,
-    /// The userspace implementation used, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub userspace_implementation: Option<String>,
+    /// What wg-netns needs to find or remove the attachment: interface and
+    /// birth names, `CNI_NETNS` at ADD time, socket namespace, backend.
+    #[serde(flatten)]
+    pub attachment: AttachmentRecord,
     /// The interface's public key (base64).
     pub public_key: String,
     /// Listen port, if configured.
@@ -230,18 +222,33 @@ mod tests {
             network: "net".into(),
             container_id: cid.into(),
             ifname: "eth0".into(),
-            interface: "wg0".into(),
-            birth_name: "wgc0123456789ab".into(),
-            netns: "/var/run/netns/x".into(),
-            socket_namespace: "host".into(),
-            backend: "kernel".into(),
-            userspace_implementation: None,
+            attachment: AttachmentRecord {
+                interface: wg_netns::IfName::new("wg0").unwrap(),
+                birth_name: wg_netns::IfName::new("wgc0123456789ab").unwrap(),
+                netns: "/var/run/netns/x".into(),
+                socket_namespace: wg_netns::SocketNamespace::Host,
+                backend: wg_netns::BackendKind::Kernel,
+                userspace_implementation: None,
+            },
             public_key: "jGGhjGIEbR0Noo8MgjAVh+m5pq4GxD9CZDAl/zsfZF0=".into(),
             listen_port: Some(51820),
             addresses: vec!["10.0.0.2/24".into()],
             k8s: BTreeMap::from([("K8S_POD_NAME".to_string(), "web-0".to_string())]),
             created: 1,
         }
+    }
+
+    /// Records written before the types moved into wg-netns still load.
+    #[test]
+    fn records_of_earlier_releases_load() {
+        let old = r#"{"network":"net","containerId":"A","ifname":"eth0","interface":"wg0",
+            "birthName":"wgc0123456789ab","netns":"/var/run/netns/x","socketNamespace":"host",
+            "backend":"kernel","publicKey":"jGGhjGIEbR0Noo8MgjAVh+m5pq4GxD9CZDAl/zsfZF0=",
+            "listenPort":51820,"addresses":["10.0.0.2/24"],"k8s":{"K8S_POD_NAME":"web-0"},"created":1}"#;
+        let r: Record = serde_json::from_str(old).unwrap();
+        assert_eq!(r, record("A"));
+        let again: Record = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
     }
 
     #[test]

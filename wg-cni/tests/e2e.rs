@@ -86,9 +86,7 @@ fn secrets_absent(out: &cni::Out, state: &StateDir, keys: &[&PrivateKey]) {
 
 /// The birth name wg-cni derives for an attachment of network "wgnet".
 fn birth(cid: &str, ifname: &str) -> String {
-    IfName::derived("wgc", &format!("wgnet/{cid}/{ifname}"))
-        .unwrap()
-        .to_string()
+    wg_cni::plan::birth_name("wgnet", cid, ifname).to_string()
 }
 
 /// What is left of the attachments with these container ids (ifname eth0):
@@ -323,12 +321,15 @@ fn chained_full_tunnel_check_detects_drift() {
     // Drift: an address removed and the peer's allowed IPs changed behind our back.
     rtnl.del_address(wg0.index, format!("{ip_a}/24").parse().unwrap())
         .unwrap();
-    let dev = wg_netns::Birthplace::new(&a.node.ns, &a.pod.ns, &backend)
-        .device(
+    let place = wg_netns::Birthplace::new(&a.node.ns, &a.pod.ns, &backend).unwrap();
+    let found = place
+        .find(
             &IfName::new("wg0").unwrap(),
-            &IfName::derived("wgc", &format!("wgnet/{cid}/eth0")).unwrap(),
+            &wg_cni::plan::birth_name("wgnet", &cid, "eth0"),
         )
-        .unwrap();
+        .unwrap()
+        .expect("attached");
+    let dev = place.device(&found).unwrap();
     dev.set(
         &wg_netns::DeviceConfig::new().peer(
             wg_netns::PeerConfig::new(z.key.public_key())
@@ -419,14 +420,15 @@ fn failed_add_leaves_nothing_and_generated_keys_are_recorded() {
         &std::fs::read(state.0.join("wgnet").join("fail-eth0.json")).unwrap(),
     )
     .unwrap();
-    let dev = wg_netns::Birthplace::new(&n.node.ns, &n.pod.ns, &backend)
-        .device(
+    let place = wg_netns::Birthplace::new(&n.node.ns, &n.pod.ns, &backend).unwrap();
+    let found = place
+        .find(
             &IfName::new("eth0").unwrap(),
-            &IfName::derived("wgc", "wgnet/fail/eth0").unwrap(),
+            &wg_cni::plan::birth_name("wgnet", "fail", "eth0"),
         )
         .unwrap()
-        .get()
-        .unwrap();
+        .expect("attached");
+    let dev = place.device(&found).unwrap().get().unwrap();
     assert_eq!(record["publicKey"], dev.public_key.unwrap().to_base64());
     // mtu auto with no underlay link towards the endpoint (it is local) falls back to 1420.
     assert_eq!(res["interfaces"][0]["mtu"], 1420);

@@ -21,9 +21,7 @@ use serde_json::{json, Value};
 use wg_netns::{IfName, PrivateKey};
 
 fn birth(cid: &str, ifname: &str) -> String {
-    IfName::derived("wgc", &format!("wgnet/{cid}/{ifname}"))
-        .unwrap()
-        .to_string()
+    wg_cni::plan::birth_name("wgnet", cid, ifname).to_string()
 }
 
 fn clean(node: &TestNs, pod: &TestNs, state: &StateDir, cid: &str) -> Result<(), String> {
@@ -226,5 +224,97 @@ fn del_matrix() {
                 && !Path::new(&format!("/var/run/wireguard/{b}.sock")).exists()),
             "leftovers of {b}"
         );
+    }
+}
+
+/// DEL, GC and STATUS depend on nothing but names and the saved record: they
+/// succeed with every endpoint a name that cannot resolve, the private and
+/// preshared key files deleted, the record corrupt, the namespace gone. (They
+/// run in a test namespace with no route out: a lookup, were one tried,
+/// could not leave the machine, and would fail the verb.)
+#[test]
+fn del_gc_status_need_no_dns_and_no_key_file() {
+    let Some(backend) = environment("del_gc_status_need_no_dns_and_no_key_file") else {
+        return;
+    };
+    let node = TestNs::new("inode");
+    let state = StateDir::new(&format!("noio-{}", tag()));
+    let b = if backend == wg_netns::Backend::Kernel {
+        "kernel"
+    } else {
+        "userspace"
+    };
+    let keys = state.0.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (key_file, psk_file) = (keys.join("private"), keys.join("psk"));
+    let write_keys = || {
+        use std::os::unix::fs::OpenOptionsExt;
+        for (path, key) in [
+            (&key_file, PrivateKey::generate().unwrap().to_base64()),
+            (&psk_file, PrivateKey::generate().unwrap().to_base64()),
+        ] {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .unwrap();
+            std::io::Write::write_all(&mut f, key.as_bytes()).unwrap();
+        }
+    };
+    let peer = PrivateKey::generate().unwrap().public_key();
+    let conf = |endpoint: &str| {
+        json!({"cniVersion": "1.1.0", "name": "wgnet", "type": "wg-cni", "address": "10.34.0.2/24",
+            "backend": b, "stateDir": state.path(), "privateKeyFile": key_file,
+            "peers": [{"endpoint": endpoint, "publicKey": peer.to_base64(), "allowedIPs": ["10.34.0.0/24"],
+                       "presharedKeyFile": psk_file}]})
+        .to_string()
+    };
+    let (added, gone) = (conf("127.0.0.1:51998"), conf("wg-peer.gone.invalid:51820"));
+    let gone_all = |cid: &str| {
+        let b = birth(cid, "eth0");
+        eventually(Duration::from_secs(5), || {
+            !node.link_names().contains(&b)
+                && !Path::new(&format!("/var/run/wireguard/{b}.sock")).exists()
+        })
+    };
+    for case in ["keys deleted", "record corrupt", "namespace gone", "gc"] {
+        write_keys();
+        let pod = TestNs::new("ipod");
+        let netns = format!("/var/run/netns/{}", pod.name);
+        let cid = format!("noio-{}", tag());
+        Call::new("ADD")
+            .container(&cid, &netns, "eth0")
+            .run_in(&node.ns, &added)
+            .ok();
+        // From here on: no key file, and the endpoint does not resolve.
+        std::fs::remove_file(&key_file).unwrap();
+        std::fs::remove_file(&psk_file).unwrap();
+        let record = state.0.join(format!("wgnet/{cid}-eth0.json"));
+        assert!(record.exists(), "{case}: ADD saved a record");
+        let status = Call::new("STATUS").run_in(&node.ns, &gone);
+        assert_eq!(status.code, 0, "{case}: STATUS {status:?}");
+        let mut netns_now = netns.clone();
+        match case {
+            "record corrupt" => std::fs::write(&record, b"{\"network\": \"wgn").unwrap(),
+            "namespace gone" => {
+                drop(pod);
+                netns_now.clear();
+            }
+            _ => {}
+        }
+        let out = if case == "gc" {
+            let mut gc: Value = serde_json::from_str(&gone).unwrap();
+            gc["cni.dev/valid-attachments"] = json!([]);
+            Call::new("GC").run_in(&node.ns, &gc.to_string())
+        } else {
+            Call::new("DEL")
+                .container(&cid, &netns_now, "eth0")
+                .run_in(&node.ns, &gone)
+        };
+        assert_eq!(out.code, 0, "{case}: {out:?}");
+        assert!(gone_all(&cid), "{case}: leftovers of {cid}");
+        assert!(!record.exists(), "{case}: the record is removed");
     }
 }

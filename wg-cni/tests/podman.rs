@@ -152,6 +152,7 @@ fn busybox_container_pings_through_the_tunnel_under_podman() {
     // The peer: a WireGuard interface on the remote node, made with wg-netns.
     let rname = ifname("wgtp");
     Birthplace::new(&remote.ns, &remote.ns, &backend)
+        .unwrap()
         .attach(
             &InterfaceSpec::new(rname.clone(), rname)
                 .device(

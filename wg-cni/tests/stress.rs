@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cni::{Call, StateDir};
 use common::*;
 use serde_json::json;
-use wg_netns::{IfName, PrivateKey};
+use wg_netns::PrivateKey;
 
 #[test]
 fn fifty_pods_twenty_cycles_with_concurrent_gc() {
@@ -131,11 +131,7 @@ fn fifty_pods_twenty_cycles_with_concurrent_gc() {
     let births: Vec<String> = (0..pods_n)
         .map(cid)
         .chain((0..3).map(|k| format!("stale-{run}-{k}")))
-        .map(|c| {
-            IfName::derived("wgc", &format!("wgnet/{c}/eth0"))
-                .unwrap()
-                .to_string()
-        })
+        .map(|c| wg_cni::plan::birth_name("wgnet", &c, "eth0").to_string())
         .collect();
     let clean = || {
         let node_links = node.link_names();
