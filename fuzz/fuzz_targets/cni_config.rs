@@ -1,5 +1,7 @@
 //! CNI network configuration + prevResult: parse, and when valid, build every
-//! version's result from it (what ADD answers).
+//! version's result from it (what ADD answers) and the device configuration
+//! from the peers as parsed. Parsing does no I/O (no DNS, no key file), so
+//! neither does this target: peers are never resolved here.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use wg_cni::cni::{build_result, ResultInterface, Version};
@@ -14,6 +16,15 @@ fuzz_target!(|data: &[u8]| {
             let r = build_result(v, conf.prev_result.as_ref(), &iface, &ips, &routes, conf.dns.as_ref());
             assert_eq!(r["cniVersion"], v.as_str());
         }
-        let _ = wg_cni::plan::device_config(&conf, None);
+        let peers = conf
+            .peers
+            .iter()
+            .map(|p| {
+                let mut c = wg_netns::PeerConfig::new(p.public_key).allowed_ips(p.allowed_ips.iter().copied());
+                c.endpoint = p.endpoint.as_ref().and_then(|e| e.address());
+                c
+            })
+            .collect();
+        let _ = wg_cni::plan::device_config(&conf, None, peers);
     }
 });
