@@ -159,16 +159,16 @@ mod tests {
         ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad:?}");
         }
-        // /etc/hosts answers for localhost without a DNS query.
-        assert_eq!(
-            "localhost:7"
+        // /etc/hosts answers for localhost without a DNS query (the kernel
+        // guest's initramfs has no /etc/hosts: nothing to resolve with there).
+        if std::fs::read_to_string("/etc/hosts").is_ok_and(|h| h.contains("localhost")) {
+            let a = "localhost:7"
                 .parse::<Endpoint>()
                 .unwrap()
                 .resolve()
-                .unwrap()
-                .port(),
-            7
-        );
+                .unwrap();
+            assert!(a.ip().is_loopback() && a.port() == 7, "{a}");
+        }
     }
 
     proptest! {
