@@ -44,6 +44,7 @@ use crate::rtnl::normalize;
     feature = "serde",
     serde(rename_all = "camelCase", deny_unknown_fields)
 )]
+#[non_exhaustive]
 pub struct PeerConfig {
     /// The peer's public key (its identity).
     pub public_key: PublicKey,
@@ -158,6 +159,7 @@ impl PeerConfig {
     feature = "serde",
     serde(rename_all = "camelCase", default, deny_unknown_fields)
 )]
+#[non_exhaustive]
 pub struct DeviceConfig {
     /// Private key: `None` leaves it unchanged; an all-zero key removes it.
     pub private_key: Option<PrivateKey>,
@@ -355,6 +357,7 @@ pub(crate) fn epoch_time(secs: u64, nanos: u64) -> Option<SystemTime> {
 
 /// A peer as read back from a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Peer {
     /// Public key.
     pub public_key: PublicKey,
@@ -391,6 +394,7 @@ impl Peer {
 
 /// A device's state as read back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Device {
     /// Private key, if set and visible.
     pub private_key: Option<PrivateKey>,

@@ -231,6 +231,7 @@ pub(crate) fn parse_get(device: &str, reply: &str) -> Result<Device> {
 /// assert_eq!(u.socket_path("wgb-1234").to_str(), Some("/var/run/wireguard/wgb-1234.sock"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Userspace {
     /// Program to run as `PROGRAM [args] NAME`; it must daemonize or stay in
     /// the foreground, either works.
