@@ -7,15 +7,13 @@
 //! packet leaves the namespaces these tests create.
 
 mod cni;
-#[path = "../../wg-netns/tests/common/mod.rs"]
-mod common;
 
 use std::time::Duration;
 
 use cni::{Call, StateDir};
-use common::*;
 use serde_json::{json, Value};
 use wg_netns::{IfName, Netns, PrivateKey, Rtnl};
+use wg_netns_testkit::*;
 
 const PING_WITHIN: Duration = Duration::from_secs(12);
 

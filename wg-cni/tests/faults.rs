@@ -9,16 +9,14 @@
 #![cfg(feature = "fault-injection")]
 
 mod cni;
-#[path = "../../wg-netns/tests/common/mod.rs"]
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
 use cni::{Call, StateDir};
-use common::*;
 use serde_json::{json, Value};
 use wg_netns::{IfName, PrivateKey};
+use wg_netns_testkit::*;
 
 fn birth(cid: &str, ifname: &str) -> String {
     wg_cni::plan::birth_name("wgnet", cid, ifname).to_string()

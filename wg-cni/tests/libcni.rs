@@ -9,8 +9,6 @@
 //! WireGuard sockets all stay inside the test's namespaces.
 
 mod cni;
-#[path = "../../wg-netns/tests/common/mod.rs"]
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,9 +16,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use cni::StateDir;
-use common::*;
 use serde_json::{json, Value};
 use wg_netns::PrivateKey;
+use wg_netns_testkit::*;
 
 const PING_WITHIN: Duration = Duration::from_secs(12);
 const PLUGINS: &str = "/usr/lib/cni";

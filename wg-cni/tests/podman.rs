@@ -8,16 +8,14 @@
 //! CNI configuration and image in a private temporary directory.
 
 mod cni;
-#[path = "../../wg-netns/tests/common/mod.rs"]
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
 use serde_json::json;
 use wg_netns::{Birthplace, DeviceConfig, InterfaceSpec, PeerConfig, PrivateKey};
+use wg_netns_testkit::*;
 
 struct Podman {
     dir: PathBuf,

@@ -4,16 +4,14 @@
 //! beforehand. `WG_CNI_STRESS=PODSxCYCLES` scales it (default 50x20).
 
 mod cni;
-#[path = "../../wg-netns/tests/common/mod.rs"]
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cni::{Call, StateDir};
-use common::*;
 use serde_json::json;
 use wg_netns::PrivateKey;
+use wg_netns_testkit::*;
 
 #[test]
 fn fifty_pods_twenty_cycles_with_concurrent_gc() {

@@ -3,17 +3,15 @@
 //! only through wg-netns; `wg show dump` and the wireguard-control crate read
 //! the result back independently.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
 use wg_netns::{
     cleanup_birth, Backend, Birthplace, Device, DeviceConfig, IfName, InterfaceSpec, IpNetwork,
     PeerConfig, PresharedKey, PrivateKey, PublicKey, Route, Rtnl, WgDevice,
 };
+use wg_netns_testkit::*;
 
 const PING_WITHIN: Duration = Duration::from_secs(12);
 

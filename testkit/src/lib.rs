@@ -10,7 +10,7 @@
 //! default: detect). Network safety: every address lives inside namespaces
 //! created here; no route points at the machine's real interfaces.
 
-#![allow(dead_code)]
+#![deny(missing_docs)]
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,6 +27,7 @@ pub fn tag() -> String {
     format!("{:x}{:x}", std::process::id() % 0xfffff, n)
 }
 
+/// True when `WG_NETNS_REQUIRE_ALL=1`: a missing tool or privilege fails the test instead of skipping it.
 pub fn require_all() -> bool {
     std::env::var("WG_NETNS_REQUIRE_ALL").is_ok_and(|v| v == "1")
 }
@@ -58,6 +59,7 @@ pub fn environment(test: &str) -> Option<Backend> {
     }
 }
 
+/// Run a command (`args[0]` with the rest), whatever its exit status.
 pub fn run(args: &[&str]) -> Output {
     Command::new(args[0])
         .args(&args[1..])
@@ -65,6 +67,7 @@ pub fn run(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
 }
 
+/// Run a command that must succeed; its stdout.
 pub fn must(args: &[&str]) -> String {
     let out = run(args);
     assert!(
@@ -77,11 +80,14 @@ pub fn must(args: &[&str]) -> String {
 
 /// A network namespace created for one test, deleted on drop.
 pub struct TestNs {
+    /// The namespace's name under /var/run/netns.
     pub name: String,
+    /// An open handle on it.
     pub ns: Netns,
 }
 
 impl TestNs {
+    /// A new namespace named `wgnt-<pid>-<n>-<role>`, with `lo` up.
     pub fn new(role: &str) -> TestNs {
         let name = format!("wgnt-{}-{role}", tag());
         must(&["ip", "netns", "add", &name]);
@@ -90,6 +96,7 @@ impl TestNs {
         TestNs { name, ns }
     }
 
+    /// Run a command inside the namespace (`ip netns exec`).
     pub fn exec(&self, args: &[&str]) -> Output {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(args);
@@ -135,6 +142,7 @@ impl TestNs {
             .expect("read udp sockets")
     }
 
+    /// The names of the links in the namespace (read through netlink).
     pub fn link_names(&self) -> Vec<String> {
         wg_netns::Rtnl::open(&self.ns)
             .expect("rtnl")
@@ -143,6 +151,21 @@ impl TestNs {
             .into_iter()
             .map(|l| l.name)
             .collect()
+    }
+}
+
+impl TestNs {
+    /// Let go of the namespace as a runtime does after a pod is removed:
+    /// unmount it and close this handle, without deleting its links. The
+    /// namespace then dies with its last user (a userspace daemon born
+    /// inside keeps it alive).
+    pub fn release(self) {
+        let this = std::mem::ManuallyDrop::new(self);
+        let _ = run(&["ip", "netns", "del", &this.name]);
+        // SAFETY: `this` is never used or dropped again; each field is read
+        // out exactly once and dropped here.
+        let (name, ns) = unsafe { (std::ptr::read(&this.name), std::ptr::read(&this.ns)) };
+        drop((name, ns));
     }
 }
 
@@ -165,10 +188,13 @@ impl Drop for TestNs {
 /// Two namespaces joined by a veth pair: `a` has `10.250.X.1/24`, `b` has
 /// `10.250.X.2/24` (X unique per pair within the process).
 pub struct Wire {
+    /// The `a` end's address (no prefix).
     pub a_ip: String,
+    /// The `b` end's address (no prefix).
     pub b_ip: String,
 }
 
+/// Join `a` and `b` with a veth pair, addressed and up.
 pub fn wire(a: &TestNs, b: &TestNs) -> Wire {
     let t = tag();
     let (va, vb) = (format!("va{t}"), format!("vb{t}"));
@@ -237,6 +263,7 @@ pub fn wg_dump(ns: &TestNs, name: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// True when the `wg` tool is installed.
 pub fn has_wg_tool() -> bool {
     Command::new("wg")
         .arg("--version")
@@ -248,8 +275,11 @@ pub fn has_wg_tool() -> bool {
 /// userspace daemon, socket) when dropped, also after a panic. Declare it after
 /// the `TestNs` it lives in so it runs first.
 pub struct BirthGuard<'a> {
+    /// The birthplace.
     pub ns: &'a TestNs,
+    /// The device's birth name.
     pub birth: IfName,
+    /// The backend that made it.
     pub backend: Backend,
 }
 
