@@ -40,38 +40,8 @@ use crate::kernel::{DevRef, KernelConn};
 use crate::key::PublicKey;
 use crate::netns::Netns;
 use crate::record::SocketNamespace;
-use crate::rtnl::{IfName, Route, Rtnl, IFNAMSIZ_MAX};
+use crate::rtnl::{IfName, Route, Rtnl};
 
-impl IfName {
-    /// A short name derived deterministically from `id` (for example a
-    /// container id and interface name): `prefix` followed by hex digits of a
-    /// 64-bit FNV-1a hash, filling the 15-byte limit. The same `id` always
-    /// gives the same name, so a later call can find the interface without
-    /// stored state.
-    ///
-    /// ```
-    /// use wg_netns::IfName;
-    /// let a = IfName::derived("wgb", "0123abcd/wg0").unwrap();
-    /// assert_eq!(a, IfName::derived("wgb", "0123abcd/wg0").unwrap());
-    /// assert_ne!(a, IfName::derived("wgb", "0123abcd/wg1").unwrap());
-    /// assert_eq!(a.as_str().len(), 15);
-    /// ```
-    pub fn derived(prefix: &str, id: &str) -> Result<IfName> {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in id.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        let digits = IFNAMSIZ_MAX.saturating_sub(prefix.len()).min(16);
-        if digits < 6 {
-            return Err(Error::invalid(
-                "interface name prefix",
-                format!("{prefix:?} leaves fewer than 6 characters for the hash"),
-            ));
-        }
-        IfName::new(format!("{prefix}{:016x}", h)[..prefix.len() + digits].to_string())
-    }
-}
 
 /// What [`Birthplace::attach`] creates and [`Birthplace::ensure`] keeps.
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use ipnetwork::IpNetwork;
 
 use crate::key::{PresharedKey, PrivateKey, PublicKey};
-use crate::rtnl::normalize;
+use crate::net::normalize;
 
 /// The configuration of one peer, as a change to apply.
 ///

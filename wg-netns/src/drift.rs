@@ -24,7 +24,7 @@ use ipnetwork::IpNetwork;
 
 use crate::device::{Device, DeviceConfig};
 use crate::key::PublicKey;
-use crate::rtnl::IfName;
+use crate::ifname::IfName;
 
 /// One difference between what is and what was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use crate::attach::Birthplace;
 use crate::backend::{Backend, BackendKind, WgDevice};
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::rtnl::IfName;
+use crate::ifname::IfName;
 use crate::uapi::Userspace;
 
 /// Where a container's WireGuard interface is born, and so where its UDP

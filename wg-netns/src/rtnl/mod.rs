@@ -42,91 +42,9 @@ mod link;
 mod route;
 
 pub(crate) use link::parse_link;
-pub use route::{normalize, Route, RouteScope, TABLE_MAIN};
-
-/// Maximum interface name length (IFNAMSIZ - 1).
-pub const IFNAMSIZ_MAX: usize = 15;
-
-/// A validated Linux interface name: 1..=15 bytes, no `/`, `:`, whitespace or
-/// NUL, not `.` or `..`.
-///
-/// ```
-/// use wg_netns::IfName;
-/// assert!(IfName::new("wg0").is_ok());
-/// assert!(IfName::new("a-name-that-is-too-long").is_err());
-/// assert!(IfName::new("eth0:1").is_err());
-/// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IfName(String);
-
-impl IfName {
-    /// Validate a name.
-    pub fn new(name: impl Into<String>) -> Result<Self> {
-        let name = name.into();
-        let bad = |why: &str| Error::invalid("interface name", format!("{name:?} {why}"));
-        if name.is_empty() {
-            return Err(bad("is empty"));
-        }
-        if name.len() > IFNAMSIZ_MAX {
-            return Err(bad("is longer than 15 bytes"));
-        }
-        if name == "." || name == ".." {
-            return Err(bad("is reserved"));
-        }
-        if name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
-        {
-            return Err(bad("contains '/', ':', NUL or whitespace"));
-        }
-        Ok(IfName(name))
-    }
-
-    /// The name as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for IfName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for IfName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
-    }
-}
-
-impl std::str::FromStr for IfName {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        IfName::new(s)
-    }
-}
-
-impl AsRef<str> for IfName {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-#[cfg(feature = "serde")]
-impl serde::Serialize for IfName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-#[cfg(feature = "serde")]
-impl<'de> serde::Deserialize<'de> for IfName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        IfName::new(s).map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::ifname::{IfName, IFNAMSIZ_MAX};
+pub use crate::net::normalize;
+pub use route::{Route, RouteScope, TABLE_MAIN};
 
 /// A network interface as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

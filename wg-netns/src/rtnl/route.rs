@@ -108,10 +108,6 @@ impl Route {
     }
 }
 
-/// Clear host bits: the kernel refuses `10.0.0.1/24` as a route destination.
-pub fn normalize(net: IpNetwork) -> IpNetwork {
-    IpNetwork::new(net.network(), net.prefix()).unwrap_or(net)
-}
 
 /// The `RTM_NEWROUTE`/`RTM_DELROUTE` message for `r`.
 fn route_msg(r: &Route) -> Result<Rtmsg> {
