@@ -97,28 +97,13 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() -> Res<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let rounds: usize = common::flag("--rounds").unwrap_or(20);
     if !common::is_root() || !Path::new("/usr/lib/cni/bridge").exists() {
         eprintln!("SKIP cni bench: needs root and containernetworking-plugins (Go >= 1.22 builds the libcni client)");
         return Ok(());
     }
-    let baseline = args
-        .iter()
-        .position(|a| a == "--baseline")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
-    let busy: usize = args
-        .iter()
-        .position(|a| a == "--busy")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let baseline: Option<PathBuf> = common::flag("--baseline");
+    let busy: usize = common::flag("--busy").unwrap_or(0);
     let backend = wg_netns::Backend::detect()?;
     // Extra processes, killed (by their own handles) when the run ends.
     struct Sleepers(Vec<std::process::Child>);

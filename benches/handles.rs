@@ -30,13 +30,7 @@ fn us(d: Duration) -> String {
 }
 
 fn main() -> Res<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+    let rounds: usize = common::flag("--rounds").unwrap_or(200);
     if !common::is_root() {
         eprintln!("SKIP handles bench: needs root");
         return Ok(());

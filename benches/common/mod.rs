@@ -21,6 +21,15 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The value after `--NAME` on the command line, parsed.
+pub fn flag<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+}
+
 /// Scratch a benchmark made: named namespaces and a directory, removed when
 /// this is dropped, whether the run finished or failed. Push a namespace's
 /// name right after creating it.
