@@ -42,7 +42,6 @@ use crate::netns::Netns;
 use crate::record::SocketNamespace;
 use crate::rtnl::{IfName, Route, Rtnl};
 
-
 /// What [`Birthplace::attach`] creates and [`Birthplace::ensure`] keeps.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

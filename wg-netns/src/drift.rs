@@ -23,8 +23,8 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 
 use crate::device::{Device, DeviceConfig};
-use crate::key::PublicKey;
 use crate::ifname::IfName;
+use crate::key::PublicKey;
 
 /// One difference between what is and what was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,8 +24,8 @@ use std::str::FromStr;
 use crate::attach::Birthplace;
 use crate::backend::{Backend, BackendKind, WgDevice};
 use crate::error::{Error, Result};
-use crate::netns::Netns;
 use crate::ifname::IfName;
+use crate::netns::Netns;
 use crate::uapi::Userspace;
 
 /// Where a container's WireGuard interface is born, and so where its UDP

@@ -41,9 +41,9 @@ mod addr;
 mod link;
 mod route;
 
-pub(crate) use link::parse_link;
 pub use crate::ifname::{IfName, IFNAMSIZ_MAX};
 pub use crate::net::normalize;
+pub(crate) use link::parse_link;
 pub use route::{Route, RouteScope, TABLE_MAIN};
 
 /// A network interface as the kernel reports it.

@@ -108,7 +108,6 @@ impl Route {
     }
 }
 
-
 /// The `RTM_NEWROUTE`/`RTM_DELROUTE` message for `r`.
 fn route_msg(r: &Route) -> Result<Rtmsg> {
     let dst = normalize(r.destination);
