@@ -58,7 +58,9 @@ fn version_reply(stdin: &[u8]) -> Value {
     json!({"cniVersion": asked.as_str(), "supportedVersions": SUPPORTED_VERSIONS})
 }
 
-fn userspace(conf: &NetConf) -> Userspace {
+/// The userspace implementation the configuration names, else the one
+/// `WG_USERSPACE_IMPLEMENTATION` names, else wireguard-go.
+pub fn userspace(conf: &NetConf) -> Userspace {
     conf.userspace_implementation
         .clone()
         .map(Userspace::new)
@@ -67,7 +69,7 @@ fn userspace(conf: &NetConf) -> Userspace {
 
 /// The backend the configuration asks for, or code 50 when there is none.
 /// A failure to find out (netlink refusing the question) is code 5, not 50.
-fn backend(conf: &NetConf) -> Result<Backend, CniError> {
+pub fn backend(conf: &NetConf) -> Result<Backend, CniError> {
     Backend::choose(conf.backend, userspace(conf)).map_err(|e| match e {
         wg_netns::Error::NoBackend(why) => CniError::new(
             Code::NotAvailable,

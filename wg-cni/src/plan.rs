@@ -174,6 +174,19 @@ impl<'c> Plan<'c> {
         })
     }
 
+    /// A plan with names chosen by the caller: for adapters of other
+    /// runtimes (wg-netavark) that take their interface name from their
+    /// own protocol and derive birth names with their own prefix, while
+    /// sharing this configuration, spec, record and result logic.
+    pub fn named(conf: &'c NetConf, env: &'c Env, name: IfName, birth: IfName) -> Self {
+        Plan {
+            conf,
+            env,
+            name,
+            birth,
+        }
+    }
+
     /// The plan for CHECK: the names ADD recorded (CHECK's prevResult is
     /// ADD's result, so it cannot tell chained from standalone).
     pub fn recorded(conf: &'c NetConf, env: &'c Env, record: &AttachmentRecord) -> Self {

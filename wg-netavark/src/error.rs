@@ -1,0 +1,76 @@
+//! The plugin's errors. Each names what it was doing; none carries key
+//! material (wg-cni's and wg-netns's errors never echo secrets, and inline
+//! secrets are refused before anything could print them).
+
+use wg_cni::cni::CniError;
+
+/// Everything that can go wrong in one invocation. netavark shows the
+/// message (`{"error": "..."}`) to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Wrong arguments.
+    #[error("usage: {0}")]
+    Usage(String),
+    /// stdin could not be read.
+    #[error("reading stdin: {0}")]
+    Stdin(#[source] std::io::Error),
+    /// stdin is not the JSON netavark sends.
+    #[error("decoding the {what} JSON on stdin: {source}")]
+    Decode {
+        /// What was expected.
+        what: &'static str,
+        /// serde's message (positions and types, no values of secrets).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A network or container option is invalid.
+    #[error("option {option}: {reason}")]
+    Option {
+        /// The option's name as the user wrote it (`listen_port`,
+        /// `config`, `config.peers[0].endpoint`, ...).
+        option: String,
+        /// Why.
+        reason: String,
+    },
+    /// The network or container description is unusable.
+    #[error("{0}")]
+    Input(String),
+    /// A wg-cni step failed (state directory, backend, key file, endpoint).
+    #[error("{context}: {msg}: {details}")]
+    Step {
+        /// What the plugin was doing.
+        context: &'static str,
+        /// wg-cni's short message.
+        msg: String,
+        /// wg-cni's details.
+        details: String,
+    },
+    /// A wg-netns operation failed.
+    #[error("{context}: {source}")]
+    Netns {
+        /// What the plugin was doing.
+        context: String,
+        /// The library's error (names the object and the errno).
+        #[source]
+        source: wg_netns::Error,
+    },
+}
+
+impl Error {
+    /// A wg-cni error, in context.
+    pub fn step(context: &'static str) -> impl FnOnce(CniError) -> Error {
+        move |e| Error::Step {
+            context,
+            msg: e.msg,
+            details: e.details,
+        }
+    }
+
+    /// A wg-netns error, in context.
+    pub fn netns(context: impl Into<String>) -> impl FnOnce(wg_netns::Error) -> Error {
+        move |source| Error::Netns {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! wg-netavark: a netavark plugin that gives a container a WireGuard
+//! interface, a thin adapter over `wg-netns` sharing wg-cni's configuration
+//! parser, plan and records.
+//!
+//! netavark runs `wg-netavark create|setup NETNS|teardown NETNS|info` with
+//! JSON on stdin (`types`); the network's options become a wg-cni
+//! configuration (`options`); the verbs (`cmd`) attach with
+//! `Birthplace::for_container` + `ensure` and detach from a saved
+//! `AttachmentRecord`. See docs/runtimes.md, section "netavark plugin".
+
+#![deny(missing_docs)]
+
+pub mod cmd;
+pub mod error;
+pub mod options;
+pub mod types;
+
+pub use error::Error;
