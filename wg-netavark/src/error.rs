@@ -36,7 +36,7 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
     /// A wg-cni step failed (state directory, backend, key file, endpoint).
-    #[error("{context}: {msg}: {details}")]
+    #[error("{context}: {}", step_message(msg, details))]
     Step {
         /// What the plugin was doing.
         context: &'static str,
@@ -56,6 +56,16 @@ pub enum Error {
     },
 }
 
+/// wg-cni's "invalid FIELD" + "FIELD: why" read as "FIELD: why"; other
+/// messages keep both parts.
+fn step_message(msg: &str, details: &str) -> String {
+    match msg.strip_prefix("invalid ") {
+        Some(field) if details.starts_with(field) => details.to_string(),
+        _ if details.is_empty() => msg.to_string(),
+        _ => format!("{msg}: {details}"),
+    }
+}
+
 impl Error {
     /// A wg-cni error, in context.
     pub fn step(context: &'static str) -> impl FnOnce(CniError) -> Error {
@@ -72,5 +82,33 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wg_cni::cni::Code;
+
+    #[test]
+    fn step_messages_say_the_field_once() {
+        let e = Error::step("preparing the interface")(CniError::new(
+            Code::InvalidConfig,
+            "invalid privateKeyFile",
+            "privateKeyFile: reading /k: No such file",
+        ));
+        assert_eq!(
+            e.to_string(),
+            "preparing the interface: privateKeyFile: reading /k: No such file"
+        );
+        let e = Error::step("choosing the WireGuard backend")(CniError::new(
+            Code::NotAvailable,
+            "no WireGuard backend is available",
+            "wireguard-go not found",
+        ));
+        assert_eq!(
+            e.to_string(),
+            "choosing the WireGuard backend: no WireGuard backend is available: wireguard-go not found"
+        );
     }
 }
