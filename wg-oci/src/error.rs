@@ -56,7 +56,7 @@ pub enum Error {
         interface: String,
         /// The cause.
         #[source]
-        source: wg_netns::Error,
+        source: Box<wg_netns::Error>,
     },
 
     /// Removing the interface (or what is left of it) failed.
@@ -68,7 +68,7 @@ pub enum Error {
         birth: String,
         /// The cause.
         #[source]
-        source: wg_netns::Error,
+        source: Box<wg_netns::Error>,
     },
 
     /// Reading or writing an attachment record failed.

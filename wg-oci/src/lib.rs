@@ -27,7 +27,7 @@
 //!
 //! The configuration is wg-cni's network configuration, parsed by wg-cni's
 //! parser, with container-friendly defaults ([`config`]); what an attach
-//! creates is decided by wg-cni's [`Plan`](wg_cni::plan::Plan) and made by
+//! creates is decided by wg-cni's [`wg_cni::plan::Plan`] and made by
 //! wg-netns's [`Birthplace::ensure`] with the UDP socket in the caller's
 //! namespace (`socketNamespace: "host"`, the default) or the container's
 //! (`"container"`). A failed attach leaves nothing behind.
@@ -163,7 +163,7 @@ pub fn attach(container_id: &str, target: impl Into<Target>, config: &Config) ->
     let attach_err = |source| Error::Attach {
         container: container_id.to_string(),
         interface: plan.name.to_string(),
-        source,
+        source: Box::new(source),
     };
     let place = Birthplace::for_container(&node, &pod, conf.socket_namespace, &backend)
         .map_err(attach_err)?;
@@ -203,7 +203,7 @@ pub fn detach(record: &Record) -> Result<bool> {
     let err = |source| Error::Detach {
         interface: a.interface.to_string(),
         birth: a.birth_name.to_string(),
-        source,
+        source: Box::new(source),
     };
     let node = Netns::current().map_err(err)?;
     let mut a = a.clone();
@@ -215,12 +215,7 @@ pub fn detach(record: &Record) -> Result<bool> {
     }
     let fallback = config::default_userspace()
         .unwrap_or_else(|| Userspace::new(config::USERSPACE_CANDIDATES[0]));
-    a.detach_in(&node, None, &fallback)
-        .map_err(|source| Error::Detach {
-            interface: a.interface.to_string(),
-            birth: a.birth_name.to_string(),
-            source,
-        })
+    a.detach_in(&node, None, &fallback).map_err(err)
 }
 
 /// Remove what an attach of `container_id` with `config` would have made,
