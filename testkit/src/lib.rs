@@ -12,6 +12,8 @@
 
 #![deny(missing_docs)]
 
+pub mod cluster;
+
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
