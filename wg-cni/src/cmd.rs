@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use wg_netns::{Backend, BackendKind, Birthplace, Netns, Userspace};
+use wg_netns::{Attachment, Backend, BackendKind, Birthplace, InterfaceSpec, Netns, Userspace};
 
 use crate::cni::{CniError, Code, Command, Env, Version, SUPPORTED_VERSIONS};
 use crate::config::{ChainedResult, NetConf};
@@ -109,28 +109,44 @@ fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
     let place =
         Birthplace::for_container(&Netns::current()?, &pod, conf.socket_namespace, &backend)?;
     let spec = plan.interface_spec(&place, KeyUse::Add)?;
-    let done = place.ensure(&spec)?;
-    let a = &done.attachment;
+    let a = ensure_recorded(&place, &spec, &plan, &backend, &state, log)?;
+    Ok(plan.answer(&a))
+}
+
+/// ADD's core, shared with the other adapters (wg-netavark): make the
+/// attachment `spec` describes at `place` ([`Birthplace::ensure`]), log
+/// what that took, and save its record; when the record cannot be saved,
+/// remove what was made, so nothing exists without a record.
+pub fn ensure_recorded(
+    place: &Birthplace,
+    spec: &InterfaceSpec,
+    plan: &Plan<'_>,
+    backend: &Backend,
+    state: &StateDir,
+    log: &mut Log,
+) -> Result<Attachment, CniError> {
+    let done = place.ensure(spec)?;
+    let what = if done.created {
+        "attached"
+    } else if done.changed() {
+        "repaired"
+    } else {
+        "unchanged"
+    };
+    let a = done.attachment;
     log.line(&format!(
-        "{} {} (birth {}, {}, mtu {}) public key {}",
-        if done.created {
-            "attached"
-        } else if done.changed() {
-            "repaired"
-        } else {
-            "unchanged"
-        },
+        "{what} {} (birth {}, {}, mtu {}) public key {}",
         a.name,
         a.birth_name,
         a.kind,
         a.mtu,
         a.public_key.map(|k| k.to_base64()).unwrap_or_default()
     ));
-    if let Err(e) = state.save(&plan.record(a, &backend, now())) {
+    if let Err(e) = state.save(&plan.record(&a, backend, now())) {
         let _ = place.detach(&a.name, &a.birth_name);
         return Err(e);
     }
-    Ok(plan.answer(a))
+    Ok(a)
 }
 
 /// DEL: remove what ADD made, from its record alone (or, without one, from

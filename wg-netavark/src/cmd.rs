@@ -5,10 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use wg_cni::cmd::{backend, userspace};
+use wg_cni::cmd::{backend, ensure_recorded, userspace};
 use wg_cni::cni::{Command, Env};
 use wg_cni::log::Log;
 use wg_cni::plan::{KeyUse, Plan};
@@ -153,13 +152,6 @@ fn env(ids: &Ids, netns: &str, command: Command) -> Env {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// `setup NETNS`: make the container's WireGuard interface what the
 /// options say (created, or repaired: `Birthplace::ensure`), born in the
 /// namespace netavark runs in unless `socket_namespace` is `container`;
@@ -223,29 +215,8 @@ fn attach(
     let spec = plan
         .interface_spec(&place, KeyUse::Add)
         .map_err(Error::step("preparing the interface"))?;
-    let done = place
-        .ensure(&spec)
-        .map_err(Error::netns(format!("attaching {}", plan.name)))?;
-    let a = &done.attachment;
-    log.line(&format!(
-        "{} {} (birth {}, {}, mtu {}) public key {}",
-        if done.created {
-            "attached"
-        } else if done.changed() {
-            "repaired"
-        } else {
-            "unchanged"
-        },
-        a.name,
-        a.birth_name,
-        a.kind,
-        a.mtu,
-        a.public_key.map(|k| k.to_base64()).unwrap_or_default()
-    ));
-    if let Err(e) = state.save(&plan.record(a, &backend, now())) {
-        let _ = place.detach(&a.name, &a.birth_name);
-        return Err(Error::step("saving the attachment record")(e));
-    }
+    let a = ensure_recorded(&place, &spec, plan, &backend, state, log)
+        .map_err(Error::step("attaching the interface"))?;
     Ok(status_block(s, &a.name))
 }
 
