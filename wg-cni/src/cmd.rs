@@ -102,8 +102,7 @@ fn now() -> u64 {
 fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
     let plan = Plan::new(conf, env)?;
     let state = StateDir::open(&conf.state_dir)?;
-    let _all = state.lock_all(false)?;
-    let _one = state.lock_attachment(&conf.name, &env.container_id, &env.ifname)?;
+    let _locks = state.lock_for(&conf.name, &env.container_id, &env.ifname)?;
     let backend = backend(conf)?;
     let pod = open_pod(&env.netns)?;
     let place =
@@ -154,8 +153,7 @@ pub fn ensure_recorded(
 /// whatever is already gone is success.
 fn del(env: &Env, conf: &NetConf, log: &mut Log) -> Result<(), CniError> {
     let state = StateDir::open(&conf.state_dir)?;
-    let _all = state.lock_all(false)?;
-    let _one = state.lock_attachment(&conf.name, &env.container_id, &env.ifname)?;
+    let _locks = state.lock_for(&conf.name, &env.container_id, &env.ifname)?;
     let record = match state.load(&conf.name, &env.container_id, &env.ifname) {
         Some(r) => r.attachment,
         // Never recorded (never added, a crashed ADD, a corrupt record).
@@ -190,8 +188,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         ));
     }
     let state = StateDir::open(&conf.state_dir)?;
-    let _all = state.lock_all(false)?;
-    let _one = state.lock_attachment(&conf.name, &env.container_id, &env.ifname)?;
+    let _locks = state.lock_for(&conf.name, &env.container_id, &env.ifname)?;
     let record = state
         .load(&conf.name, &env.container_id, &env.ifname)
         .ok_or_else(|| {

@@ -52,6 +52,10 @@ pub struct Record {
 #[derive(Debug)]
 pub struct Lock(#[allow(dead_code)] File);
 
+/// The two locks of one attachment's verb ([`StateDir::lock_for`]).
+#[derive(Debug)]
+pub struct AttachmentLocks(#[allow(dead_code)] Lock, #[allow(dead_code)] Lock);
+
 /// Create `dir` (and parents) readable by the owner only.
 fn private_dir(dir: &Path) -> Result<(), CniError> {
     std::fs::DirBuilder::new()
@@ -154,6 +158,19 @@ impl StateDir {
             .into_os_string();
         p.push(".lock");
         self.lock_file(Path::new(&p), true)
+    }
+
+    /// What every verb on one attachment takes, in order: the shared
+    /// directory-wide lock, then the attachment's own. Held until dropped.
+    pub fn lock_for(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<AttachmentLocks, CniError> {
+        let all = self.lock_all(false)?;
+        let one = self.lock_attachment(network, container_id, ifname)?;
+        Ok(AttachmentLocks(all, one))
     }
 
     /// Write a record atomically (temp file + rename).

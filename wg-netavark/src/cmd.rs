@@ -177,11 +177,10 @@ pub fn setup(netns: &str, exec: &NetworkPluginExec) -> Result<StatusBlock, Error
         ),
     );
     let state = StateDir::open(&conf.state_dir).map_err(Error::step("state directory"))?;
-    let _all = state.lock_all(false).map_err(Error::step("state lock"))?;
     let key = (&conf.name, ids.container_id, ids.ifname.as_str());
-    let _one = state
-        .lock_attachment(key.0, key.1, key.2)
-        .map_err(Error::step("attachment lock"))?;
+    let _locks = state
+        .lock_for(key.0, key.1, key.2)
+        .map_err(Error::step("state locks"))?;
     let had_record = state.load(key.0, key.1, key.2).is_some();
     let outcome = attach(&s, &plan, &state, netns, &mut log);
     match &outcome {
@@ -271,11 +270,10 @@ pub fn teardown(netns: &str, exec: &NetworkPluginExec) -> Result<(), Error> {
         ),
     );
     let state = StateDir::open(&conf.state_dir).map_err(Error::step("state directory"))?;
-    let _all = state.lock_all(false).map_err(Error::step("state lock"))?;
     let key = (&conf.name, ids.container_id, ids.ifname.as_str());
-    let _one = state
-        .lock_attachment(key.0, key.1, key.2)
-        .map_err(Error::step("attachment lock"))?;
+    let _locks = state
+        .lock_for(key.0, key.1, key.2)
+        .map_err(Error::step("state locks"))?;
     let record = match state.load(key.0, key.1, key.2) {
         Some(r) => r.attachment,
         None => {
