@@ -5,34 +5,16 @@
 //! nothing. Userspace WireGuard (wireguard-go). Needs root; otherwise
 //! prints SKIP and passes (fails with `WG_NETNS_REQUIRE_ALL=1`).
 //!
-//! Network safety: namespaces `wgoci-<pid>-<n>-*` joined by a veth; nothing
+//! Network safety: namespaces `wgoci-*` (testkit's, under this prefix) joined by a veth; nothing
 //! touches the machine's interfaces.
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use wg_netns::{Netns, PrivateKey};
+use wg_netns::PrivateKey;
+use wg_netns_testkit::{must, run, TestNs};
 use wg_oci::{attach, detach, Config, Error, RecordStore, Target};
-
-static N: AtomicU32 = AtomicU32::new(0);
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn must(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn skip(test: &str) -> bool {
     let why = if !rustix::process::geteuid().is_root() {
@@ -54,62 +36,14 @@ fn skip(test: &str) -> bool {
     true
 }
 
-/// A namespace removed on drop (links first: a userspace daemon born
-/// inside would keep it alive).
-struct Ns {
-    name: String,
-    ns: Netns,
-}
+/// Distinct wire subnets within this process.
+static N: AtomicU32 = AtomicU32::new(0);
 
-impl Ns {
-    fn new(role: &str) -> Ns {
-        let name = format!(
-            "wgoci-{}-{}-{role}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        must(&["ip", "netns", "add", &name]);
-        must(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        let ns = Netns::from_name(&name).expect("open");
-        Ns { name, ns }
-    }
+/// The suite's namespaces: testkit's, under this suite's prefix.
+type Ns = TestNs;
 
-    fn links(&self) -> Vec<String> {
-        wg_netns::Rtnl::open(&self.ns)
-            .and_then(|r| r.links())
-            .expect("links")
-            .into_iter()
-            .map(|l| l.name)
-            .collect()
-    }
-
-    fn ping(&self, addr: &str, within: Duration) -> bool {
-        let end = Instant::now() + within;
-        loop {
-            let out = run(&[
-                "ip", "netns", "exec", &self.name, "ping", "-c", "1", "-W", "1", addr,
-            ]);
-            if out.status.success() {
-                return true;
-            }
-            if Instant::now() > end {
-                return false;
-            }
-        }
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Ok(rtnl) = wg_netns::Rtnl::open(&self.ns) {
-            for l in rtnl.links().unwrap_or_default() {
-                if l.name != "lo" {
-                    let _ = rtnl.delete_link(l.index);
-                }
-            }
-        }
-        let _ = run(&["ip", "netns", "del", &self.name]);
-    }
+fn ns(role: &str) -> Ns {
+    TestNs::with_prefix("wgoci", role)
 }
 
 /// node <-veth-> peer, a wireguard-go peer in `peer` at 10.77.X.1.
@@ -124,8 +58,8 @@ struct Net {
 
 impl Net {
     fn new(container_pub: &str) -> Net {
-        let node = Ns::new("node");
-        let peer = Ns::new("peer");
+        let node = ns("node");
+        let peer = ns("peer");
         let x = (std::process::id() + N.fetch_add(1, Ordering::SeqCst)) % 200 + 20;
         let t = format!("{:x}", (std::process::id() * 16 + x) % 0xfffff);
         let (vn, vp) = (format!("wgoci-n{t}"), format!("wgoci-q{t}"));
@@ -231,7 +165,7 @@ impl Net {
         if std::path::Path::new(&format!("/var/run/wireguard/{birth}.sock")).exists() {
             found.push(format!("socket {birth}.sock"));
         }
-        if self.node.links().iter().any(|l| l == birth) {
+        if self.node.link_names().iter().any(|l| l == birth) {
             found.push(format!("link {birth} in the node"));
         }
         found
@@ -263,7 +197,7 @@ fn attach_ping_detach_from_the_record() {
     }
     let key = PrivateKey::generate().expect("key");
     let net = Net::new(&key.public_key().to_base64());
-    let ctr = Ns::new("ctr");
+    let ctr = ns("ctr");
     let config = net.config(&key, "");
     let path = std::path::PathBuf::from(format!("/run/netns/{}", ctr.name));
     let record = net
@@ -275,7 +209,7 @@ fn attach_ping_detach_from_the_record() {
     assert_eq!(record.attachment.interface.as_str(), "wg0");
     assert!(record.attachment.birth_name.as_str().starts_with("wgo"));
     assert_eq!(record.public_key, key.public_key().to_base64().as_str());
-    assert!(ctr.links().contains(&"wg0".to_string()));
+    assert!(ctr.link_names().contains(&"wg0".to_string()));
     assert!(
         ctr.ping(&format!("10.77.{}.1", net.x), Duration::from_secs(12)),
         "ping through the tunnel"
@@ -300,7 +234,7 @@ fn attach_ping_detach_from_the_record() {
         .expect("thread")
         .expect("detach");
     assert!(removed);
-    assert!(!ctr.links().contains(&"wg0".to_string()));
+    assert!(!ctr.link_names().contains(&"wg0".to_string()));
     let birth = record.attachment.birth_name.to_string();
     assert!(
         eventually(Duration::from_secs(3), || net.leftovers(&birth).is_empty()),
@@ -323,7 +257,7 @@ fn a_stale_namespace_path_is_not_entered() {
     }
     let key = PrivateKey::generate().expect("key");
     let net = Net::new(&key.public_key().to_base64());
-    let ctr = Ns::new("ctr");
+    let ctr = ns("ctr");
     let config = net.config(&key, "");
     let path = std::path::PathBuf::from(format!("/run/netns/{}", ctr.name));
     let mut record = net
@@ -334,7 +268,7 @@ fn a_stale_namespace_path_is_not_entered() {
         .expect("attach");
     // The recorded path now names another namespace (as a reused PID
     // would): with a wg0 of its own that detach must not touch.
-    let decoy = Ns::new("decoy");
+    let decoy = ns("decoy");
     must(&[
         "ip",
         "-n",
@@ -355,12 +289,15 @@ fn a_stale_namespace_path_is_not_entered() {
         .run(|| detach(&record))
         .expect("thread")
         .expect("detach");
-    assert!(decoy.links().contains(&"wg0".to_string()), "decoy touched");
+    assert!(
+        decoy.link_names().contains(&"wg0".to_string()),
+        "decoy touched"
+    );
     // The daemon born in the node was stopped by its birth name, and its
     // TUN went with it.
     assert!(
         eventually(Duration::from_secs(3), || !ctr
-            .links()
+            .link_names()
             .contains(&"wg0".to_string())),
         "wg0 still in the container"
     );
@@ -378,7 +315,7 @@ fn errors_leave_nothing() {
     }
     let key = PrivateKey::generate().expect("key");
     let net = Net::new(&key.public_key().to_base64());
-    let ctr = Ns::new("ctr");
+    let ctr = ns("ctr");
     let path = std::path::PathBuf::from(format!("/run/netns/{}", ctr.name));
     // A route through an unreachable gateway fails after the daemon started.
     let late = net.config(
@@ -395,7 +332,7 @@ fn errors_leave_nothing() {
     let msg = e.to_string();
     assert!(msg.contains("RTM_NEWROUTE") && !msg.contains('\n'), "{msg}");
     assert!(!msg.contains(key.to_base64().as_str()), "key in {msg}");
-    assert_eq!(ctr.links(), vec!["lo".to_string()]);
+    assert_eq!(ctr.link_names(), vec!["lo".to_string()]);
     let birth = wg_oci::birth_name("oci", "c3", &wg_netns::IfName::new("wg0").expect("name"));
     assert!(
         eventually(Duration::from_secs(3), || net
