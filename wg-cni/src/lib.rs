@@ -9,5 +9,6 @@ pub mod cmd;
 pub mod cni;
 pub mod config;
 pub mod log;
+pub mod managed;
 pub mod plan;
 pub mod state;
