@@ -1,1 +1,3 @@
+//! The wg-agent binary.
+
 fn main() {}

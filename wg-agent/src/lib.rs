@@ -1,0 +1,1 @@
+//! wg-agent: the node agent of wg-netns's Kubernetes-managed mode.
