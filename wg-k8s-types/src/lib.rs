@@ -88,3 +88,16 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         WireGuardAddressBlock::crd(),
     ]
 }
+
+/// The pod annotation naming the WireGuardNetwork a pod joins (when the CNI
+/// configuration names none): `wireguard.wg-netns.io/network: pods`.
+pub const ANNOTATION_NETWORK: &str = "wireguard.wg-netns.io/network";
+
+/// The pod annotation that rotates its interface's key: any new value (a
+/// counter, a timestamp) makes the node agent generate a new private key
+/// and every peer replace the old public key.
+pub const ANNOTATION_ROTATE_KEY: &str = "wireguard.wg-netns.io/rotate-key";
+
+/// The label the node agent puts on the attachments it writes: the node's
+/// name (the admission policy checks it against the writer's node).
+pub const LABEL_NODE: &str = "wireguard.wg-netns.io/node";

@@ -84,6 +84,29 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A namespace from an open descriptor: one received over a unix
+    /// socket (`SCM_RIGHTS`), so the receiver needs no view of the sender's
+    /// mount namespace. `path` is only a label for errors and
+    /// [`Netns::path`] (the sender's name for it). A descriptor that is not a
+    /// network namespace is refused.
+    ///
+    /// ```
+    /// use std::os::fd::OwnedFd;
+    /// use wg_netns::Netns;
+    /// let fd: OwnedFd = std::fs::File::open("/proc/self/ns/net")?.into();
+    /// let ns = Netns::from_fd(fd, "/proc/self/ns/net")?;
+    /// assert!(ns.same_as(&Netns::current()?)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_fd(fd: std::os::fd::OwnedFd, path: impl AsRef<Path>) -> Result<Self> {
+        let ns = Netns {
+            file: File::from(fd),
+            path: path.as_ref().to_path_buf(),
+        };
+        ns.check_is_netns()?;
+        Ok(ns)
+    }
+
     fn check_is_netns(&self) -> Result<()> {
         // SAFETY: NS_GET_NSTYPE takes no argument and returns an int.
         let ty = unsafe { rustix::ioctl::ioctl(&self.file, NsGetNstype) };

@@ -1,0 +1,361 @@
+//! Prometheus metrics. Per-peer series use the names and labels of the
+//! established WireGuard exporter (mdlayher/wireguard_exporter:
+//! `wireguard_peer_receive_bytes_total{device,public_key}`,
+//! `wireguard_peer_transmit_bytes_total`, `wireguard_peer_last_handshake_seconds`,
+//! `wireguard_device_info`, `wireguard_peer_info`), so its dashboards work;
+//! the agent adds `namespace`, `pod` and `network` labels to identify the pod.
+//! The agent's own series are `wg_agent_*`.
+
+use std::sync::{Arc, Mutex};
+use std::time::UNIX_EPOCH;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use wg_cni::managed::Verb;
+use wg_netns::DeviceStats;
+
+use crate::local::LocalRecord;
+
+/// One device's counters at the last read.
+#[derive(Clone, Debug)]
+pub struct DeviceSample {
+    device: String,
+    namespace: String,
+    pod: String,
+    network: String,
+    public_key: String,
+    listen_port: u16,
+    peers: Vec<PeerSample>,
+}
+
+#[derive(Clone, Debug)]
+struct PeerSample {
+    public_key: String,
+    endpoint: String,
+    allowed_ips: String,
+    rx: u64,
+    tx: u64,
+    handshake: f64,
+}
+
+impl DeviceSample {
+    /// From a record and the device's counters (no key material but public
+    /// keys).
+    pub fn new(rec: &LocalRecord, s: &DeviceStats) -> Self {
+        DeviceSample {
+            device: rec.attachment.interface.to_string(),
+            namespace: rec.namespace.clone(),
+            pod: rec.pod.clone(),
+            network: rec.network.clone(),
+            public_key: rec.public_key.to_base64().to_string(),
+            listen_port: s.listen_port,
+            peers: s
+                .peers
+                .iter()
+                .map(|p| PeerSample {
+                    public_key: p.public_key.to_base64().to_string(),
+                    endpoint: p.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+                    allowed_ips: p
+                        .allowed_ips
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    rx: p.rx_bytes,
+                    tx: p.tx_bytes,
+                    handshake: p
+                        .last_handshake
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Devices(Mutex<Vec<DeviceSample>>);
+
+impl Collector for Devices {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let devices = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let dev_labels = |d: &'_ DeviceSample| -> Vec<(&'static str, String)> {
+            vec![
+                ("device", d.device.clone()),
+                ("namespace", d.namespace.clone()),
+                ("pod", d.pod.clone()),
+                ("network", d.network.clone()),
+            ]
+        };
+        {
+            let g = ConstGauge::new(1i64);
+            let mut m = enc.encode_descriptor(
+                "wireguard_device_info",
+                "Metadata about a device.",
+                None,
+                g.metric_type(),
+            )?;
+            for d in &devices {
+                let mut l = dev_labels(d);
+                l.push(("public_key", d.public_key.clone()));
+                l.push(("listen_port", d.listen_port.to_string()));
+                ConstGauge::new(1i64).encode(m.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "wireguard_peer_info",
+                "Metadata about a peer. The public_key label on peer metrics refers to the peer's public key.",
+                None,
+                ConstGauge::new(1i64).metric_type(),
+            )?;
+            for d in &devices {
+                for p in &d.peers {
+                    let mut l = dev_labels(d);
+                    l.push(("public_key", p.public_key.clone()));
+                    l.push(("endpoint", p.endpoint.clone()));
+                    ConstGauge::new(1i64).encode(m.encode_family(&l)?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "wireguard_peer_allowed_ips_info",
+                "Metadata about each of a peer's allowed IP subnets for a given device.",
+                None,
+                ConstGauge::new(1i64).metric_type(),
+            )?;
+            for d in &devices {
+                for p in &d.peers {
+                    for ip in p.allowed_ips.split(',').filter(|s| !s.is_empty()) {
+                        let mut l = dev_labels(d);
+                        l.push(("public_key", p.public_key.clone()));
+                        l.push(("allowed_ips", ip.to_string()));
+                        ConstGauge::new(1i64).encode(m.encode_family(&l)?)?;
+                    }
+                }
+            }
+        }
+        for (name, help, pick) in [
+            (
+                "wireguard_peer_receive_bytes",
+                "Number of bytes received from a given peer.",
+                (|p: &PeerSample| p.rx) as fn(&PeerSample) -> u64,
+            ),
+            (
+                "wireguard_peer_transmit_bytes",
+                "Number of bytes transmitted to a given peer.",
+                |p: &PeerSample| p.tx,
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for d in &devices {
+                for p in &d.peers {
+                    let mut l = dev_labels(d);
+                    l.push(("public_key", p.public_key.clone()));
+                    ConstCounter::new(pick(p)).encode(m.encode_family(&l)?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "wireguard_peer_last_handshake_seconds",
+                "UNIX timestamp for the last handshake with a given peer (0: none).",
+                None,
+                ConstGauge::new(0f64).metric_type(),
+            )?;
+            for d in &devices {
+                for p in &d.peers {
+                    let mut l = dev_labels(d);
+                    l.push(("public_key", p.public_key.clone()));
+                    ConstGauge::new(p.handshake).encode(m.encode_family(&l)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CniLabels {
+    verb: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    operation: String,
+}
+
+/// The agent's metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    devices_sample: Arc<Devices>,
+    /// Interfaces the agent holds.
+    pub devices: Gauge,
+    /// Time of one reconcile pass.
+    pub reconcile_seconds: Histogram,
+    /// Reconciles of one interface that failed.
+    pub reconcile_errors: Counter,
+    /// Device writes that changed something.
+    pub device_updates: Counter,
+    /// Drift found by the periodic verify and repaired.
+    pub drift_repairs: Counter,
+    /// Status writes.
+    pub status_writes: Counter,
+    cni: Family<CniLabels, Histogram>,
+    apiserver_errors: Family<OpLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric.
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let devices_sample = Arc::new(Devices::default());
+        r.register_collector(Box::new(Arc::clone(&devices_sample)));
+        let devices = Gauge::default();
+        r.register(
+            "wg_agent_devices",
+            "WireGuard interfaces of pods the agent holds",
+            devices.clone(),
+        );
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        r.register(
+            "wg_agent_reconcile_duration_seconds",
+            "Time to bring the interfaces a change touches to their resources",
+            reconcile_seconds.clone(),
+        );
+        let reconcile_errors = Counter::default();
+        r.register(
+            "wg_agent_reconcile_errors",
+            "Interface reconciles that failed",
+            reconcile_errors.clone(),
+        );
+        let device_updates = Counter::default();
+        r.register(
+            "wg_agent_device_updates",
+            "Device writes that changed something",
+            device_updates.clone(),
+        );
+        let drift_repairs = Counter::default();
+        r.register(
+            "wg_agent_drift_repairs",
+            "Drift found by the periodic verify and repaired",
+            drift_repairs.clone(),
+        );
+        let status_writes = Counter::default();
+        r.register(
+            "wg_agent_status_writes",
+            "Attachment status writes",
+            status_writes.clone(),
+        );
+        let cni = Family::<CniLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        r.register(
+            "wg_agent_cni_request_duration_seconds",
+            "CNI requests served, by verb and outcome",
+            cni.clone(),
+        );
+        let apiserver_errors = Family::<OpLabels, Counter>::default();
+        r.register(
+            "wg_agent_apiserver_errors",
+            "Failed apiserver requests, by operation",
+            apiserver_errors.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            devices_sample,
+            devices,
+            reconcile_seconds,
+            reconcile_errors,
+            device_updates,
+            drift_repairs,
+            status_writes,
+            cni,
+            apiserver_errors,
+        }
+    }
+
+    /// Count a failed apiserver request.
+    pub fn apiserver_error(&self, operation: &str) {
+        self.apiserver_errors
+            .get_or_create(&OpLabels {
+                operation: operation.to_string(),
+            })
+            .inc();
+    }
+
+    /// Record a CNI request.
+    pub fn cni_request(&self, verb: Verb, outcome: &str, seconds: f64) {
+        let verb = match verb {
+            Verb::Add => "ADD",
+            Verb::Del => "DEL",
+            Verb::Check => "CHECK",
+        };
+        self.cni
+            .get_or_create(&CniLabels {
+                verb: verb.into(),
+                outcome: outcome.into(),
+            })
+            .observe(seconds);
+    }
+
+    /// Replace the per-device samples.
+    pub fn set_devices(&self, samples: Vec<DeviceSample>) {
+        *self
+            .devices_sample
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = samples;
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names() {
+        let m = Metrics::new();
+        m.devices.set(2);
+        m.apiserver_error("get_pod");
+        m.cni_request(Verb::Add, "ok", 0.01);
+        let text = m.encode();
+        for name in [
+            "wg_agent_devices 2",
+            "wg_agent_apiserver_errors_total{operation=\"get_pod\"} 1",
+            "wg_agent_cni_request_duration_seconds_count{verb=\"ADD\",outcome=\"ok\"} 1",
+            "# TYPE wireguard_peer_receive_bytes counter",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The agent's tasks: watches feeding the index, the reconcile loop, the
+//! status writer, the timers (verify, counters, garbage collection), the
+//! CNI socket and HTTP. Devices are never touched on exit: a stopped or
+//! killed agent leaves every pod's traffic flowing.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use wg_k8s_types::{WireGuardAttachment, WireGuardNetwork, WireGuardPeer};
+
+use crate::agent::{Agent, Publish};
+use crate::index::{Dirty, Index};
+
+/// When the agent's loops last showed life (for `/healthz`).
+#[derive(Debug)]
+pub struct Heartbeat {
+    start: Instant,
+    last_ms: AtomicU64,
+    limit: Duration,
+}
+
+impl Heartbeat {
+    /// A heartbeat that is stale after `limit`.
+    pub fn new(limit: Duration) -> Heartbeat {
+        Heartbeat {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// The loops are alive.
+    pub fn beat(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Ok when the last beat is recent.
+    pub fn check(&self) -> Result<(), String> {
+        let age = self.start.elapsed().as_millis() as u64 - self.last_ms.load(Ordering::Relaxed);
+        if Duration::from_millis(age) <= self.limit {
+            Ok(())
+        } else {
+            Err(format!("no heartbeat for {} s", age / 1000))
+        }
+    }
+}
+
+type OnApply<K> = fn(&mut Index, &K, &str) -> Vec<Dirty>;
+type OnRelist<K> = fn(&mut Index, &[K], &str) -> Vec<Dirty>;
+
+/// Which kinds have listed once (a bit each).
+#[derive(Debug, Default)]
+pub struct Listed(AtomicU8);
+
+const ALL_KINDS: u8 = 0b1111;
+
+async fn watch_kind<K>(
+    agent: Arc<Agent>,
+    api: Api<K>,
+    cfg: watcher::Config,
+    bit: u8,
+    listed: Arc<Listed>,
+    on_apply: OnApply<K>,
+    on_delete: OnApply<K>,
+    on_relist: OnRelist<K>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let node = agent.settings.node_name.clone();
+    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let mut buf: Vec<K> = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let dirty = match ev {
+            Ok(Event::Init) => {
+                buf.clear();
+                continue;
+            }
+            Ok(Event::InitApply(o)) => {
+                buf.push(o);
+                continue;
+            }
+            Ok(Event::InitDone) => {
+                let d = on_relist(&mut agent.index.lock().unwrap_or_else(|e| e.into_inner()), &buf, &node);
+                buf.clear();
+                let before = listed.0.fetch_or(bit, Ordering::AcqRel);
+                info!(kind, "listed");
+                if before | bit == ALL_KINDS {
+                    agent.set_synced();
+                }
+                d
+            }
+            Ok(Event::Apply(o)) => on_apply(&mut agent.index.lock().unwrap_or_else(|e| e.into_inner()), &o, &node),
+            Ok(Event::Delete(o)) => on_delete(&mut agent.index.lock().unwrap_or_else(|e| e.into_inner()), &o, &node),
+            Err(e) => {
+                agent.metrics.apiserver_error(&format!("watch_{}", kind.to_lowercase()));
+                warn!(kind, error = %e, "watch failed; retrying");
+                continue;
+            }
+        };
+        agent.mark(dirty);
+    }
+}
+
+/// Run the four watches: every network, peer and attachment, and the pods
+/// of this node.
+pub async fn watches(agent: Arc<Agent>) {
+    let c = agent.client().clone();
+    let node = agent.settings.node_name.clone();
+    let listed = Arc::new(Listed::default());
+    let cfg = watcher::Config::default;
+    tokio::join!(
+        watch_kind::<WireGuardNetwork>(
+            Arc::clone(&agent),
+            Api::all(c.clone()),
+            cfg(),
+            1,
+            Arc::clone(&listed),
+            |i, o, _| i.network(o),
+            |i, o, _| i.network_gone(o),
+            |i, all, _| i.relisted_networks(all),
+        ),
+        watch_kind::<WireGuardPeer>(
+            Arc::clone(&agent),
+            Api::all(c.clone()),
+            cfg(),
+            2,
+            Arc::clone(&listed),
+            |i, o, _| i.peer(o),
+            |i, o, _| i.peer_gone(o),
+            |i, all, _| i.relisted_peers(all),
+        ),
+        watch_kind::<WireGuardAttachment>(
+            Arc::clone(&agent),
+            Api::all(c.clone()),
+            cfg(),
+            4,
+            Arc::clone(&listed),
+            |i, o, n| i.attachment(o, n),
+            |i, o, _| i.attachment_gone(o),
+            |i, all, n| i.relisted_attachments(all, n),
+        ),
+        watch_kind::<Pod>(
+            Arc::clone(&agent),
+            Api::all(c.clone()),
+            cfg().fields(&format!("spec.nodeName={node}")),
+            8,
+            Arc::clone(&listed),
+            |i, o, _| i.pod(o),
+            |i, o, _| i.pod_gone(o),
+            |i, all, _| i.relisted_pods(all),
+        ),
+    );
+}
+
+/// The reconcile loop: gathers changes for a moment, then brings what
+/// they touch to the resources.
+pub async fn reconcile_loop(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Dirty>) {
+    while let Some(first) = rx.recv().await {
+        let mut set = BTreeSet::from([first]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        while let Ok(d) = rx.try_recv() {
+            set.insert(d);
+        }
+        if set
+            .iter()
+            .any(|d| matches!(d, Dirty::All | Dirty::Network(_)))
+        {
+            agent.write_hints();
+            agent.adopt_networks().await;
+        }
+        if set.iter().any(|d| matches!(d, Dirty::All | Dirty::Peers { .. })) {
+            agent.forget_secrets();
+        }
+        agent.reconcile(&set).await;
+    }
+}
+
+/// The status writer: one write at a time, each attachment's pending
+/// writes merged into one, at most `per_second` writes a second; a failed
+/// write is retried later.
+pub async fn publish_loop(
+    agent: Arc<Agent>,
+    mut rx: mpsc::UnboundedReceiver<Publish>,
+    tx: mpsc::UnboundedSender<Publish>,
+    per_second: u32,
+) {
+    let mut pending: BTreeMap<String, Publish> = BTreeMap::new();
+    let gap = Duration::from_secs(1) / per_second.max(1);
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(p) => {
+                    pending.insert(id(&p), p);
+                }
+                None => return,
+            }
+        }
+        while let Ok(p) = rx.try_recv() {
+            pending.insert(id(&p), p);
+        }
+        let Some((_, p)) = pending.pop_first() else { continue };
+        match agent.publish_one(&p).await {
+            Ok(()) => {
+                agent.metrics.status_writes.inc();
+            }
+            Err(e) => {
+                agent.metrics.apiserver_error("write_attachment");
+                warn!(error = %e, what = %id(&p), "cannot write an attachment; retrying in 2 s");
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let _ = tx.send(p);
+                });
+            }
+        }
+        tokio::time::sleep(gap).await;
+    }
+}
+
+fn id(p: &Publish) -> String {
+    match p {
+        Publish::Upsert(k) => format!("upsert {k}"),
+        Publish::Delete { namespace, name } => format!("delete {namespace}/{name}"),
+    }
+}
+
+/// The timers: counters every `stats_interval`, verify every
+/// `verify_interval`, garbage collection every 30 s.
+pub async fn timers(agent: Arc<Agent>, heartbeat: Arc<Heartbeat>) {
+    let mut stats = tokio::time::interval(agent.settings.stats_interval);
+    let mut verify = tokio::time::interval(agent.settings.verify_interval);
+    let mut gc = tokio::time::interval(Duration::from_secs(30));
+    for t in [&mut stats, &mut verify, &mut gc] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    verify.tick().await;
+    loop {
+        tokio::select! {
+            _ = stats.tick() => agent.refresh_stats().await,
+            _ = verify.tick() => agent.verify().await,
+            _ = gc.tick() => agent.gc().await,
+        }
+        heartbeat.beat();
+    }
+}

@@ -1,0 +1,168 @@
+//! The agent's two doors: the CNI socket (root-only, one request per
+//! connection, the pod's namespace passed as a descriptor) and HTTP
+//! (`/metrics`, `/healthz`, `/readyz`).
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request as HttpRequest, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, UnixListener};
+use tracing::{debug, info, warn};
+use wg_cni::managed::{self, Failure, Reply, Request, PROTOCOL_VERSION};
+
+use crate::agent::Agent;
+
+/// Bind the CNI socket: its directory 0700 and the socket 0600, so only
+/// root on the node can ask (the plugin runs as root). A stale socket from
+/// a previous run is replaced.
+pub fn bind_cni(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serve the CNI socket until the task is dropped.
+pub async fn serve_cni(listener: UnixListener, agent: Arc<Agent>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "accept on the CNI socket failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let agent = Arc::clone(&agent);
+        tokio::spawn(async move {
+            // The peer must be root (the socket's mode says so too).
+            if let Ok(cred) = stream.peer_cred() {
+                if cred.uid() != 0 {
+                    warn!(uid = cred.uid(), "refused a CNI request from a non-root process");
+                    return;
+                }
+            }
+            let std_stream = match stream.into_std().and_then(|s| {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                Ok(s)
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot use a CNI connection");
+                    return;
+                }
+            };
+            let std_stream = Arc::new(std_stream);
+            let s2 = Arc::clone(&std_stream);
+            let got = tokio::task::spawn_blocking(move || managed::recv::<Request>(&s2)).await;
+            let (req, fd) = match got {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "malformed CNI request");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let started = Instant::now();
+            let reply = if req.version != PROTOCOL_VERSION {
+                Reply::Failed(Failure {
+                    code: 2,
+                    msg: "the plugin and the agent speak different protocol versions".into(),
+                    details: format!("plugin {}, agent {PROTOCOL_VERSION}", req.version),
+                })
+            } else {
+                let verb = req.verb;
+                let pod = req
+                    .pod
+                    .as_ref()
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .unwrap_or_default();
+                let container = req.container_id.clone();
+                let reply = agent.handle(req, fd).await;
+                match &reply {
+                    Reply::Failed(f) => warn!(?verb, pod, container, code = f.code, msg = %f.msg, details = %f.details, "CNI request failed"),
+                    _ => info!(?verb, pod, container, ms = started.elapsed().as_millis() as u64, "CNI request served"),
+                }
+                reply
+            };
+            let _ = tokio::task::spawn_blocking(move || managed::send(&std_stream, &reply, None)).await;
+        });
+    }
+}
+
+fn respond(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r
+}
+
+/// Serve `/metrics`, `/healthz` (the reconcile loop is alive) and
+/// `/readyz` (the caches have synced and the CNI socket is served).
+pub async fn serve_http(listener: TcpListener, agent: Arc<Agent>, alive: Arc<crate::Heartbeat>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "accept on the HTTP port failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let agent = Arc::clone(&agent);
+        let alive = Arc::clone(&alive);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: HttpRequest<Incoming>| {
+                let agent = Arc::clone(&agent);
+                let alive = Arc::clone(&alive);
+                async move {
+                    let r = match req.uri().path() {
+                        "/metrics" => {
+                            let mut r = respond(StatusCode::OK, agent.metrics.encode());
+                            r.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static(
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                ),
+                            );
+                            r
+                        }
+                        "/healthz" => match alive.check() {
+                            Ok(()) => respond(StatusCode::OK, "ok\n".into()),
+                            Err(why) => respond(StatusCode::SERVICE_UNAVAILABLE, why + "\n"),
+                        },
+                        "/readyz" => {
+                            if agent.is_synced() {
+                                respond(StatusCode::OK, "ok\n".into())
+                            } else {
+                                respond(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "caches not synced\n".into(),
+                                )
+                            }
+                        }
+                        _ => respond(StatusCode::NOT_FOUND, "not found\n".into()),
+                    };
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,172 @@
+//! The agent's settings: environment variables (a DaemonSet sets them from
+//! its ConfigMap and the downward API), each with a default.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `NODE_NAME` | (required) | this node's name (downward API `spec.nodeName`) |
+//! | `NODE_IP` | (required) | the node's address peers reach (downward API `status.hostIP`) |
+//! | `WG_AGENT_STATE_DIR` | `/var/lib/wg-agent` | keys and attachment records (root-only) |
+//! | `WG_AGENT_RUN_DIR` | `/run/wg-agent` | the CNI socket (`cni.sock`) and network hints (`networks/`) |
+//! | `WG_AGENT_LISTEN` | `0.0.0.0:9586` | `/metrics`, `/healthz`, `/readyz` |
+//! | `WG_AGENT_BACKEND` | `auto` | `auto`, `kernel` or `userspace` |
+//! | `WG_USERSPACE_IMPLEMENTATION` | `wireguard-go` | the userspace implementation |
+//! | `WG_AGENT_VERIFY_INTERVAL` | `30s` | how often every device is read back and repaired |
+//! | `WG_AGENT_STATS_INTERVAL` | `5s` | how often counters are read (metrics, status) |
+//! | `WG_AGENT_STATUS_MIN_INTERVAL` | `15s` | the fewest seconds between two counter-only status writes of one attachment |
+//! | `WG_AGENT_GC_GRACE` | `60s` | how long a record without its pod is kept before it is removed |
+//! | `KUBECONFIG` | in-cluster | the apiserver credentials (in a pod: the projected, rotating service-account token) |
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wg_netns::BackendChoice;
+
+/// A setting that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("setting {name}: {why}")]
+pub struct SettingError {
+    /// The variable.
+    pub name: &'static str,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// Everything the agent is told.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This node's name.
+    pub node_name: String,
+    /// This node's address, the endpoint host of pods whose socket lives on
+    /// the node.
+    pub node_ip: IpAddr,
+    /// Keys and records.
+    pub state_dir: PathBuf,
+    /// Socket and hints.
+    pub run_dir: PathBuf,
+    /// HTTP address.
+    pub listen: SocketAddr,
+    /// Backend choice.
+    pub backend: BackendChoice,
+    /// Read-back period.
+    pub verify_interval: Duration,
+    /// Counters period.
+    pub stats_interval: Duration,
+    /// Status write spacing for counters.
+    pub status_min_interval: Duration,
+    /// Grace before a record without its pod is removed.
+    pub gc_grace: Duration,
+}
+
+fn duration(name: &'static str, v: &str) -> Result<Duration, SettingError> {
+    wg_cni::config::parse_go_duration(v)
+        .ok_or_else(|| SettingError {
+            name,
+            why: format!("{v:?} is not a duration such as 30s or 1m"),
+        })
+        .and_then(|d| {
+            if d.is_zero() {
+                Err(SettingError {
+                    name,
+                    why: "must be more than zero".into(),
+                })
+            } else {
+                Ok(d)
+            }
+        })
+}
+
+impl Settings {
+    /// Read from `get` (the environment: `|k| std::env::var(k).ok()`).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingError> {
+        let req = |name: &'static str| {
+            get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| SettingError {
+                    name,
+                    why: "is required".into(),
+                })
+        };
+        let or = |name: &str, default: &str| get(name).unwrap_or_else(|| default.to_string());
+        let node_name = req("NODE_NAME")?;
+        let node_ip = req("NODE_IP")?.parse().map_err(|e| SettingError {
+            name: "NODE_IP",
+            why: format!("not an IP address: {e}"),
+        })?;
+        let listen = or("WG_AGENT_LISTEN", "0.0.0.0:9586")
+            .parse()
+            .map_err(|e| SettingError {
+                name: "WG_AGENT_LISTEN",
+                why: format!("not ADDRESS:PORT: {e}"),
+            })?;
+        let backend = or("WG_AGENT_BACKEND", "auto")
+            .parse()
+            .map_err(|e: wg_netns::Error| SettingError {
+                name: "WG_AGENT_BACKEND",
+                why: e.to_string(),
+            })?;
+        Ok(Settings {
+            node_name,
+            node_ip,
+            state_dir: or("WG_AGENT_STATE_DIR", "/var/lib/wg-agent").into(),
+            run_dir: or("WG_AGENT_RUN_DIR", "/run/wg-agent").into(),
+            listen,
+            backend,
+            verify_interval: duration(
+                "WG_AGENT_VERIFY_INTERVAL",
+                &or("WG_AGENT_VERIFY_INTERVAL", "30s"),
+            )?,
+            stats_interval: duration(
+                "WG_AGENT_STATS_INTERVAL",
+                &or("WG_AGENT_STATS_INTERVAL", "5s"),
+            )?,
+            status_min_interval: duration(
+                "WG_AGENT_STATUS_MIN_INTERVAL",
+                &or("WG_AGENT_STATUS_MIN_INTERVAL", "15s"),
+            )?,
+            gc_grace: duration("WG_AGENT_GC_GRACE", &or("WG_AGENT_GC_GRACE", "60s"))?,
+        })
+    }
+
+    /// The CNI socket.
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("cni.sock")
+    }
+
+    /// The network hints' directory.
+    pub fn hint_dir(&self) -> PathBuf {
+        self.run_dir.join("networks")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_refusals() {
+        let base = |k: &str| match k {
+            "NODE_NAME" => Some("n1".to_string()),
+            "NODE_IP" => Some("10.250.0.11".to_string()),
+            _ => None,
+        };
+        let s = Settings::from_vars(base).unwrap();
+        assert_eq!(s.socket(), PathBuf::from("/run/wg-agent/cni.sock"));
+        assert_eq!(s.verify_interval, Duration::from_secs(30));
+        assert_eq!(s.listen.port(), 9586);
+        let e = Settings::from_vars(|k| if k == "NODE_IP" { base(k) } else { None }).unwrap_err();
+        assert_eq!(e.name, "NODE_NAME");
+        let e = Settings::from_vars(|k| match k {
+            "WG_AGENT_VERIFY_INTERVAL" => Some("0s".into()),
+            _ => base(k),
+        })
+        .unwrap_err();
+        assert_eq!(e.name, "WG_AGENT_VERIFY_INTERVAL");
+        let e = Settings::from_vars(|k| match k {
+            "WG_AGENT_BACKEND" => Some("magic".into()),
+            _ => base(k),
+        })
+        .unwrap_err();
+        assert_eq!(e.name, "WG_AGENT_BACKEND");
+    }
+}
