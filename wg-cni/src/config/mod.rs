@@ -6,6 +6,10 @@
 //! value, except secrets, which are never echoed. Unknown keys are ignored.
 //! See docs/configuration.md for every field.
 //!
+//! `"network": "NAME"` or `"managed": true` selects managed mode ([`Mode`]):
+//! the node agent owns the interface, and the static fields that describe one
+//! are refused (code 7, naming the field).
+//!
 //! Parsing does no I/O: host-name endpoints, `privateKeyFile` and
 //! `presharedKeyFile` are kept as names and paths, resolved and read only by
 //! the verbs that configure a device (ADD, CHECK). DEL, GC and STATUS never
@@ -23,12 +27,14 @@ use crate::cni::{CniError, Code, Version};
 
 mod duration;
 mod fields;
+mod managed;
 mod peers;
 #[cfg(test)]
 mod tests;
 
 pub use duration::{parse_go_duration, parse_keepalive};
 use fields::{bool_field, invalid, parse_net, str_field, take_secret, uint_field, wipe_secrets};
+pub use managed::{ManagedConf, Mode, DEFAULT_AGENT_TIMEOUT};
 
 /// The interface MTU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +113,9 @@ pub struct NetConf {
     pub key_file_check: KeyFileCheck,
     /// What a chained ADD answers.
     pub chained_result: ChainedResult,
+    /// Static (the fields above describe the interface) or managed (the
+    /// node agent makes it; the interface fields above are all defaults).
+    pub mode: Mode,
 }
 
 /// Default state directory.
@@ -160,6 +169,9 @@ impl NetConf {
                 format!("{name:?} may not contain '/' or '..'"),
             ));
         }
+        // Before the static fields: in managed mode their presence is the
+        // error, whatever their value.
+        let mode = managed::parse_mode(o)?;
 
         let mut addresses = Vec::new();
         if let Some(a) = str_field(o, "address")? {
@@ -333,6 +345,7 @@ impl NetConf {
                 KeyFileCheck::OwnerOnly
             },
             chained_result,
+            mode,
         })
     }
 

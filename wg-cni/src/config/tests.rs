@@ -36,6 +36,7 @@ fn the_original_format_verbatim() {
     assert_eq!(c.interface_name.as_str(), "wg0");
     assert_eq!(c.socket_namespace, SocketNamespace::Host);
     assert!(c.routes_from_allowed_ips);
+    assert_eq!(c.mode, Mode::Static);
 }
 
 #[test]
@@ -248,4 +249,152 @@ fn parsing_reads_no_file_and_resolves_no_name() {
     assert!(parse(json!({"cniVersion": "1.1.0", "name": "n",
         "peers": [{"publicKey": P2, "presharedKeyFile": "psk"}]}))
     .is_err());
+}
+
+/// Managed mode: `network` or `managed` selects it, the agent fields have
+/// defaults, and nothing else changes for a static configuration.
+#[test]
+fn managed_mode_and_its_defaults() {
+    let c =
+        parse(json!({"cniVersion": "1.0.0", "name": "k8s", "type": "wg-cni", "network": "pods"}))
+            .unwrap();
+    assert_eq!(
+        c.mode,
+        Mode::Managed(ManagedConf {
+            network: Some("pods".into()),
+            socket: crate::managed::DEFAULT_SOCKET.into(),
+            hint_dir: crate::managed::DEFAULT_HINT_DIR.into(),
+            timeout: Duration::from_secs(60),
+        })
+    );
+    let c = parse(
+        json!({"cniVersion": "1.1.0", "name": "k8s", "type": "wg-cni", "managed": true,
+        "agentSocket": "/tmp/a.sock", "agentHintDir": "/tmp/hints", "agentTimeout": "1m30s",
+        "logFile": "/tmp/l", "stateDir": "/tmp/s", "chainedResult": "passthrough",
+        "prevResult": {"cniVersion": "1.1.0"}, "dns": {"nameservers": ["10.0.0.10"]}}),
+    )
+    .unwrap();
+    let Mode::Managed(m) = &c.mode else {
+        panic!("not managed: {:?}", c.mode)
+    };
+    assert_eq!(m.network, None, "the pod's annotation decides");
+    assert_eq!(m.socket, PathBuf::from("/tmp/a.sock"));
+    assert_eq!(m.hint_dir, PathBuf::from("/tmp/hints"));
+    assert_eq!(m.timeout, Duration::from_secs(90));
+    assert_eq!(c.chained_result, ChainedResult::Passthrough);
+    let c = parse(json!({"cniVersion": "1.0.0", "name": "k", "network": "a", "agentTimeout": 5}))
+        .unwrap();
+    assert!(
+        matches!(c.mode, Mode::Managed(ManagedConf { timeout, .. }) if timeout == Duration::from_secs(5))
+    );
+    // Static stays static, also with "managed": false.
+    for extra in [json!({}), json!({"managed": false})] {
+        let mut v = json!({"cniVersion": "1.0.0", "name": "n", "address": "10.0.0.2/24"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        assert_eq!(parse(v).unwrap().mode, Mode::Static);
+    }
+}
+
+#[test]
+fn managed_mode_refuses_what_the_resources_own() {
+    let statics = [
+        ("address", json!("10.0.0.2/24")),
+        ("addresses", json!(["10.0.0.2/24"])),
+        ("privateKey", json!(K1)),
+        ("privateKeyFile", json!("/etc/wg/key")),
+        ("allowInsecureKeyFile", json!(true)),
+        ("listenPort", json!(51820)),
+        ("fwmark", json!(1)),
+        ("mtu", json!(1420)),
+        ("peers", json!([])),
+        ("routes", json!([{"dst": "10.1.0.0/16"}])),
+        ("routesFromAllowedIPs", json!(false)),
+        ("table", json!(100)),
+        ("socketNamespace", json!("host")),
+        ("interfaceName", json!("wg1")),
+        ("backend", json!("kernel")),
+        ("userspaceImplementation", json!("wireguard-go")),
+    ];
+    for (field, value) in statics {
+        for mode in [json!({"network": "pods"}), json!({"managed": true})] {
+            let mut v = json!({"cniVersion": "1.0.0", "name": "n"});
+            v[field] = value.clone();
+            v.as_object_mut()
+                .unwrap()
+                .extend(mode.as_object().unwrap().clone());
+            let e = parse(v.clone()).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{v}");
+            assert!(
+                e.details.starts_with(&format!("{field}:")),
+                "{v}: {e} does not name {field}"
+            );
+            assert!(!e.to_string().contains(K1), "{e} leaks a key");
+        }
+    }
+    // Operational fields are the plugin's own, in both modes.
+    assert!(parse(
+        json!({"cniVersion": "1.0.0", "name": "n", "network": "pods",
+        "stateDir": "/var/lib/x", "logFile": "/var/log/x", "chainedResult": "append"})
+    )
+    .is_ok());
+}
+
+#[test]
+fn managed_fields_are_checked() {
+    let bad = [
+        (json!({"network": ""}), "network"),
+        (json!({"network": "Pods"}), "network"),
+        (json!({"network": "-pods"}), "network"),
+        (json!({"network": "pods-"}), "network"),
+        (json!({"network": "a.b"}), "network"),
+        (json!({"network": "../etc"}), "network"),
+        (json!({"network": "a".repeat(64)}), "network"),
+        (json!({"network": 7}), "network"),
+        (json!({"network": "pods", "managed": false}), "managed"),
+        (json!({"managed": "yes"}), "managed"),
+        (
+            json!({"managed": true, "agentSocket": "run/a.sock"}),
+            "agentSocket",
+        ),
+        (
+            json!({"managed": true, "agentHintDir": "hints"}),
+            "agentHintDir",
+        ),
+        (
+            json!({"managed": true, "agentTimeout": "0s"}),
+            "agentTimeout",
+        ),
+        (
+            json!({"managed": true, "agentTimeout": "soon"}),
+            "agentTimeout",
+        ),
+        (json!({"managed": true, "agentTimeout": -1}), "agentTimeout"),
+        // An agent field without managed mode is a mistake, not a no-op.
+        (json!({"agentSocket": "/run/a.sock"}), "agentSocket"),
+        (
+            json!({"managed": false, "agentTimeout": "5s"}),
+            "agentTimeout",
+        ),
+    ];
+    for (extra, field) in bad {
+        let mut v = json!({"cniVersion": "1.0.0", "name": "n"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let e = parse(v.clone()).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig, "{v}");
+        assert!(
+            e.details.starts_with(&format!("{field}:")),
+            "{v}: {e} does not name {field}"
+        );
+    }
+    let longest = "a".repeat(63);
+    for ok in ["pods", "a", "0", "wg-1", longest.as_str()] {
+        assert!(
+            parse(json!({"cniVersion": "1.0.0", "name": "n", "network": ok})).is_ok(),
+            "{ok}"
+        );
+    }
 }
