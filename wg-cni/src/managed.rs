@@ -321,19 +321,44 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
     Ok((msg, fd))
 }
 
+/// Connect to the agent's socket, waiting at most `timeout` (a listener
+/// whose backlog is full makes `connect` wait), with `timeout` as the
+/// stream's read and write timeouts. `timeout` must not be zero.
+pub fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, ProtoError> {
+    use rustix::net::{sockopt, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let what = "connecting to the agent";
+    let fail = |e: rustix::io::Errno| ProtoError::Io {
+        what,
+        source: e.into(),
+    };
+    let addr = SocketAddrUnix::new(socket).map_err(fail)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(fail)?;
+    // SO_SNDTIMEO bounds a unix socket's connect as well as its writes.
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(timeout)).map_err(fail)?;
+    rustix::net::connect(&fd, &addr).map_err(fail)?;
+    let stream = UnixStream::from(fd);
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(io_err("setting a timeout"))?;
+    Ok(stream)
+}
+
 /// The plugin's side: connect to `socket`, send `req` with the namespace's
-/// descriptor, wait up to `timeout` for the reply.
+/// descriptor, wait up to `timeout` for the reply (for each step: connecting,
+/// sending, each read).
 pub fn call(
     socket: &Path,
     req: &Request,
     netns: Option<&OwnedFd>,
     timeout: Duration,
 ) -> Result<Reply, ProtoError> {
-    let stream = UnixStream::connect(socket).map_err(io_err("connecting to the agent"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .map_err(io_err("setting a timeout"))?;
+    let stream = connect(socket, timeout)?;
     send(&stream, req, netns)?;
     let (reply, _) = recv::<Reply>(&stream)?;
     Ok(reply)
@@ -383,6 +408,41 @@ mod tests {
         (&a).write_all(&3u32.to_be_bytes()).unwrap();
         (&a).write_all(b"{{{").unwrap();
         assert!(matches!(recv::<Reply>(&b), Err(ProtoError::Malformed(_))));
+    }
+
+    #[test]
+    fn connect_waits_no_longer_than_the_timeout() {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let dir = std::env::temp_dir().join(format!("wgcni-connect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.sock");
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        // A backlog of 0 admits one pending connection; the next waits.
+        rustix::net::listen(&listener, 0).unwrap();
+        let timeout = Duration::from_millis(100);
+        let mut pending = Vec::new();
+        let started = std::time::Instant::now();
+        let err = loop {
+            match connect(&path, timeout) {
+                Ok(s) if pending.len() < 8 => pending.push(s),
+                Ok(_) => panic!("the backlog never filled"),
+                Err(e) => break e,
+            }
+        };
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            matches!(&err, ProtoError::Io { source, .. } if source.kind() == io::ErrorKind::WouldBlock),
+            "{err}"
+        );
+        drop(pending);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
