@@ -289,27 +289,44 @@ impl<'c> Plan<'c> {
         }
     }
 
-    /// ADD's answer: prevResult with the interface appended (or unchanged,
-    /// for `chainedResult: passthrough`), or a result of our own.
+    /// ADD's answer ([`answer`]) for the attachment made.
     pub fn answer(&self, a: &Attachment) -> Value {
-        let conf = self.conf;
-        if let (Some(Value::Object(prev)), ChainedResult::Passthrough) =
-            (&conf.prev_result, conf.chained_result)
-        {
-            let mut prev = prev.clone();
-            prev.insert("cniVersion".into(), json!(conf.cni_version.as_str()));
-            return Value::Object(prev);
-        }
-        let (iface, ips, routes) = result_parts(conf, &self.name, &self.env.netns, a.mtu);
-        build_result(
-            conf.cni_version,
-            conf.prev_result.as_ref(),
-            &iface,
-            &ips,
-            &routes,
-            conf.dns.as_ref(),
-        )
+        let (iface, ips, routes) = result_parts(self.conf, &self.name, &self.env.netns, a.mtu);
+        answer(self.conf, &iface, &ips, &routes)
     }
+}
+
+/// ADD's answer, static or managed: prevResult with the interface, its IPs
+/// and routes appended (or unchanged, for `chainedResult: passthrough`), or
+/// a result of our own when standalone.
+pub fn answer(
+    conf: &NetConf,
+    iface: &ResultInterface,
+    ips: &[ResultIp],
+    routes: &[ResultRoute],
+) -> Value {
+    if conf.prev_result.is_some() && conf.chained_result == ChainedResult::Passthrough {
+        return unchanged(conf);
+    }
+    build_result(
+        conf.cni_version,
+        conf.prev_result.as_ref(),
+        iface,
+        ips,
+        routes,
+        conf.dns.as_ref(),
+    )
+}
+
+/// prevResult in the configuration's version, or (standalone) an empty
+/// result of that version: the answer of a plugin that added nothing.
+pub fn unchanged(conf: &NetConf) -> Value {
+    let mut result = match &conf.prev_result {
+        Some(Value::Object(prev)) => prev.clone(),
+        _ => serde_json::Map::new(),
+    };
+    result.insert("cniVersion".into(), json!(conf.cni_version.as_str()));
+    Value::Object(result)
 }
 
 /// What the result reports about the attachment.
