@@ -1,7 +1,8 @@
 //! The verbs. Each handler is a straight line told with wg-netns calls:
 //! plan (pure), lock, open the place, ensure / verify / detach, record,
 //! answer. No netlink, no daemon, no namespace juggling here: that is
-//! wg-netns's.
+//! wg-netns's. In managed mode the node agent does all that, and the verbs
+//! of [`crate::managed_cmd`] forward to it.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,8 +12,9 @@ use serde_json::{json, Value};
 use wg_netns::{Attachment, Backend, BackendKind, Birthplace, InterfaceSpec, Netns, Userspace};
 
 use crate::cni::{CniError, Code, Command, Env, Version, SUPPORTED_VERSIONS};
-use crate::config::{ChainedResult, NetConf};
+use crate::config::{ChainedResult, Mode, NetConf};
 use crate::log::Log;
+use crate::managed_cmd;
 use crate::plan::{KeyUse, Plan};
 use crate::state::StateDir;
 
@@ -30,13 +32,18 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut Log) -> Result<Option<Value>, CniE
             env.command, conf.name, env.container_id, env.ifname
         ),
     );
-    let outcome = match env.command {
-        Command::Add => add(env, &conf, log).map(Some),
-        Command::Del => del(env, &conf, log).map(|_| None),
-        Command::Check => check(env, &conf).map(|_| None),
-        Command::Status => status(&conf).map(|_| None),
-        Command::Gc => gc(&conf, stdin, log).map(|_| None),
-        Command::Version => unreachable!("answered above"),
+    let outcome = match (&conf.mode, env.command) {
+        (_, Command::Version) => unreachable!("answered above"),
+        (Mode::Static, Command::Add) => add(env, &conf, log).map(Some),
+        (Mode::Static, Command::Del) => del(env, &conf, log).map(|_| None),
+        (Mode::Static, Command::Check) => check(env, &conf).map(|_| None),
+        (Mode::Static, Command::Status) => status(&conf).map(|_| None),
+        (Mode::Static, Command::Gc) => gc(&conf, stdin, log).map(|_| None),
+        (Mode::Managed(m), Command::Add) => managed_cmd::add(env, &conf, m, log).map(Some),
+        (Mode::Managed(m), Command::Del) => managed_cmd::del(env, m, log).map(|_| None),
+        (Mode::Managed(m), Command::Check) => managed_cmd::check(env, &conf, m, log).map(|_| None),
+        (Mode::Managed(m), Command::Status) => managed_cmd::status(m).map(|_| None),
+        (Mode::Managed(_), Command::Gc) => managed_cmd::gc(log).map(|_| None),
     };
     match &outcome {
         Ok(_) => log.line("ok"),
@@ -180,13 +187,7 @@ fn del(env: &Env, conf: &NetConf, log: &mut Log) -> Result<(), CniError> {
 /// CHECK: the attachment matches the configuration; every difference is
 /// named ([`Birthplace::verify`]).
 fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
-    if conf.cni_version < Version::V0_4_0 {
-        return Err(CniError::new(
-            Code::IncompatibleVersion,
-            "CHECK needs cniVersion 0.4.0 or later",
-            format!("cniVersion is {}", conf.cni_version),
-        ));
-    }
+    check_version(conf)?;
     let state = StateDir::open(&conf.state_dir)?;
     let _locks = state.lock_for(&conf.name, &env.container_id, &env.ifname)?;
     let record = state
@@ -244,6 +245,18 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             diffs.join("; "),
         ))
     }
+}
+
+/// CHECK exists from cniVersion 0.4.0 on.
+pub(crate) fn check_version(conf: &NetConf) -> Result<(), CniError> {
+    if conf.cni_version < Version::V0_4_0 {
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            "CHECK needs cniVersion 0.4.0 or later",
+            format!("cniVersion is {}", conf.cni_version),
+        ));
+    }
+    Ok(())
 }
 
 /// STATUS: ready when a WireGuard backend is available.

@@ -79,6 +79,28 @@ pub enum Code {
     CheckMismatch = 100,
 }
 
+impl Code {
+    /// The code of a number, for errors that arrive as numbers (the node
+    /// agent's replies in managed mode); `None` for a number this plugin
+    /// does not know.
+    pub fn from_u32(n: u32) -> Option<Code> {
+        [
+            Code::IncompatibleVersion,
+            Code::UnsupportedField,
+            Code::ContainerUnknown,
+            Code::InvalidEnvironment,
+            Code::Io,
+            Code::Decode,
+            Code::InvalidConfig,
+            Code::TryAgainLater,
+            Code::NotAvailable,
+            Code::CheckMismatch,
+        ]
+        .into_iter()
+        .find(|c| *c as u32 == n)
+    }
+}
+
 /// An error reported to the runtime as CNI error JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniError {
@@ -470,6 +492,20 @@ mod tests {
             ("CNI_IFNAME", "eth0")
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn codes_from_numbers() {
+        for c in [
+            Code::IncompatibleVersion,
+            Code::TryAgainLater,
+            Code::NotAvailable,
+            Code::CheckMismatch,
+        ] {
+            assert_eq!(Code::from_u32(c as u32), Some(c));
+        }
+        assert_eq!(Code::from_u32(0), None);
+        assert_eq!(Code::from_u32(51), None);
     }
 
     #[test]
