@@ -86,13 +86,21 @@ const OWN_OPTIONS: [&str; 2] = ["config", "birth_prefix"];
 
 /// wg-cni fields that have no meaning here: netavark names the interface and
 /// chains nothing.
-const REFUSED_FIELDS: [(&str, &str); 3] = [
+const REFUSED_FIELDS: [(&str, &str); 5] = [
     (
         "interfaceName",
         "netavark names the interface (network_options.interface_name)",
     ),
     ("prevResult", "netavark plugins are not chained"),
     ("chainedResult", "netavark plugins are not chained"),
+    (
+        "network",
+        "wg-cni's managed mode needs a Kubernetes node agent; podman networks configure the interface",
+    ),
+    (
+        "managed",
+        "wg-cni's managed mode needs a Kubernetes node agent; podman networks configure the interface",
+    ),
 ];
 
 /// Everything a verb needs from the options, validated, no I/O done.

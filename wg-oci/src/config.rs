@@ -57,7 +57,17 @@ impl Config {
             let bytes = Zeroizing::new(
                 serde_json::to_vec(&v).map_err(|e| Error::Config(format!("re-encoding: {e}")))?,
             );
-            NetConf::parse(&bytes).map_err(Error::config)
+            let conf = NetConf::parse(&bytes).map_err(Error::config)?;
+            if !matches!(conf.mode, wg_cni::config::Mode::Static) {
+                // Managed mode asks a Kubernetes node agent for the pod's
+                // interface; a hook has no pod and configures its own.
+                return Err(Error::Config(
+                    "\"network\" and \"managed\" (wg-cni's managed mode) are not for the OCI hook: \
+                     give the interface's address, key and peers"
+                        .into(),
+                ));
+            }
+            Ok(conf)
         });
         wipe_secrets(&mut v);
         Ok(Config { conf: result? })
@@ -287,6 +297,14 @@ mod tests {
             c.net_conf().socket_namespace,
             wg_netns::SocketNamespace::Host
         );
+    }
+
+    #[test]
+    fn managed_mode_is_refused() {
+        for json in [&br#"{"network":"pods"}"#[..], br#"{"managed":true}"#] {
+            let e = Config::parse(json).expect_err("managed mode");
+            assert!(e.to_string().contains("not for the OCI hook"), "{e}");
+        }
     }
 
     #[test]
