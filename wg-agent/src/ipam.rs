@@ -2,7 +2,7 @@
 //!
 //! A network has address pools ([`Pool`]: a CIDR and the prefix length of
 //! its blocks). Nodes claim blocks of a pool through the apiserver (see
-//! `crate::blocks`); an [`Ipam`] holds the blocks this node owns and
+//! [`crate::blocks`]); an [`Ipam`] holds the blocks this node owns and
 //! hands out addresses from them, one per pool and owner (an owner is a
 //! pod interface, keyed by a string such as `POD_UID/ifname`).
 //!
@@ -341,7 +341,7 @@ impl FusedIterator for Candidates {}
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
     /// A pool has no free address in this node's blocks: claim a block of
-    /// it (`crate::blocks::claim`), [`Ipam::add_block`] it, and retry.
+    /// it ([`crate::blocks::claim`]), [`Ipam::add_block`] it, and retry.
     /// Nothing was allocated for the owner.
     #[error("network {network}: no free address for {owner} in this node's blocks of pool {pool}: a block must be claimed")]
     NeedBlock {
@@ -855,7 +855,7 @@ impl Ipam {
     /// below [`LOW_WATER_MIN`] (so pods keep getting addresses while the
     /// apiserver is briefly unreachable). Always true for a pool with no
     /// block yet; false for an unknown pool. The caller stops trying when
-    /// the pool is exhausted (`crate::blocks::claim` finds nothing).
+    /// the pool is exhausted ([`crate::blocks::claim`] finds nothing).
     pub fn wants_block(&self, pool: &IpNetwork) -> bool {
         self.state(pool)
             .is_some_and(|s| self.free(pool) < Self::low_water(&s.pool))
