@@ -327,7 +327,8 @@ impl Cluster {
         self.kubectl_stdin(args, None)
     }
 
-    fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+    /// Run kubectl as admin with `stdin` as its input (`None`: no input).
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", "wgk8s-cp"])

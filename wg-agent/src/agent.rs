@@ -38,7 +38,7 @@ use wg_netns::{
 
 use crate::desired::{self, ExternalPeer};
 use crate::index::{Dirty, Index, PodInfo};
-use crate::ipam::{Allocator, IpamError};
+use crate::ipam::{Ipam, IpamError};
 use crate::keys::{KeyId, KeyStore};
 use crate::local::{Key, LocalRecord, Records};
 use crate::metrics::Metrics;
@@ -115,7 +115,7 @@ pub struct Agent {
     /// What is known of the cluster.
     pub index: Mutex<Index>,
     slots: Mutex<BTreeMap<Key, Slot>>,
-    ipam: tokio::sync::Mutex<BTreeMap<String, Allocator>>,
+    ipam: tokio::sync::Mutex<BTreeMap<String, Ipam>>,
     ports: Mutex<BTreeSet<u16>>,
     psk_cache: Mutex<BTreeMap<(String, String, String), Option<PresharedKey>>>,
     dirty: mpsc::UnboundedSender<Dirty>,
@@ -248,16 +248,8 @@ impl Agent {
             let opened = tokio::task::spawn_blocking(move || me.reopen(&r)).await;
             match opened {
                 Ok(Ok((place, attachment))) => {
-                    {
-                        let mut ipam = self.ipam.lock().await;
-                        if let Some(a) = ipam.get_mut(&rec.network) {
-                            let _ = a.restore(key.as_str(), &rec.addresses);
-                        } else {
-                            // The network's pools are not known before the
-                            // watches list: kept for when they are.
-                            self.pending_restore(&rec);
-                        }
-                    }
+                    // Its addresses are re-reserved when the network's
+                    // allocator is built (from the slots: build_ipam).
                     self.ports_lock().insert(rec.listen_port);
                     let entry = Entry {
                         rec: rec.clone(),
@@ -281,12 +273,6 @@ impl Agent {
             }
         }
         self.metrics.devices.set(self.slots().len() as i64);
-    }
-
-    fn pending_restore(&self, rec: &LocalRecord) {
-        // Addresses of records restored before their network is known are
-        // re-reserved by `allocator` when the network first appears.
-        debug!(attachment = %rec.pod_uid, "addresses wait for their network");
     }
 
     fn reopen(&self, rec: &LocalRecord) -> Result<(Birthplace, Attachment), wg_netns::Error> {
@@ -597,18 +583,40 @@ impl Agent {
 
     /// An address per pool for `key`, claiming blocks as needed.
     async fn allocate(
-        &self,
+        self: &Arc<Self>,
         network: &str,
         net: &NetworkConfig,
         key: &Key,
     ) -> Result<Vec<IpNetwork>, Reply> {
         let mut ipam = self.ipam.lock().await;
-        let alloc = ipam
-            .entry(network.to_string())
-            .or_insert_with(|| Allocator::new(network, net.pools.clone()));
+        if !ipam.contains_key(network) {
+            let fresh = self
+                .build_ipam(network, net)
+                .await
+                .map_err(|e| failed(code::TRY_AGAIN, "address allocator not ready", e))?;
+            ipam.insert(network.to_string(), fresh);
+        }
+        let Some(alloc) = ipam.get_mut(network) else {
+            return Err(failed(code::IO, "internal error", "allocator vanished"));
+        };
         for _ in 0..8 {
             match alloc.allocate(key.as_str()) {
-                Ok(a) => return Ok(a),
+                Ok(a) => {
+                    // Claim the next block ahead of need, so pods keep
+                    // getting addresses while the apiserver is briefly away.
+                    let low: Vec<IpNetwork> = net
+                        .pools
+                        .iter()
+                        .map(|(p, _)| *p)
+                        .filter(|p| alloc.wants_block(p))
+                        .collect();
+                    if !low.is_empty() {
+                        let me = Arc::clone(self);
+                        let (network, net) = (network.to_string(), net.clone());
+                        tokio::spawn(async move { me.claim_ahead(&network, &net, &low).await });
+                    }
+                    return Ok(a);
+                }
                 Err(IpamError::NeedBlock { pool, .. }) => {
                     let size = net
                         .pools
@@ -617,7 +625,7 @@ impl Agent {
                         .map(|(_, s)| *s)
                         .unwrap_or(26);
                     let api: Api<WireGuardAddressBlock> = Api::all(self.client.clone());
-                    let taken = BTreeSet::new();
+                    let taken: BTreeSet<IpNetwork> = alloc.blocks().into_iter().collect();
                     match crate::blocks::claim(&api, network, pool, size, &self.settings.node_name, &taken).await {
                         Ok(Some(block)) => {
                             info!(network, block = %block, "claimed an address block");
@@ -644,6 +652,37 @@ impl Agent {
             }
         }
         Err(failed(code::TRY_AGAIN, "address allocation did not converge", network.to_string()))
+    }
+
+    /// Claim one more block of each of `pools` (run in the background
+    /// when a pool's free addresses on this node run low).
+    async fn claim_ahead(&self, network: &str, net: &NetworkConfig, pools: &[IpNetwork]) {
+        let api: Api<WireGuardAddressBlock> = Api::all(self.client.clone());
+        for pool in pools {
+            let size = net
+                .pools
+                .iter()
+                .find(|(p, _)| p == pool)
+                .map(|(_, s)| *s)
+                .unwrap_or(26);
+            let mut ipam = self.ipam.lock().await;
+            let Some(alloc) = ipam.get_mut(network) else { return };
+            if !alloc.wants_block(pool) {
+                continue;
+            }
+            let taken: BTreeSet<IpNetwork> = alloc.blocks().into_iter().collect();
+            match crate::blocks::claim(&api, network, *pool, size, &self.settings.node_name, &taken).await {
+                Ok(Some(block)) => {
+                    info!(network, block = %block, "claimed an address block ahead of need");
+                    let _ = alloc.add_block(block);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.metrics.apiserver_error("claim_block");
+                    debug!(network, error = %e, "cannot claim a block ahead of need");
+                }
+            }
+        }
     }
 
     async fn release(&self, network: &str, key: &Key) {
@@ -1232,8 +1271,8 @@ impl Agent {
         self.metrics.devices.set(self.slots().len() as i64);
     }
 
-    /// Make sure the network's address allocator exists and holds the
-    /// addresses of restored interfaces (called when networks are known).
+    /// Make sure every known network's address allocator exists, holding
+    /// this node's blocks and the addresses of its interfaces.
     pub async fn adopt_networks(&self) {
         let nets: Vec<(String, NetworkConfig)> = self
             .index()
@@ -1246,31 +1285,47 @@ impl Agent {
             if ipam.contains_key(&name) {
                 continue;
             }
-            let mut alloc = Allocator::new(&name, cfg.pools.clone());
-            let api: Api<WireGuardAddressBlock> = Api::all(self.client.clone());
-            match crate::blocks::owned(&api, &name, &self.settings.node_name).await {
-                Ok(blocks) => {
-                    for b in blocks {
-                        let _ = alloc.add_block(b);
-                    }
+            match self.build_ipam(&name, &cfg).await {
+                Ok(a) => {
+                    ipam.insert(name, a);
                 }
-                Err(e) => {
-                    self.metrics.apiserver_error("list_blocks");
-                    warn!(network = %name, error = %e, "cannot list this node's address blocks");
-                    continue;
-                }
+                Err(e) => warn!(network = %name, error = %e, "address allocator not ready"),
             }
-            for key in self.keys() {
-                if let Some(slot) = self.slot(&key) {
-                    if let Ok(g) = slot.try_lock() {
-                        if let Some(e) = g.as_ref().filter(|e| e.rec.network == name) {
-                            let _ = alloc.restore(key.as_str(), &e.rec.addresses);
-                        }
-                    }
-                }
-            }
-            ipam.insert(name, alloc);
         }
+    }
+
+    /// A network's allocator: this node's blocks (listed from the
+    /// apiserver) and the addresses its interfaces hold (from the records).
+    async fn build_ipam(&self, name: &str, cfg: &NetworkConfig) -> Result<Ipam, String> {
+        let mut alloc = Ipam::new(name, &cfg.pools).map_err(|e| e.to_string())?;
+        let api: Api<WireGuardAddressBlock> = Api::all(self.client.clone());
+        let owned = crate::blocks::owned(&api, name, &self.settings.node_name)
+            .await
+            .map_err(|e| {
+                self.metrics.apiserver_error("list_blocks");
+                format!("cannot list this node's address blocks: {e}")
+            })?;
+        for bad in owned.invalid {
+            warn!(network = %name, block = ?bad, "an address block object of this node is invalid");
+        }
+        for b in owned.blocks {
+            let _ = alloc.add_block(b);
+        }
+        for key in self.keys() {
+            let Some(slot) = self.slot(&key) else { continue };
+            // A slot held by an ADD is new: nothing to re-reserve.
+            let Ok(g) = slot.try_lock() else { continue };
+            if let Some(e) = g.as_ref().filter(|e| e.rec.network == name) {
+                match alloc.restore(key.as_str(), &e.rec.addresses) {
+                    Ok(strays) if !strays.is_empty() => {
+                        warn!(attachment = %key, strays = strays.len(), "addresses outside this node's blocks")
+                    }
+                    Ok(_) => {}
+                    Err(err) => warn!(attachment = %key, error = %err, "cannot re-reserve the addresses"),
+                }
+            }
+        }
+        Ok(alloc)
     }
 
     // ------------------------------------------------------------ status
