@@ -52,12 +52,16 @@ mod code {
     pub const TRY_AGAIN: u32 = 11;
 }
 
-fn failed(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Reply {
-    Reply::Failed(Failure {
+fn fail(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Failure {
+    Failure {
         code,
         msg: msg.into(),
         details: details.into(),
-    })
+    }
+}
+
+fn failed(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Reply {
+    Reply::Failed(fail(code, msg, details))
 }
 
 /// An interface the agent made, and what it last wrote to it.
@@ -315,7 +319,7 @@ impl Agent {
     }
 
     /// The pod a request is about, from the cache or the apiserver.
-    async fn pod_of(&self, pod: &PodRef) -> Result<PodInfo, Reply> {
+    async fn pod_of(&self, pod: &PodRef) -> Result<PodInfo, Failure> {
         if let Some(p) = self.index().pod_info(&pod.namespace, &pod.name).cloned() {
             if pod.uid.as_deref().is_none_or(|u| u == p.uid) {
                 return Ok(p);
@@ -324,11 +328,11 @@ impl Agent {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         match api.get(&pod.name).await {
             Ok(p) => PodInfo::of(&p).ok_or_else(|| {
-                failed(code::TRY_AGAIN, "the pod has no UID yet", pod.name.clone())
+                fail(code::TRY_AGAIN, "the pod has no UID yet", pod.name.clone())
             }),
             Err(e) => {
                 self.metrics.apiserver_error("get_pod");
-                Err(failed(
+                Err(fail(
                     code::TRY_AGAIN,
                     format!("cannot read pod {}/{}", pod.namespace, pod.name),
                     e.to_string(),
@@ -337,15 +341,15 @@ impl Agent {
         }
     }
 
-    fn network_config(&self, name: &str) -> Result<NetworkConfig, Reply> {
+    fn network_config(&self, name: &str) -> Result<NetworkConfig, Failure> {
         match self.index().networks.get(name) {
             Some(Ok(c)) => Ok(c.clone()),
-            Some(Err(why)) => Err(failed(
+            Some(Err(why)) => Err(fail(
                 code::INVALID_CONFIG,
                 format!("WireGuardNetwork {name} is invalid"),
                 why.clone(),
             )),
-            None => Err(failed(
+            None => Err(fail(
                 code::TRY_AGAIN,
                 format!("WireGuardNetwork {name} is not known (yet)"),
                 "create it, or wait for the agent's watch to see it",
@@ -367,7 +371,7 @@ impl Agent {
         };
         let pod = match self.pod_of(&pod_ref).await {
             Ok(p) => p,
-            Err(r) => return r,
+            Err(r) => return Reply::Failed(r),
         };
         let Some(network) = req.network.clone().or_else(|| pod.network.clone()) else {
             return Reply::Skipped {
@@ -379,7 +383,7 @@ impl Agent {
         };
         let net = match self.network_config(&network) {
             Ok(n) => n,
-            Err(r) => return r,
+            Err(r) => return Reply::Failed(r),
         };
         let iface = net.interface_name.clone();
         let Some(key) = Key::new(&pod.uid, iface.as_str()) else {
@@ -408,7 +412,7 @@ impl Agent {
                     drop(guard);
                     self.slots().remove(&key);
                 }
-                r
+                Reply::Failed(r)
             }
         }
     }
@@ -424,7 +428,7 @@ impl Agent {
         network: &str,
         net: &NetworkConfig,
         fd: OwnedFd,
-    ) -> Result<Attached, Reply> {
+    ) -> Result<Attached, Failure> {
         // Addresses and a port: the existing ones on a repeated ADD.
         let (addresses, port, fresh) = match slot.as_ref() {
             Some(e) => (e.rec.addresses.clone(), e.rec.listen_port, false),
@@ -434,7 +438,7 @@ impl Agent {
                     Some(p) => p,
                     None => {
                         self.release(network, key).await;
-                        return Err(failed(
+                        return Err(fail(
                             code::TRY_AGAIN,
                             format!("network {network} has no free listen port on this node"),
                             format!("all of {}..={} are in use", net.listen_ports.from, net.listen_ports.to),
@@ -454,14 +458,14 @@ impl Agent {
             Ok(k) => k,
             Err(e) => {
                 undo(Arc::clone(self)).await;
-                return Err(failed(code::INVALID_CONFIG, "unusable key id", e.to_string()));
+                return Err(fail(code::INVALID_CONFIG, "unusable key id", e.to_string()));
             }
         };
         let (private, _) = match self.keys.get_or_create(&kid, &pod.rotation) {
             Ok(k) => k,
             Err(e) => {
                 undo(Arc::clone(self)).await;
-                return Err(failed(code::IO, "cannot store the pod's key", e.to_string()));
+                return Err(fail(code::IO, "cannot store the pod's key", e.to_string()));
             }
         };
         let public_key = private.public_key();
@@ -474,7 +478,7 @@ impl Agent {
             Ok(b) => b,
             Err(e) => {
                 undo(Arc::clone(self)).await;
-                return Err(failed(code::IO, "cannot name the interface", e.to_string()));
+                return Err(fail(code::IO, "cannot name the interface", e.to_string()));
             }
         };
         let mut device = desired
@@ -516,11 +520,11 @@ impl Agent {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 undo(Arc::clone(self)).await;
-                return Err(failed(code::IO, "cannot make the WireGuard interface", e.to_string()));
+                return Err(fail(code::IO, "cannot make the WireGuard interface", e.to_string()));
             }
             Err(e) => {
                 undo(Arc::clone(self)).await;
-                return Err(failed(code::IO, "internal error", e.to_string()));
+                return Err(fail(code::IO, "internal error", e.to_string()));
             }
         };
         let attachment = done.attachment.clone();
@@ -550,7 +554,7 @@ impl Agent {
             let a = attachment.clone();
             let _ = tokio::task::spawn_blocking(move || place2.detach(&a.name, &a.birth_name)).await;
             undo(Arc::clone(self)).await;
-            return Err(failed(code::IO, "cannot save the attachment record", e.to_string()));
+            return Err(fail(code::IO, "cannot save the attachment record", e.to_string()));
         }
         info!(
             attachment = %key,
@@ -587,17 +591,17 @@ impl Agent {
         network: &str,
         net: &NetworkConfig,
         key: &Key,
-    ) -> Result<Vec<IpNetwork>, Reply> {
+    ) -> Result<Vec<IpNetwork>, Failure> {
         let mut ipam = self.ipam.lock().await;
         if !ipam.contains_key(network) {
             let fresh = self
                 .build_ipam(network, net)
                 .await
-                .map_err(|e| failed(code::TRY_AGAIN, "address allocator not ready", e))?;
+                .map_err(|e| fail(code::TRY_AGAIN, "address allocator not ready", e))?;
             ipam.insert(network.to_string(), fresh);
         }
         let Some(alloc) = ipam.get_mut(network) else {
-            return Err(failed(code::IO, "internal error", "allocator vanished"));
+            return Err(fail(code::IO, "internal error", "allocator vanished"));
         };
         for _ in 0..8 {
             match alloc.allocate(key.as_str()) {
@@ -632,7 +636,7 @@ impl Agent {
                             let _ = alloc.add_block(block);
                         }
                         Ok(None) => {
-                            return Err(failed(
+                            return Err(fail(
                                 code::TRY_AGAIN,
                                 format!("address pool {pool} of network {network} is exhausted"),
                                 "no block is free",
@@ -640,7 +644,7 @@ impl Agent {
                         }
                         Err(e) => {
                             self.metrics.apiserver_error("claim_block");
-                            return Err(failed(
+                            return Err(fail(
                                 code::TRY_AGAIN,
                                 format!("cannot claim an address block of {pool}"),
                                 e.to_string(),
@@ -648,10 +652,10 @@ impl Agent {
                         }
                     }
                 }
-                Err(e) => return Err(failed(code::IO, "address allocation failed", e.to_string())),
+                Err(e) => return Err(fail(code::IO, "address allocation failed", e.to_string())),
             }
         }
-        Err(failed(code::TRY_AGAIN, "address allocation did not converge", network.to_string()))
+        Err(fail(code::TRY_AGAIN, "address allocation did not converge", network.to_string()))
     }
 
     /// Claim one more block of each of `pools` (run in the background

@@ -67,6 +67,7 @@ pub struct Listed(AtomicU8);
 
 const ALL_KINDS: u8 = 0b1111;
 
+#[allow(clippy::too_many_arguments)]
 async fn watch_kind<K>(
     agent: Arc<Agent>,
     api: Api<K>,

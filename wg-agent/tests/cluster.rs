@@ -1,0 +1,798 @@
+//! Managed mode on a real Kubernetes cluster (`scripts/cluster`,
+//! docs/cluster.md): the CRDs, RBAC and admission policy applied with
+//! kubectl; a wg-agent on each node (in the node's network and mount
+//! namespaces, like its kubelet, with a service-account token bound to its
+//! Node); wg-cni chained after bridge + host-local + portmap in managed
+//! mode. Every scenario runs in ONE test on one cluster (its drop brings
+//! the cluster down, also on panic); the agents are killed by PID.
+//!
+//! `WG_NETNS_REQUIRE_ALL=1 cargo test -p wg-agent --test cluster -- --nocapture`
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wg_netns::{
+    Backend, Birthplace, DeviceConfig, InterfaceSpec, IpNetwork, Netns, PeerConfig, PrivateKey,
+    Userspace,
+};
+use wg_netns_testkit::cluster::Cluster;
+use wg_netns_testkit::{eventually, must, TestNs};
+
+const CONF: &str = "00-wgk8s-managed.conflist";
+const POOL: &str = "10.77.0.0/16";
+const EXT_NET: &str = "10.99.0.0/24";
+const EXT_NET2: &str = "10.98.0.0/24";
+const EXT_IP: &str = "10.250.0.100";
+const EXT_PORT: u16 = 51900;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root")
+        .to_path_buf()
+}
+
+/// One node's agent process (killed by PID on drop).
+struct AgentProc {
+    child: Option<Child>,
+    node: usize,
+}
+
+impl AgentProc {
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(c.id() as i32).expect("pid"),
+                rustix::process::Signal::TERM,
+            );
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.node;
+    }
+}
+
+struct Ctx<'a> {
+    c: &'a Cluster,
+    agents: Vec<AgentProc>,
+    podcidr: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn agent_log(&self, i: usize) -> PathBuf {
+        self.c.node_dir(i).join("wg-agent.log")
+    }
+
+    fn kubeconfig(&self, i: usize) -> PathBuf {
+        self.c.node_dir(i).join("wg-agent.kubeconfig")
+    }
+
+    fn state_dir(&self, i: usize) -> PathBuf {
+        self.c.node_dir(i).join("wg-agent-state")
+    }
+
+    /// A token of the agent's service account bound to node `i`'s Node
+    /// object (so the apiserver names the node in its user info, which the
+    /// admission policy reads), in a kubeconfig.
+    fn write_kubeconfig(&self, i: usize) {
+        let token = self.c.kubectl_ok(&[
+            "create",
+            "token",
+            "wg-agent",
+            "-n",
+            "wireguard-system",
+            "--bound-object-kind",
+            "Node",
+            "--bound-object-name",
+            &self.c.node_netns(i),
+            "--duration",
+            "2h",
+        ]);
+        let ca = self.c.dir().join("pki/ca.crt");
+        let cfg = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://10.250.0.1:6443\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            ca.display(),
+            token.trim()
+        );
+        let path = self.kubeconfig(i);
+        std::fs::write(&path, cfg).expect("kubeconfig");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+    }
+
+    /// Start node `i`'s agent in the node's network and mount namespaces.
+    fn start_agent(&mut self, i: usize) {
+        let pid = self.c.containerd_pid(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log(i))
+            .expect("agent log");
+        let child = Command::new("nsenter")
+            .arg(format!("--mount=/proc/{pid}/ns/mnt"))
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .arg(env!("CARGO_BIN_EXE_wg-agent"))
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("NODE_NAME", self.c.node_netns(i))
+            .env("NODE_IP", self.c.node_ip(i))
+            .env("KUBECONFIG", self.kubeconfig(i))
+            .env("WG_AGENT_STATE_DIR", self.state_dir(i))
+            .env("WG_AGENT_RUN_DIR", "/run/wg-agent")
+            .env("WG_AGENT_LISTEN", format!("{}:9586", self.c.node_ip(i)))
+            .env("WG_AGENT_BACKEND", "userspace")
+            .env("WG_AGENT_STATS_INTERVAL", "1s")
+            .env("WG_AGENT_STATUS_MIN_INTERVAL", "2s")
+            .env("WG_AGENT_VERIFY_INTERVAL", "5s")
+            .env("WG_AGENT_GC_GRACE", "10s")
+            .env("WG_AGENT_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start wg-agent");
+        let slot = &mut self.agents[i - 1];
+        slot.kill9();
+        slot.child = Some(child);
+        let ok = eventually(Duration::from_secs(60), || {
+            self.http(i, "/readyz").is_some_and(|(code, _)| code == 200)
+        });
+        assert!(ok, "agent {i} not ready:\n{}", self.log_tail(i));
+    }
+
+    fn log_tail(&self, i: usize) -> String {
+        let s = std::fs::read_to_string(self.agent_log(i)).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// GET `path` from node `i`'s agent (from inside the node's network
+    /// namespace): status code and body.
+    fn http(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        let ns = Netns::from_name(&self.c.node_netns(i)).ok()?;
+        let addr = format!("{}:9586", self.c.node_ip(i));
+        let path = path.to_string();
+        ns.run(move || {
+            let mut s = std::net::TcpStream::connect(&addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            let code = out.split_whitespace().nth(1)?.parse().ok()?;
+            let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+            Some((code, body))
+        })
+        .ok()
+        .flatten()
+    }
+
+    fn conflist(&self, i: usize) -> String {
+        let cidr = &self.podcidr[i - 1];
+        let d = self.c.node_dir(i);
+        format!(
+            r#"{{
+  "cniVersion": "1.0.0",
+  "name": "wgk8s-managed",
+  "plugins": [
+    {{"type": "bridge", "bridge": "wgk8s-cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+      "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{cidr}"}}]], "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{ipam}"}}}},
+    {{"type": "portmap", "capabilities": {{"portMappings": true}}}},
+    {{"type": "wg-cni", "managed": true, "logFile": "{log}"}}
+  ]
+}}"#,
+            ipam = d.join("cni/ipam").display(),
+            log = d.join("wgcni-managed.log").display(),
+        )
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.c.kubectl_ok(&a)).expect("kubectl json")
+    }
+
+    fn attachment(&self, pod: &str) -> Option<Value> {
+        let out = self
+            .c
+            .kubectl(&["get", "wgatt", &format!("{pod}-wg0"), "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The pod's WireGuard address once its attachment shows it.
+    fn wg_addr(&self, pod: &str) -> String {
+        let mut addr = String::new();
+        let ok = eventually(Duration::from_secs(30), || {
+            addr = self
+                .attachment(pod)
+                .and_then(|a| a["status"]["addresses"][0].as_str().map(str::to_string))
+                .unwrap_or_default();
+            !addr.is_empty()
+        });
+        assert!(ok, "no attachment status for {pod}");
+        addr.split('/').next().expect("address").to_string()
+    }
+
+    fn public_key(&self, pod: &str) -> String {
+        self.attachment(pod)
+            .and_then(|a| a["status"]["publicKey"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    fn ping(&self, pod: &str, ip: &str) -> bool {
+        eventually(Duration::from_secs(15), || {
+            self.c
+                .exec(pod, &["ping", "-c", "1", "-W", "1", ip])
+                .status
+                .success()
+        })
+    }
+}
+
+/// wg-cni's binary, next to this test's (built when missing: a binary of
+/// another package is not a dependency cargo builds for this test).
+fn wg_cni_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("wg-cni");
+    if !bin.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "wg-cni", "--bin", "wg-cni"])
+            .current_dir(repo())
+            .status()
+            .expect("cargo build wg-cni");
+        assert!(st.success(), "cannot build wg-cni");
+    }
+    bin
+}
+
+fn pod_yaml(name: &str, node: &str, app: &str, network: Option<&str>) -> String {
+    let ann = network
+        .map(|n| format!(", annotations: {{wireguard.wg-netns.io/network: {n}}}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}}}{ann}}}\n\
+         spec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    \
+         image: wgk8s.local/busybox:1\n    imagePullPolicy: Never\n    \
+         command: [sh, -c, \"trap 'exit 0' TERM; while :; do sleep 1; done\"]\n"
+    )
+}
+
+const NETWORK: &str = r#"apiVersion: wireguard.wg-netns.io/v1alpha1
+kind: WireGuardNetwork
+metadata: {name: pods}
+spec:
+  addressPools: [{cidr: "10.77.0.0/16", blockSize: 28}]
+  listenPorts: {from: 52000, to: 52199}
+  mesh: true
+"#;
+
+fn peer_yaml(key: &str, nets: &[&str]) -> String {
+    format!(
+        "apiVersion: wireguard.wg-netns.io/v1alpha1\nkind: WireGuardPeer\nmetadata: {{name: gateway, namespace: default}}\n\
+         spec:\n  network: pods\n  publicKey: \"{key}\"\n  endpoint: \"{EXT_IP}:{EXT_PORT}\"\n  allowedIPs: [{}]\n  \
+         podSelector: {{matchLabels: {{app: a}}}}\n",
+        nets.iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// A WireGuard host outside the cluster: a namespace on the cluster's
+/// bridge (10.250.0.100) with a userspace device.
+struct External {
+    ns: TestNs,
+    place: Birthplace,
+    key: PrivateKey,
+}
+
+impl External {
+    fn new() -> External {
+        let ns = TestNs::with_prefix("wgk8s", "ext");
+        // A veth from the namespace to the cluster bridge in wgk8s-cp.
+        let name = ns.name.clone();
+        must(&["ip", "link", "add", "wgk8s-extv", "type", "veth", "peer", "name", "eth0", "netns", &name]);
+        must(&["ip", "link", "set", "wgk8s-extv", "netns", "wgk8s-cp"]);
+        must(&["ip", "-n", "wgk8s-cp", "link", "set", "wgk8s-extv", "master", "wgk8s-br", "up"]);
+        must(&["ip", "-n", &name, "addr", "add", &format!("{EXT_IP}/24"), "dev", "eth0"]);
+        must(&["ip", "-n", &name, "link", "set", "eth0", "up"]);
+        must(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        let backend = Backend::of_kind(wg_netns::BackendKind::Userspace, Userspace::from_env());
+        let netns = Netns::from_name(&name).expect("ns");
+        let place = Birthplace::new(&netns, &netns, &backend).expect("place");
+        External {
+            ns,
+            place,
+            key: PrivateKey::generate().expect("key"),
+        }
+    }
+
+    fn configure(&self, pod_key: &str, pod_endpoint: &str, nets: &[&str]) {
+        let mut spec = InterfaceSpec::new(
+            wg_netns::IfName::new("wgk8sext0").expect("name"),
+            wg_netns::IfName::new("wgext").expect("name"),
+        )
+        .device(
+            DeviceConfig::new()
+                .private_key(self.key.clone())
+                .listen_port(EXT_PORT)
+                .replace_peers()
+                .peer(
+                    PeerConfig::new(pod_key.parse().expect("pod key"))
+                        .endpoint(pod_endpoint.parse().expect("endpoint"))
+                        .allowed_ip(POOL.parse().expect("pool")),
+                ),
+        )
+        .route(wg_netns::Route::new(POOL.parse::<IpNetwork>().expect("pool")));
+        for n in nets {
+            let net: IpNetwork = n.parse().expect("net");
+            let addr = IpNetwork::new(
+                match net.ip() {
+                    std::net::IpAddr::V4(v) => std::net::IpAddr::V4((u32::from(v) + 1).into()),
+                    v6 => v6,
+                },
+                net.prefix(),
+            )
+            .expect("addr");
+            spec = spec.address(addr);
+        }
+        self.place.ensure(&spec).expect("external device");
+    }
+}
+
+impl Drop for External {
+    fn drop(&mut self) {
+        let _ = self.place.detach(
+            &wg_netns::IfName::new("wgext").expect("name"),
+            &wg_netns::IfName::new("wgk8sext0").expect("name"),
+        );
+        let _ = Command::new("ip")
+            .args(["-n", "wgk8s-cp", "link", "del", "wgk8s-extv"])
+            .output();
+        let _ = &self.ns;
+    }
+}
+
+#[test]
+fn managed_mode_on_a_real_cluster() {
+    let Some(c) = Cluster::up("wg-agent cluster") else {
+        return;
+    };
+    let mut ctx = Ctx {
+        c: &c,
+        agents: (1..=2).map(|node| AgentProc { child: None, node }).collect(),
+        podcidr: (1..=2)
+            .map(|i| {
+                std::fs::read_to_string(c.node_dir(i).join("podcidr"))
+                    .expect("podcidr")
+                    .trim()
+                    .to_string()
+            })
+            .collect(),
+    };
+    let t = Instant::now();
+    setup(&mut ctx);
+    eprintln!("setup: {:?}", t.elapsed());
+    mesh(&ctx);
+    eprintln!("mesh: {:?}", t.elapsed());
+    let ext = External::new();
+    external_peer(&ctx, &ext);
+    eprintln!("external peer: {:?}", t.elapsed());
+    rbac_and_admission(&ctx);
+    eprintln!("rbac: {:?}", t.elapsed());
+    kill_agent_during_ping(&mut ctx);
+    eprintln!("kill -9: {:?}", t.elapsed());
+    apiserver_outage(&ctx);
+    eprintln!("apiserver outage: {:?}", t.elapsed());
+    rotation(&ctx);
+    eprintln!("rotation: {:?}", t.elapsed());
+    many_pods(&ctx);
+    eprintln!("many pods: {:?}", t.elapsed());
+    teardown(&mut ctx);
+    drop(ext);
+}
+
+fn setup(ctx: &mut Ctx) {
+    let c = ctx.c;
+    let crds = std::fs::read_to_string(repo().join("wg-k8s-types/manifests/crds.yaml"))
+        .expect("crds.yaml");
+    c.apply(&crds);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd",
+        "wireguardnetworks.wireguard.wg-netns.io",
+        "wireguardpeers.wireguard.wg-netns.io",
+        "wireguardattachments.wireguard.wg-netns.io",
+        "wireguardaddressblocks.wireguard.wg-netns.io",
+    ]);
+    for f in ["10-namespace.yaml", "20-rbac.yaml", "30-admission.yaml"] {
+        c.apply(&std::fs::read_to_string(repo().join("manifests").join(f)).expect("manifest"));
+    }
+    // A bad object is refused by the apiserver itself (the CRD's rules).
+    let bad = c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: wireguard.wg-netns.io/v1alpha1\nkind: WireGuardPeer\nmetadata: {name: bad, namespace: default}\nspec: {network: pods, publicKey: nope, endpoint: \"10.0.0.1:99999\"}\n"),
+    );
+    assert!(!bad.status.success(), "a bad peer was accepted");
+    c.apply(NETWORK);
+    for i in 1..=2 {
+        ctx.write_kubeconfig(i);
+        c.install_cni_plugin(i, &wg_cni_bin(), "wg-cni");
+        ctx.start_agent(i);
+        c.write_cni_conf(i, CONF, &ctx.conflist(i));
+        assert!(
+            c.wait_cni_network(i, "wgk8s-managed", Duration::from_secs(30)),
+            "node {i} did not load the managed conflist"
+        );
+    }
+}
+
+/// Annotated pods on both nodes get wg0 with an address of the pool and
+/// ping each other through WireGuard; an unannotated pod gets nothing.
+fn mesh(ctx: &Ctx) {
+    let c = ctx.c;
+    c.apply(&pod_yaml("wa", "wgk8s-n1", "a", Some("pods")));
+    c.apply(&pod_yaml("wb", "wgk8s-n2", "b", Some("pods")));
+    c.apply(&pod_yaml("plain", "wgk8s-n1", "plain", None));
+    for p in ["wa", "wb", "plain"] {
+        if let Err(e) = c.wait_pod_running(p, Duration::from_secs(90)) {
+            panic!("{p}: {e}\nagent 1:\n{}\nagent 2:\n{}", ctx.log_tail(1), ctx.log_tail(2));
+        }
+    }
+    let (a, b) = (ctx.wg_addr("wa"), ctx.wg_addr("wb"));
+    assert!(a.starts_with("10.77.") && b.starts_with("10.77.") && a != b, "{a} {b}");
+    let links = String::from_utf8_lossy(&c.exec("plain", &["ip", "-o", "link"]).stdout).into_owned();
+    assert!(!links.contains("wg0"), "an unannotated pod got wg0: {links}");
+    assert!(c.kubectl(&["get", "wgatt", "plain-wg0"]).status.code() != Some(0));
+    let addr = String::from_utf8_lossy(&c.exec("wa", &["ip", "-o", "addr", "show", "wg0"]).stdout).into_owned();
+    assert!(addr.contains(&format!("{a}/16")), "wa's wg0: {addr}");
+    let t = Instant::now();
+    assert!(ctx.ping("wa", &b), "wa cannot ping wb over WireGuard");
+    assert!(ctx.ping("wb", &a), "wb cannot ping wa over WireGuard");
+    eprintln!("mesh: wa {a} <-> wb {b} in {:?}", t.elapsed());
+    // Status: both see the other as a peer, with a handshake.
+    let ok = eventually(Duration::from_secs(20), || {
+        ctx.attachment("wa").is_some_and(|v| {
+            v["status"]["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["lastHandshakeTime"].is_string()))
+        })
+    });
+    assert!(ok, "no handshake in wa's status: {:?}", ctx.attachment("wa"));
+    let table = c.kubectl_ok(&["get", "wgatt"]);
+    eprintln!("{table}");
+    assert!(table.contains("LAST HANDSHAKE") && table.contains("wa-wg0"));
+}
+
+/// A WireGuard host outside the cluster reached through a WireGuardPeer;
+/// its allowedIPs edited live; the peer deleted and traffic stops.
+fn external_peer(ctx: &Ctx, ext: &External) {
+    let c = ctx.c;
+    let wa = ctx.attachment("wa").expect("wa attachment");
+    let pod_key = wa["status"]["publicKey"].as_str().expect("key").to_string();
+    let endpoint = wa["status"]["endpoint"].as_str().expect("endpoint").to_string();
+    ext.configure(&pod_key, &endpoint, &[EXT_NET, EXT_NET2]);
+    let ext_key = ext.key.public_key().to_base64().to_string();
+    c.apply(&peer_yaml(&ext_key, &[EXT_NET]));
+    let t = Instant::now();
+    assert!(ctx.ping("wa", "10.99.0.1"), "wa cannot reach the external peer");
+    eprintln!("external peer reached {:?} after the apply", t.elapsed());
+    // wb is not selected (podSelector app=a): no route to it.
+    let routes = String::from_utf8_lossy(&c.exec("wb", &["ip", "route"]).stdout).into_owned();
+    assert!(!routes.contains("10.99.0.0/24"), "wb got the peer: {routes}");
+    // Live edit: a second network, no pod restarted.
+    c.apply(&peer_yaml(&ext_key, &[EXT_NET, EXT_NET2]));
+    let t = Instant::now();
+    let seen = eventually(Duration::from_secs(10), || {
+        String::from_utf8_lossy(&c.exec("wa", &["ip", "route"]).stdout).contains("10.98.0.0/24")
+    });
+    assert!(seen, "the edit did not reach wa");
+    eprintln!("allowedIPs edit visible in the pod after {:?}", t.elapsed());
+    assert!(ctx.ping("wa", "10.98.0.1"), "wa cannot reach the edited network");
+    // Metrics: the external peer's handshake and counters, exporter names.
+    let (code, metrics) = ctx.http(1, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("wireguard_peer_last_handshake_seconds") && l.contains(&ext_key)
+        })
+        .unwrap_or_else(|| panic!("no handshake metric for the external peer:\n{metrics}"));
+    let v: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    assert!(v > 1.0e9, "no handshake time: {line}");
+    assert!(metrics.contains("wireguard_peer_receive_bytes_total{"), "{metrics}");
+    assert!(metrics.contains("wireguard_peer_allowed_ips_info{") && metrics.contains("10.98.0.0/24"));
+    // Delete: traffic stops.
+    c.kubectl_ok(&["delete", "wgpeer", "gateway"]);
+    let gone = eventually(Duration::from_secs(10), || {
+        !String::from_utf8_lossy(&c.exec("wa", &["ip", "route"]).stdout).contains("10.99.0.0/24")
+    });
+    assert!(gone, "the deleted peer's route stayed");
+    assert!(
+        !c.exec("wa", &["ping", "-c", "2", "-W", "1", "10.99.0.1"]).status.success(),
+        "traffic to a deleted peer still flows"
+    );
+}
+
+/// RBAC grants the agent what it needs and no more; the admission policy
+/// refuses a write of another node's attachment by a real agent token.
+fn rbac_and_admission(ctx: &Ctx) {
+    let c = ctx.c;
+    let sa = "system:serviceaccount:wireguard-system:wg-agent";
+    let can = |verb: &str, what: &str| {
+        let out = c.kubectl(&["auth", "can-i", "--as", sa, verb, what]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for (verb, what, want) in [
+        ("get", "secrets", true),
+        ("list", "secrets", false),
+        ("watch", "secrets", false),
+        ("create", "secrets", false),
+        ("list", "pods", true),
+        ("delete", "pods", false),
+        ("create", "pods", false),
+        ("list", "wireguardpeers.wireguard.wg-netns.io", true),
+        ("create", "wireguardpeers.wireguard.wg-netns.io", false),
+        ("create", "wireguardnetworks.wireguard.wg-netns.io", false),
+        ("patch", "wireguardattachments.wireguard.wg-netns.io", true),
+        ("create", "wireguardaddressblocks.wireguard.wg-netns.io", true),
+        ("get", "nodes", false),
+        ("create", "clusterrolebindings", false),
+    ] {
+        assert_eq!(can(verb, what), want, "can-i {verb} {what}");
+    }
+    // Node 1's agent token writing an attachment of node 2: refused by the
+    // policy; of its own node: allowed.
+    let att = |node: &str| {
+        format!(
+            "apiVersion: wireguard.wg-netns.io/v1alpha1\nkind: WireGuardAttachment\nmetadata: {{name: forged-{node}, namespace: default}}\n\
+             spec: {{network: pods, podName: x, podUID: x, nodeName: {node}, interface: wg0}}\n"
+        )
+    };
+    let as_agent = |yaml: &str| {
+        let kc = ctx.kubeconfig(1);
+        let kubectl = kubectl_path(c);
+        let mut p = Command::new("ip")
+            .args(["netns", "exec", "wgk8s-cp"])
+            .arg(kubectl)
+            .arg(format!("--kubeconfig={}", kc.display()))
+            .args(["create", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        p.stdin.take().expect("stdin").write_all(yaml.as_bytes()).expect("write");
+        p.wait_with_output().expect("kubectl")
+    };
+    let denied = as_agent(&att("wgk8s-n2"));
+    let err = String::from_utf8_lossy(&denied.stderr).into_owned();
+    assert!(!denied.status.success(), "node 1's agent wrote node 2's attachment");
+    assert!(
+        err.contains("wg-agent-own-node") && err.contains("may not write"),
+        "not refused by the policy: {err}"
+    );
+    let allowed = as_agent(&att("wgk8s-n1"));
+    assert!(
+        allowed.status.success(),
+        "node 1's agent cannot write its own: {}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    c.kubectl_ok(&["delete", "wgatt", "forged-wgk8s-n1"]);
+    // The agent's logs hold no key material.
+    for i in 1..=2 {
+        let log = std::fs::read_to_string(ctx.agent_log(i)).unwrap_or_default();
+        for dir in [ctx.state_dir(i).join("keys")] {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let body = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                if let Some(k) = v["privateKey"].as_str() {
+                    assert!(!log.contains(k), "a private key is in agent {i}'s log");
+                }
+            }
+        }
+        let token = std::fs::read_to_string(ctx.kubeconfig(i)).unwrap_or_default();
+        let token = token.split("token: ").nth(1).unwrap_or("x").trim().to_string();
+        assert!(!log.contains(&token), "the token is in agent {i}'s log");
+    }
+}
+
+fn kubectl_path(c: &Cluster) -> PathBuf {
+    let dirs = Command::new(repo().join("scripts/cluster-build"))
+        .arg("--bin-dirs")
+        .output()
+        .expect("cluster-build");
+    let dirs = String::from_utf8_lossy(&dirs.stdout).into_owned();
+    let _ = c;
+    dirs.lines()
+        .find(|l| l.contains("/k8s-"))
+        .map(|d| Path::new(d).join("kubectl"))
+        .expect("kubectl dir")
+}
+
+/// A ping loop from wa to wb over WireGuard while node 1's agent is killed
+/// with SIGKILL and restarted: no packet lost, and the restarted agent
+/// sends no change to the devices.
+fn kill_agent_during_ping(ctx: &mut Ctx) {
+    let c = ctx.c;
+    let b = ctx.wg_addr("wb");
+    let kubectl = kubectl_path(c);
+    let ping = Command::new("ip")
+        .args(["netns", "exec", "wgk8s-cp"])
+        .arg(&kubectl)
+        .arg(format!("--kubeconfig={}", c.kubeconfig().display()))
+        .args(["exec", "wa", "--", "ping", "-c", "40", "-i", "0.2", "-W", "1", &b])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_secs(2));
+    ctx.agents[0].kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    ctx.start_agent(1);
+    eprintln!("agent 1 restarted and ready in {:?}", t.elapsed());
+    let out = ping.wait_with_output().expect("ping output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or("").to_string();
+    eprintln!("ping during kill -9: {summary}");
+    assert!(summary.contains("40 packets received") && summary.contains(" 0% packet loss"), "{text}");
+    // The restart re-read the devices and found nothing to change.
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, m) = ctx.http(1, "/metrics").expect("metrics");
+    let updates = m
+        .lines()
+        .find(|l| l.starts_with("wg_agent_device_updates_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("?")
+        .to_string();
+    assert_eq!(updates, "0", "the restarted agent changed devices:\n{}", ctx.log_tail(1));
+}
+
+/// The apiserver stops: traffic continues; it returns: the agents'
+/// watches resume and a new pod joins the mesh.
+fn apiserver_outage(ctx: &Ctx) {
+    let c = ctx.c;
+    let b = ctx.wg_addr("wb");
+    let script = c.script();
+    must(&[script.to_str().expect("path"), "apiserver", "stop"]);
+    // Traffic keeps flowing with no apiserver (kubectl exec needs it, so
+    // use crictl on the node).
+    let id = String::from_utf8_lossy(
+        &c.crictl(1, &["ps", "-q", "--name", "bb", "--label", "io.kubernetes.pod.name=wa"]).stdout,
+    )
+    .trim()
+    .to_string();
+    assert!(!id.is_empty(), "no container of wa");
+    let out = c.crictl(1, &["exec", &id, "ping", "-c", "5", "-i", "0.2", "-W", "1", &b]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss"),
+        "traffic stopped during the apiserver outage: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    must(&[script.to_str().expect("path"), "apiserver", "start"]);
+    // The agents converge: a new pod joins and reaches wa.
+    c.apply(&pod_yaml("wc", "wgk8s-n2", "c", Some("pods")));
+    c.wait_pod_running("wc", Duration::from_secs(120)).expect("wc");
+    let a = ctx.wg_addr("wa");
+    assert!(ctx.ping("wc", &a), "a pod made after the outage cannot reach wa");
+    for i in 1..=2 {
+        assert!(ctx.http(i, "/healthz").is_some_and(|(c, _)| c == 200));
+    }
+}
+
+/// Rotating a pod's key (annotation) replaces the peer everywhere.
+fn rotation(ctx: &Ctx) {
+    let c = ctx.c;
+    let before = ctx.public_key("wb");
+    c.kubectl_ok(&["annotate", "pod", "wb", "wireguard.wg-netns.io/rotate-key=1"]);
+    let mut after = String::new();
+    let changed = eventually(Duration::from_secs(20), || {
+        after = ctx.public_key("wb");
+        !after.is_empty() && after != before
+    });
+    assert!(changed, "wb's key did not change");
+    // wa's device now has the new key as a peer (its status lists it).
+    let seen = eventually(Duration::from_secs(20), || {
+        ctx.attachment("wa").is_some_and(|v| {
+            let s = v["status"]["peers"].to_string();
+            s.contains(&after) && !s.contains(&before)
+        })
+    });
+    assert!(seen, "wa still has wb's old key");
+    let b = ctx.wg_addr("wb");
+    assert!(ctx.ping("wa", &b), "no traffic after the rotation");
+}
+
+/// 2 nodes x 30 pods at once: no duplicate address; all released after.
+fn many_pods(ctx: &Ctx) {
+    let c = ctx.c;
+    let n = 30;
+    let mut yaml = String::new();
+    for i in 0..n {
+        for node in 1..=2 {
+            yaml.push_str(&pod_yaml(&format!("m{node}-{i}"), &format!("wgk8s-n{node}"), "many", Some("pods")));
+            yaml.push_str("---\n");
+        }
+    }
+    let t = Instant::now();
+    c.apply(&yaml);
+    let all_running = eventually(Duration::from_secs(300), || {
+        let v = ctx.json(&["get", "pods", "-l", "app=many"]);
+        v["items"].as_array().is_some_and(|items| {
+            items.len() == 2 * n && items.iter().all(|p| p["status"]["phase"] == "Running")
+        })
+    });
+    assert!(all_running, "not all {} pods ran:\n{}", 2 * n, c.kubectl_ok(&["get", "pods", "-o", "wide"]));
+    eprintln!("{} pods Running in {:?}", 2 * n, t.elapsed());
+    let mut addrs = BTreeSet::new();
+    let ok = eventually(Duration::from_secs(60), || {
+        let v = ctx.json(&["get", "wgatt"]);
+        addrs.clear();
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        let mut dup = false;
+        for a in &items {
+            if let Some(x) = a["status"]["addresses"][0].as_str() {
+                dup |= !addrs.insert(x.to_string());
+            }
+        }
+        assert!(!dup, "duplicate address among {items:?}");
+        addrs.len() >= 2 * n + 3
+    });
+    assert!(ok, "only {} addresses", addrs.len());
+    c.kubectl_ok(&["delete", "pods", "-l", "app=many", "--wait=true", "--timeout=180s"]);
+    let released = eventually(Duration::from_secs(60), || {
+        let v = ctx.json(&["get", "wgatt"]);
+        v["items"].as_array().is_some_and(|i| i.len() == 3)
+    });
+    assert!(released, "attachments of deleted pods stayed");
+    for i in 1..=2 {
+        let recs = std::fs::read_dir(ctx.state_dir(i).join("attachments"))
+            .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+            .unwrap_or(0);
+        let expect = if i == 1 { 1 } else { 2 };
+        assert_eq!(recs, expect, "node {i}: records left");
+    }
+}
+
+/// Pods deleted, agents stopped (SIGTERM): nothing of ours is left on the
+/// nodes.
+fn teardown(ctx: &mut Ctx) {
+    let c = ctx.c;
+    c.kubectl_ok(&["delete", "pods", "--all", "--wait=true", "--timeout=120s"]);
+    let clean = eventually(Duration::from_secs(40), || {
+        (1..=2).all(|i| c.node_processes(i, "wireguard-go").is_empty())
+    });
+    assert!(clean, "wireguard-go daemons left after the pods went");
+    // SIGTERM (their Drop): an agent's exit leaves devices alone.
+    ctx.agents.clear();
+    for i in 1..=2 {
+        c.remove_cni_conf(i, CONF);
+    }
+}
