@@ -419,7 +419,11 @@ impl Cluster {
 
     /// crictl against node `i`'s containerd.
     pub fn crictl(&self, i: usize, args: &[&str]) -> Output {
-        Command::new(&self.crictl)
+        // Inside the node's network namespace: `exec` and `attach` reach
+        // containerd's streaming server on the node's 127.0.0.1.
+        Command::new("ip")
+            .args(["netns", "exec", &self.node_netns(i)])
+            .arg(&self.crictl)
             .arg(format!(
                 "--runtime-endpoint=unix://{}",
                 self.node_dir(i).join("containerd.sock").display()

@@ -78,6 +78,26 @@ struct Ctx<'a> {
     podcidr: Vec<String>,
 }
 
+impl Drop for Ctx<'_> {
+    /// On failure, what the agents and the plugin said (the cluster's
+    /// directory goes with it).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for i in 1..=2 {
+            eprintln!("---- agent {i} log (tail) ----\n{}", self.log_tail(i));
+            let p = self.c.node_dir(i).join("wgcni-managed.log");
+            let s = std::fs::read_to_string(p).unwrap_or_default();
+            let lines: Vec<&str> = s.lines().collect();
+            eprintln!(
+                "---- wg-cni log node {i} (tail) ----\n{}",
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            );
+        }
+    }
+}
+
 impl Ctx<'_> {
     fn agent_log(&self, i: usize) -> PathBuf {
         self.c.node_dir(i).join("wg-agent.log")
@@ -251,21 +271,23 @@ impl Ctx<'_> {
     }
 }
 
-/// wg-cni's binary, next to this test's (built when missing: a binary of
-/// another package is not a dependency cargo builds for this test).
+/// wg-cni's binary, next to this test's, built now (a binary of another
+/// package is not something cargo builds for this test, and a stale one
+/// would test old code).
 fn wg_cni_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("wg-cni");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "wg-cni", "--bin", "wg-cni"])
-            .current_dir(repo())
-            .status()
-            .expect("cargo build wg-cni");
-        assert!(st.success(), "cannot build wg-cni");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/PROFILE");
+    let target = profile_dir.parent().expect("target dir");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "wg-cni", "--bin", "wg-cni"])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(repo());
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
     }
-    bin
+    let st = cmd.status().expect("cargo build wg-cni");
+    assert!(st.success(), "cannot build wg-cni");
+    profile_dir.join("wg-cni")
 }
 
 fn pod_yaml(name: &str, node: &str, app: &str, network: Option<&str>) -> String {
@@ -514,19 +536,25 @@ fn external_peer(ctx: &Ctx, ext: &External) {
     assert!(seen, "the edit did not reach wa");
     eprintln!("allowedIPs edit visible in the pod after {:?}", t.elapsed());
     assert!(ctx.ping("wa", "10.98.0.1"), "wa cannot reach the edited network");
-    // Metrics: the external peer's handshake and counters, exporter names.
-    let (code, metrics) = ctx.http(1, "/metrics").expect("metrics");
-    assert_eq!(code, 200);
-    let line = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("wireguard_peer_last_handshake_seconds") && l.contains(&ext_key)
-        })
-        .unwrap_or_else(|| panic!("no handshake metric for the external peer:\n{metrics}"));
-    let v: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    assert!(v > 1.0e9, "no handshake time: {line}");
+    // Metrics (read every second by the agent): the external peer's
+    // handshake and counters, under the exporter's names.
+    let mut metrics = String::new();
+    let handshake = |m: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("wireguard_peer_last_handshake_seconds") && l.contains(&ext_key)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let ok = eventually(Duration::from_secs(10), || {
+        metrics = ctx.http(1, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        handshake(&metrics) > 1.0e9 && metrics.contains("10.98.0.0/24")
+    });
+    assert!(ok, "no handshake or allowed IPs of the external peer in the metrics:\n{metrics}");
     assert!(metrics.contains("wireguard_peer_receive_bytes_total{"), "{metrics}");
-    assert!(metrics.contains("wireguard_peer_allowed_ips_info{") && metrics.contains("10.98.0.0/24"));
+    assert!(metrics.contains("wireguard_peer_allowed_ips_info{"), "{metrics}");
     // Delete: traffic stops.
     c.kubectl_ok(&["delete", "wgpeer", "gateway"]);
     let gone = eventually(Duration::from_secs(10), || {
@@ -692,8 +720,9 @@ fn apiserver_outage(ctx: &Ctx) {
     let out = c.crictl(1, &["exec", &id, "ping", "-c", "5", "-i", "0.2", "-W", "1", &b]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss"),
-        "traffic stopped during the apiserver outage: {}",
-        String::from_utf8_lossy(&out.stdout)
+        "traffic stopped during the apiserver outage: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     std::thread::sleep(Duration::from_secs(3));
     must(&[script.to_str().expect("path"), "apiserver", "start"]);
