@@ -11,7 +11,9 @@
 //! Layers: [`desired`] (pure: what an interface should be), [`index`]
 //! (what the watches saw), [`agent`] (the verbs, told with wg-netns
 //! calls), [`run`] (the tasks), [`server`] (socket and HTTP), [`ipam`] /
-//! [`blocks`] (addresses), [`keys`] and [`local`] (what the node keeps).
+//! [`blocks`] (addresses), [`keys`] and [`local`] (what the node keeps),
+//! [`install`] (the CNI installer: the plugin binary and its place in the
+//! node's conflist).
 
 #![deny(missing_docs)]
 
@@ -19,6 +21,7 @@ pub mod agent;
 pub mod blocks;
 pub mod desired;
 pub mod index;
+pub mod install;
 pub mod ipam;
 pub mod keys;
 pub mod local;

@@ -1,0 +1,1074 @@
+//! The CNI installer: puts the wg-cni binary into the node's CNI bin dir and
+//! chains wg-cni into the primary CNI's conflist, then keeps it chained.
+//!
+//! Runs as the DaemonSet's first step (`Installer::install`), then watches
+//! the conf dir (`Installer::watch`): a primary CNI that rewrites its file
+//! (flannel does at every restart) gets wg-cni re-inserted within about a
+//! second. Synchronous, no Kubernetes: the agent runs `watch` on a thread.
+//!
+//! # Text-preserving edits
+//!
+//! The conflist belongs to the primary CNI. We never re-serialize it: the
+//! document is parsed (serde_json) only to validate it and to see whether
+//! wg-cni is already there; a small JSON-aware scanner then finds the
+//! top-level `"plugins"` array and our entry is spliced in after its last
+//! element (`,` + the whitespace that precedes the last element + our
+//! entry, indented like its neighbours). Everything else stays byte for
+//! byte, and [`unchain`] removes exactly that span again. Both check their
+//! own output by parsing it and comparing it with the expected document,
+//! so a scanner bug can only ever produce an error, never a broken file.
+//!
+//! # Which file
+//!
+//! [`primary_conflist`] mirrors libcni's `ConfFiles` + containerd's go-cni
+//! `loadFromConfDir`: the regular files (or symlinks to them) of the conf
+//! dir whose extension is `.conf`, `.conflist` or `.json`, sorted by name,
+//! first loadable one wins. Two deliberate differences: a file that does
+//! not load is skipped (CRI-O skips it; containerd 2.x instead refuses the
+//! whole directory, so there the file we chain is still the one it would
+//! use once the broken file is fixed or gone), and hidden files (`.name`)
+//! are skipped. libcni does NOT skip hidden files: it filters on the
+//! extension alone, and `.` sorts before digits, so a hidden `x.conflist`
+//! would be the one it loads. That is why every temporary file this module
+//! writes is named `.NAME.wgtmp-PID-N`: hidden, and with an extension
+//! (`.wgtmp-PID-N`) no CNI loader reads, even for a moment.
+//!
+//! # `.conf` files: refused
+//!
+//! A single-plugin `.conf` (or `.json`) has no plugin list to splice into.
+//! Converting it cannot be byte-preserving, and a wrapping `.conflist`
+//! beside it does not help: `NAME.conf` sorts before `NAME.conflist`, so
+//! the original would have to be moved out of the way, and a primary CNI
+//! that checks or rewrites its own file would then fight the installer for
+//! ever. So chaining into a `.conf` is refused with [`Error::SingleConf`],
+//! which names the file and the two ways out (have the primary CNI write a
+//! conflist, or run wg-cni as a secondary network, `WG_CNI_MODE=secondary`).
+//! Every primary CNI we know of in current use (flannel, Calico, Cilium,
+//! kindnet, the AWS VPC CNI, k3s's flannel) writes a `.conflist`.
+//!
+//! # State and ownership
+//!
+//! What the installer did is recorded in a small JSON state file kept OUT
+//! of the conf dir (default `/var/lib/wg-agent/install.json`): the conflist
+//! it inserted its entry into, and the binary it installed. `uninstall`
+//! undoes only that:
+//! - the conflist: our entry is removed byte-exactly (the file is left as
+//!   it was before `install` when nobody else changed it meanwhile). An
+//!   entry that was already there before we came (someone chained wg-cni
+//!   by hand, static mode) is not ours and stays.
+//! - the binary: when the target did not exist, `uninstall` removes it;
+//!   when it existed with identical bytes, it was not ours and stays; when
+//!   it existed with other bytes (an older wg-cni installed by hand, say),
+//!   those bytes are first saved beside the state file
+//!   (`<state dir>/<name>.before-install`) and `uninstall` puts them back.
+//!   A binary whose bytes are no longer ours at uninstall time (someone
+//!   replaced it after us) is left in place.
+//!
+//! Ownership survives upgrades: a new agent version finds the state file,
+//! knows the binary at the target path is its own, and overwrites it
+//! without taking a backup of the old version.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The plugin type (and binary name) the installer chains by default.
+pub const PLUGIN_TYPE: &str = "wg-cni";
+
+/// The extensions libcni's loaders read from a conf dir.
+const CNI_EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
+
+/// Marks this module's temporary files: `.NAME.wgtmp-PID-N`.
+const TMP_MARK: &str = ".wgtmp-";
+
+/// Errors of the text-level edits ([`chain`], [`unchain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the top level is not a JSON object")]
+    NotAnObject,
+    #[error("no \"plugins\" array: a single-plugin config (.conf), not a conflist")]
+    NoPlugins,
+    #[error("\"plugins\" is not an array")]
+    PluginsNotArray,
+    #[error("the plugin entry must be a JSON object with a string \"type\"")]
+    BadPlugin,
+    /// The scanner and the parser disagree, or the spliced text did not
+    /// parse back to the expected document. Never expected; reported
+    /// rather than writing a file we are not sure of.
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
+/// The installer's errors; each one that concerns a file names it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {source}")]
+    Conflist {
+        path: PathBuf,
+        #[source]
+        source: ChainError,
+    },
+    #[error(
+        "{path} is a single-plugin CNI config, not a .conflist: wg-cni can only be chained into a \
+         plugin list. Have the primary CNI write a .conflist, or run wg-cni as a secondary network \
+         (WG_CNI_MODE=secondary)"
+    )]
+    SingleConf { path: PathBuf },
+    #[error("state file {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{var}: {msg}")]
+    Env { var: &'static str, msg: String },
+    #[error("invalid options: {0}")]
+    Options(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The JSON-aware scanner: byte spans, no allocation of the document.
+
+/// Where the top-level `"plugins"` array is: `open` is the index of its
+/// `[`, `elems` the `[start, end)` span of each element.
+#[derive(Debug)]
+struct PluginsArray {
+    open: usize,
+    elems: Vec<(usize, usize)>,
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && is_ws(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+fn expect(b: &[u8], i: usize, c: u8) -> Result<(), ChainError> {
+    if b.get(i) == Some(&c) {
+        Ok(())
+    } else {
+        Err(ChainError::Internal("unexpected byte while scanning"))
+    }
+}
+
+/// `b[i]` is `"`: the index just past the closing quote.
+fn string_end(b: &[u8], i: usize) -> Result<usize, ChainError> {
+    expect(b, i, b'"')?;
+    let mut i = i + 1;
+    loop {
+        match b.get(i) {
+            None => return Err(ChainError::Internal("unterminated string")),
+            Some(b'"') => return Ok(i + 1),
+            Some(b'\\') => i += 2,
+            Some(_) => i += 1,
+        }
+    }
+}
+
+/// The index just past the JSON value starting at `b[i]`.
+fn value_end(b: &[u8], i: usize) -> Result<usize, ChainError> {
+    match b.get(i) {
+        None => Err(ChainError::Internal("value expected")),
+        Some(b'"') => string_end(b, i),
+        Some(b'{') | Some(b'[') => {
+            let mut depth = 0usize;
+            let mut i = i;
+            loop {
+                match b.get(i) {
+                    None => return Err(ChainError::Internal("unterminated container")),
+                    Some(b'"') => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    Some(b'{') | Some(b'[') => depth += 1,
+                    Some(b'}') | Some(b']') => {
+                        depth = depth
+                            .checked_sub(1)
+                            .ok_or(ChainError::Internal("unbalanced brackets"))?;
+                        if depth == 0 {
+                            return Ok(i + 1);
+                        }
+                    }
+                    Some(_) => {}
+                }
+                i += 1;
+            }
+        }
+        Some(_) => {
+            let mut i = i;
+            while i < b.len() && !is_ws(b[i]) && !matches!(b[i], b',' | b'}' | b']') {
+                i += 1;
+            }
+            Ok(i)
+        }
+    }
+}
+
+/// Finds the top-level `"plugins"` array (the last one, as both serde_json
+/// and Go's encoding/json keep the last of duplicate keys). `Ok(None)`
+/// when there is no such key or its value is not an array.
+fn scan_plugins(b: &[u8]) -> Result<Option<PluginsArray>, ChainError> {
+    let mut i = skip_ws(b, 0);
+    expect(b, i, b'{')?;
+    i = skip_ws(b, i + 1);
+    let mut found = None;
+    if b.get(i) == Some(&b'}') {
+        return Ok(None);
+    }
+    loop {
+        let key_end = string_end(b, i)?;
+        let key: String = serde_json::from_slice(&b[i..key_end])?;
+        i = skip_ws(b, key_end);
+        expect(b, i, b':')?;
+        i = skip_ws(b, i + 1);
+        let v_end = value_end(b, i)?;
+        if key == "plugins" {
+            found = if b[i] == b'[' {
+                Some(array_elems(b, i)?)
+            } else {
+                None
+            };
+        }
+        i = skip_ws(b, v_end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Ok(found),
+            _ => return Err(ChainError::Internal("object: , or } expected")),
+        }
+    }
+}
+
+fn array_elems(b: &[u8], open: usize) -> Result<PluginsArray, ChainError> {
+    expect(b, open, b'[')?;
+    let mut elems = Vec::new();
+    let mut i = skip_ws(b, open + 1);
+    if b.get(i) == Some(&b']') {
+        return Ok(PluginsArray { open, elems });
+    }
+    loop {
+        let end = value_end(b, i)?;
+        elems.push((i, end));
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b']') => return Ok(PluginsArray { open, elems }),
+            _ => return Err(ChainError::Internal("array: , or ] expected")),
+        }
+    }
+}
+
+/// The whitespace right before byte `start`.
+fn leading_ws(b: &[u8], start: usize) -> &[u8] {
+    let mut j = start;
+    while j > 0 && is_ws(b[j - 1]) {
+        j -= 1;
+    }
+    &b[j..start]
+}
+
+/// The plugin entry as text, laid out like the element it follows: on one
+/// line when that element is on one line; else pretty-printed with that
+/// element's indentation unit, each continuation line indented like it.
+fn render_plugin(b: &[u8], last: (usize, usize), plugin: &Value) -> Result<String, ChainError> {
+    let elem = &b[last.0..last.1];
+    let before = leading_ws(b, last.0);
+    let indent: &[u8] = match before.iter().rposition(|&c| c == b'\n') {
+        Some(n) => &before[n + 1..],
+        None => b"",
+    };
+    // The element's second line: its leading whitespace, less the
+    // element's own indentation, is one indentation unit.
+    let unit = elem.iter().position(|&c| c == b'\n').and_then(|n| {
+        let rest = &elem[n + 1..];
+        let ws_len = rest
+            .iter()
+            .take_while(|&&c| c == b' ' || c == b'\t')
+            .count();
+        let line_ws = &rest[..ws_len];
+        line_ws.strip_prefix(indent).filter(|u| !u.is_empty())
+    });
+    let Some(unit) = unit else {
+        return Ok(serde_json::to_string(plugin)?);
+    };
+    let newline = if elem.windows(2).any(|w| w == b"\r\n") {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(unit);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    plugin.serialize(&mut ser)?;
+    let pretty =
+        String::from_utf8(out).map_err(|_| ChainError::Internal("serializer wrote non-UTF-8"))?;
+    let indent = std::str::from_utf8(indent).map_err(|_| ChainError::Internal("indentation"))?;
+    let mut text = String::new();
+    for (n, line) in pretty.split('\n').enumerate() {
+        if n > 0 {
+            text.push_str(newline);
+            text.push_str(indent);
+        }
+        text.push_str(line);
+    }
+    Ok(text)
+}
+
+fn plugin_type(plugin: &Value) -> Result<&str, ChainError> {
+    plugin
+        .as_object()
+        .and_then(|o| o.get("type"))
+        .and_then(Value::as_str)
+        .ok_or(ChainError::BadPlugin)
+}
+
+fn has_type(entry: &Value, ty: &str) -> bool {
+    entry.get("type").and_then(Value::as_str) == Some(ty)
+}
+
+/// The document's top-level object and its `"plugins"` array, validated.
+fn parse_conflist(conflist: &[u8]) -> Result<(Value, Vec<Value>), ChainError> {
+    let doc: Value = serde_json::from_slice(conflist)?;
+    let obj = doc.as_object().ok_or(ChainError::NotAnObject)?;
+    let plugins = match obj.get("plugins") {
+        None => return Err(ChainError::NoPlugins),
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err(ChainError::PluginsNotArray),
+    };
+    Ok((doc, plugins))
+}
+
+/// `doc` with its `"plugins"` replaced by `plugins`: what an edit must parse to.
+fn with_plugins(mut doc: Value, plugins: Vec<Value>) -> Value {
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("plugins".into(), Value::Array(plugins));
+    }
+    doc
+}
+
+fn check_parses_to(text: &[u8], expected: &Value) -> Result<(), ChainError> {
+    let got: Value = serde_json::from_slice(text)
+        .map_err(|_| ChainError::Internal("the edited text does not parse"))?;
+    if &got != expected {
+        return Err(ChainError::Internal(
+            "the edited text parses to another document",
+        ));
+    }
+    Ok(())
+}
+
+/// Inserts `plugin` as the last element of the conflist's top-level
+/// `"plugins"` array, leaving every other byte as it was. `Ok(None)` when an
+/// entry of the same `"type"` is already in the list (idempotent).
+///
+/// A `.conf`-shaped document (no `"plugins"`) is [`ChainError::NoPlugins`].
+pub fn chain(conflist: &[u8], plugin: &Value) -> Result<Option<Vec<u8>>, ChainError> {
+    let ty = plugin_type(plugin)?;
+    let (doc, mut plugins) = parse_conflist(conflist)?;
+    if plugins.iter().any(|p| has_type(p, ty)) {
+        return Ok(None);
+    }
+    let arr = scan_plugins(conflist)?.ok_or(ChainError::Internal("plugins array not found"))?;
+    if arr.elems.len() != plugins.len() {
+        return Err(ChainError::Internal(
+            "scanner and parser disagree on the plugins",
+        ));
+    }
+    let (at, insert) = match arr.elems.last() {
+        None => (arr.open + 1, serde_json::to_string(plugin)?.into_bytes()),
+        Some(&(start, end)) => {
+            let mut ins = b",".to_vec();
+            ins.extend_from_slice(leading_ws(conflist, start));
+            ins.extend_from_slice(render_plugin(conflist, (start, end), plugin)?.as_bytes());
+            (end, ins)
+        }
+    };
+    let mut out = Vec::with_capacity(conflist.len() + insert.len());
+    out.extend_from_slice(&conflist[..at]);
+    out.extend_from_slice(&insert);
+    out.extend_from_slice(&conflist[at..]);
+    plugins.push(plugin.clone());
+    check_parses_to(&out, &with_plugins(doc, plugins))?;
+    Ok(Some(out))
+}
+
+/// Removes every wg-cni entry (`"type": "wg-cni"`) from the top-level
+/// `"plugins"` array: the inverse of [`chain`], byte for byte
+/// (`unchain(chain(x)) == x`). `Ok(None)` when there is none.
+pub fn unchain(conflist: &[u8]) -> Result<Option<Vec<u8>>, ChainError> {
+    unchain_type(conflist, PLUGIN_TYPE)
+}
+
+/// [`unchain`] for entries of type `ty`.
+pub fn unchain_type(conflist: &[u8], ty: &str) -> Result<Option<Vec<u8>>, ChainError> {
+    let (doc, plugins) = parse_conflist(conflist)?;
+    if !plugins.iter().any(|p| has_type(p, ty)) {
+        return Ok(None);
+    }
+    let mut text = conflist.to_vec();
+    // One entry at a time, last first; rescanning after each cut.
+    loop {
+        let arr = scan_plugins(&text)?.ok_or(ChainError::Internal("plugins array not found"))?;
+        let mut ours = None;
+        for (n, &(s, e)) in arr.elems.iter().enumerate() {
+            let v: Value = serde_json::from_slice(&text[s..e])?;
+            if has_type(&v, ty) {
+                ours = Some(n);
+            }
+        }
+        let Some(n) = ours else { break };
+        // What chain inserted after element n-1 is `,` + whitespace + entry:
+        // cut from the end of the previous element to the end of ours. A
+        // first element goes with the separator that follows it.
+        let (cut_from, cut_to) = if n > 0 {
+            (arr.elems[n - 1].1, arr.elems[n].1)
+        } else if let Some(next) = arr.elems.get(1) {
+            (arr.elems[0].0, next.0)
+        } else {
+            (arr.elems[0].0, arr.elems[0].1)
+        };
+        text.drain(cut_from..cut_to);
+    }
+    let kept = plugins.into_iter().filter(|p| !has_type(p, ty)).collect();
+    check_parses_to(&text, &with_plugins(doc, kept))?;
+    Ok(Some(text))
+}
+
+// ---------------------------------------------------------------------------
+// Files.
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn tmp_path(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Options(format!("{} has no file name", path.display())))?;
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = format!(
+        ".{}{}{}-{}",
+        name.to_string_lossy(),
+        TMP_MARK,
+        std::process::id(),
+        n
+    );
+    Ok(path.with_file_name(tmp))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory
+/// (fsync'd, then renamed over `path`, then the directory fsync'd). The
+/// file gets `mode` when given, else the mode (and, best effort, the owner)
+/// of the file it replaces, else 0644.
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+    let old = fs::metadata(path).ok();
+    let mode = mode
+        .or(old.as_ref().map(|m| m.mode() & 0o7777))
+        .unwrap_or(0o644);
+    let tmp = tmp_path(path)?;
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("creating", &tmp))?;
+        f.write_all(bytes).map_err(io_err("writing", &tmp))?;
+        // Set explicitly: the umask applied at open would strip bits.
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err("setting the mode of", &tmp))?;
+        if let Some(m) = &old {
+            // Keep the owner of a file we replace; only root can, and a
+            // failure only means the new file is ours, which is fine.
+            let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
+        }
+        f.sync_all().map_err(io_err("syncing", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(io_err("renaming over", path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    fsync_dir(parent_dir(path))
+}
+
+/// Replaces `path` with `bytes` atomically: a temporary file in the same
+/// directory, named `.NAME.wgtmp-PID-N` (hidden, and an extension no CNI
+/// loader reads), fsync'd, given the original file's mode (0644 for a new
+/// file), renamed over `path`; then the directory is fsync'd. Readers see
+/// the old or the new file, never a part of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(path, bytes, None)
+}
+
+/// Installs `src` as `bin_dir/name`, mode 0755, atomically (temporary file
+/// in `bin_dir`, fsync, chmod, rename, fsync of the directory), so a
+/// runtime never executes a half-written plugin. Skips the write when the
+/// target already has identical bytes and mode 0755. Returns whether it
+/// changed anything.
+pub fn install_binary(src: &Path, bin_dir: &Path, name: &str) -> Result<bool> {
+    let bytes = fs::read(src).map_err(io_err("reading", src))?;
+    let target = bin_dir.join(name);
+    if let Ok(meta) = fs::metadata(&target) {
+        if meta.is_file() && meta.mode() & 0o7777 == 0o755 {
+            if let Ok(old) = fs::read(&target) {
+                if old == bytes {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    fs::create_dir_all(bin_dir).map_err(io_err("creating", bin_dir))?;
+    write_atomic_mode(&target, &bytes, Some(0o755))?;
+    Ok(true)
+}
+
+fn has_cni_extension(name: &str) -> Option<&'static str> {
+    let ext = Path::new(name).extension()?.to_str()?;
+    CNI_EXTENSIONS.into_iter().find(|e| *e == ext)
+}
+
+/// Whether a conf dir entry named `name` could be a CNI config we care
+/// about (not hidden, a CNI extension).
+fn is_candidate_name(name: &str) -> bool {
+    !name.starts_with('.') && has_cni_extension(name).is_some()
+}
+
+/// Whether `bytes` load the way libcni/go-cni load a file with that
+/// extension: a `.conflist` needs a string `"name"` and a non-empty
+/// `"plugins"` array; a `.conf`/`.json` needs a non-empty string `"type"`.
+fn loads_as(ext: &str, bytes: &[u8]) -> bool {
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(bytes) else {
+        return false;
+    };
+    if ext == "conflist" {
+        obj.get("name").is_some_and(Value::is_string)
+            && obj
+                .get("plugins")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+    } else {
+        obj.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty())
+    }
+}
+
+/// The file libcni/containerd would load from `conf_dir`: the first, in
+/// byte order of the names, of its `*.conf`, `*.conflist` and `*.json`
+/// regular files (or symlinks to one) that loads (see the module docs for
+/// what "loads" means and the two differences from libcni). Hidden files,
+/// and so this module's own temporary files, are ignored. `None` when
+/// there is none or the directory cannot be read.
+pub fn primary_conflist(conf_dir: &Path) -> Option<PathBuf> {
+    let mut names: Vec<String> = fs::read_dir(conf_dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| is_candidate_name(n))
+        .collect();
+    names.sort();
+    names.into_iter().map(|n| conf_dir.join(n)).find(|p| {
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        fs::metadata(p).is_ok_and(|m| m.is_file()) && fs::read(p).is_ok_and(|b| loads_as(ext, &b))
+    })
+}
+
+/// Removes this module's temporary files (`.NAME.wgtmp-…`) in `dir` that
+/// are older than a minute: what a crash between create and rename leaves.
+fn sweep_tmp(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with('.') && name.contains(TMP_MARK)) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > Duration::from_secs(60));
+        if old {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The installer.
+
+/// How wg-cni is wired into the node's CNI configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Chained after the primary CNI's plugins, in its conflist.
+    Chain,
+    /// Binary only: wg-cni is a secondary network (a Multus
+    /// NetworkAttachmentDefinition, say); no conflist is touched.
+    Secondary,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "chain" => Ok(Mode::Chain),
+            "secondary" => Ok(Mode::Secondary),
+            other => Err(format!("{other:?}: expected chain or secondary")),
+        }
+    }
+}
+
+/// What the installer installs and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstallOptions {
+    /// The plugin binary in the image (WG_CNI_BIN_SRC, /opt/wg/bin/wg-cni).
+    pub bin_src: PathBuf,
+    /// The host's CNI bin dir (WG_CNI_BIN_DIR, /host/opt/cni/bin).
+    pub bin_dir: PathBuf,
+    /// The host's CNI conf dir (WG_CNI_CONF_DIR, /host/etc/cni/net.d).
+    pub conf_dir: PathBuf,
+    /// WG_CNI_MODE: `chain` (default) or `secondary`.
+    pub mode: Mode,
+    /// The conflist entry (WG_CNI_PLUGIN, `{"type":"wg-cni","managed":true}`).
+    /// Its `"type"` must equal `binary_name`: that is how libcni finds the binary.
+    pub plugin: Value,
+    /// The binary's name in `bin_dir` ("wg-cni").
+    pub binary_name: String,
+    /// What the installer did (WG_CNI_STATE_FILE,
+    /// /var/lib/wg-agent/install.json); never inside `conf_dir`.
+    pub state_file: PathBuf,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        InstallOptions {
+            bin_src: "/opt/wg/bin/wg-cni".into(),
+            bin_dir: "/host/opt/cni/bin".into(),
+            conf_dir: "/host/etc/cni/net.d".into(),
+            mode: Mode::Chain,
+            plugin: serde_json::json!({"type": PLUGIN_TYPE, "managed": true}),
+            binary_name: PLUGIN_TYPE.into(),
+            state_file: "/var/lib/wg-agent/install.json".into(),
+        }
+    }
+}
+
+impl InstallOptions {
+    /// The options from the environment (see each field for its variable;
+    /// unset or empty means the default).
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// [`from_env`](Self::from_env) with another source of variables.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let get = |k: &str| get(k).filter(|v| !v.is_empty());
+        let mut o = InstallOptions::default();
+        if let Some(v) = get("WG_CNI_BIN_SRC") {
+            o.bin_src = v.into();
+        }
+        if let Some(v) = get("WG_CNI_BIN_DIR") {
+            o.bin_dir = v.into();
+        }
+        if let Some(v) = get("WG_CNI_CONF_DIR") {
+            o.conf_dir = v.into();
+        }
+        if let Some(v) = get("WG_CNI_STATE_FILE") {
+            o.state_file = v.into();
+        }
+        if let Some(v) = get("WG_CNI_MODE") {
+            o.mode = v.parse().map_err(|msg| Error::Env {
+                var: "WG_CNI_MODE",
+                msg,
+            })?;
+        }
+        if let Some(v) = get("WG_CNI_PLUGIN") {
+            o.plugin = serde_json::from_str(&v).map_err(|e| Error::Env {
+                var: "WG_CNI_PLUGIN",
+                msg: e.to_string(),
+            })?;
+        }
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// Checks what the installer relies on: an entry whose type names the
+    /// binary, a plain binary name, a state file outside the conf dir.
+    pub fn validate(&self) -> Result<()> {
+        let ty = plugin_type(&self.plugin).map_err(|_| {
+            Error::Options("the plugin entry must be a JSON object with a string \"type\"".into())
+        })?;
+        if ty != self.binary_name {
+            return Err(Error::Options(format!(
+                "the plugin entry's type {ty:?} must be the binary's name {:?} (libcni runs the binary named by \"type\")",
+                self.binary_name
+            )));
+        }
+        if self.binary_name.is_empty()
+            || self.binary_name.contains('/')
+            || self.binary_name.starts_with('.')
+        {
+            return Err(Error::Options(format!(
+                "bad binary name {:?}",
+                self.binary_name
+            )));
+        }
+        if parent_dir(&self.state_file) == self.conf_dir.as_path() {
+            return Err(Error::Options(
+                "the state file must not be in the CNI conf dir".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The binary the installer owns (the state file's record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BinaryRecord {
+    /// Where it installed it.
+    pub path: PathBuf,
+    /// The bytes that were there before, saved here, put back by `uninstall`.
+    pub backup: Option<PathBuf>,
+}
+
+/// What the installer did, as recorded in its state file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstallState {
+    /// The binary it installed and owns (None: none, or one it found
+    /// already there with the same bytes).
+    pub binary: Option<BinaryRecord>,
+    /// The conflist it inserted its entry into.
+    pub conflist: Option<PathBuf>,
+}
+
+/// What [`Installer::install`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstallReport {
+    /// The binary was written (false: identical bytes were already there).
+    pub binary_written: bool,
+    /// The previous, different binary was saved there.
+    pub binary_backup: Option<PathBuf>,
+    /// The conflist our entry is in (Chain mode; None: no primary conflist
+    /// yet, `watch` chains it when one appears).
+    pub conflist: Option<PathBuf>,
+    /// This call changed a conflist: inserted our entry (Chain mode), or
+    /// took out one an earlier Chain-mode install had put in (Secondary).
+    pub conflist_changed: bool,
+}
+
+/// What [`Installer::uninstall`] did with the binary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BinaryUninstall {
+    /// We had installed it where there was none: removed.
+    Removed,
+    /// The bytes that were there before install are back.
+    Restored,
+    /// Its bytes are not the ones we installed any more: left in place.
+    LeftInPlace,
+    /// Not ours (none installed, or it was there before us): untouched.
+    NotOurs,
+}
+
+/// What [`Installer::uninstall`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UninstallReport {
+    /// The conflist our entry was removed from.
+    pub unchained: Option<PathBuf>,
+    pub binary: BinaryUninstall,
+}
+
+/// Installs wg-cni on a node and keeps it chained.
+#[derive(Debug, Clone)]
+pub struct Installer {
+    pub opts: InstallOptions,
+}
+
+impl Installer {
+    pub fn new(opts: InstallOptions) -> Self {
+        Installer { opts }
+    }
+
+    fn target(&self) -> PathBuf {
+        self.opts.bin_dir.join(&self.opts.binary_name)
+    }
+
+    fn backup_path(&self) -> PathBuf {
+        parent_dir(&self.opts.state_file).join(format!("{}.before-install", self.opts.binary_name))
+    }
+
+    /// The recorded state (the default when there is no state file yet).
+    pub fn state(&self) -> Result<InstallState> {
+        let path = &self.opts.state_file;
+        match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::State {
+                path: path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(InstallState::default()),
+            Err(e) => Err(io_err("reading", path)(e)),
+        }
+    }
+
+    fn save_state(&self, state: &InstallState) -> Result<()> {
+        let path = &self.opts.state_file;
+        let dir = parent_dir(path);
+        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        let mut bytes = serde_json::to_vec_pretty(state).map_err(|source| Error::State {
+            path: path.clone(),
+            source,
+        })?;
+        bytes.push(b'\n');
+        write_atomic(path, &bytes)
+    }
+
+    /// Installs the binary, then (Chain mode) chains the primary conflist.
+    /// Idempotent: a second call changes nothing.
+    pub fn install(&self) -> Result<InstallReport> {
+        self.opts.validate()?;
+        sweep_tmp(&self.opts.bin_dir);
+        sweep_tmp(&self.opts.conf_dir);
+        let src = &self.opts.bin_src;
+        let ours = fs::read(src).map_err(io_err("reading", src))?;
+        let target = self.target();
+        let mut state = self.state()?;
+        let owned = state.binary.as_ref().is_some_and(|b| b.path == target);
+        let mut backup = None;
+        if !owned {
+            match fs::read(&target) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    state.binary = Some(BinaryRecord {
+                        path: target.clone(),
+                        backup: None,
+                    });
+                }
+                Err(e) => return Err(io_err("reading", &target)(e)),
+                Ok(theirs) if theirs == ours => {
+                    // Already there, not by us: leave it (and its mode) alone.
+                    tracing::info!(path = %target.display(), "the plugin binary is already installed (not by us)");
+                }
+                Ok(theirs) => {
+                    let b = self.backup_path();
+                    let mode = fs::metadata(&target).map(|m| m.mode() & 0o7777).ok();
+                    fs::create_dir_all(parent_dir(&b))
+                        .map_err(io_err("creating", parent_dir(&b)))?;
+                    write_atomic_mode(&b, &theirs, mode)?;
+                    tracing::info!(path = %target.display(), backup = %b.display(),
+                        "replacing another plugin binary; saved its bytes for uninstall");
+                    state.binary = Some(BinaryRecord {
+                        path: target.clone(),
+                        backup: Some(b.clone()),
+                    });
+                    backup = Some(b);
+                }
+            }
+        }
+        let ours_now = state.binary.as_ref().is_some_and(|b| b.path == target);
+        let mut binary_written = false;
+        if ours_now {
+            // Recorded before writing: a crash in between leaves a record of
+            // a binary we then install on the next run, never an unowned one.
+            self.save_state(&state)?;
+            binary_written = install_binary(src, &self.opts.bin_dir, &self.opts.binary_name)?;
+        }
+        if binary_written {
+            tracing::info!(path = %target.display(), "installed the plugin binary");
+        }
+        let conflist_changed = self.ensure_chained()?;
+        Ok(InstallReport {
+            binary_written,
+            binary_backup: backup,
+            conflist: if self.opts.mode == Mode::Chain {
+                self.state()?.conflist
+            } else {
+                None
+            },
+            conflist_changed,
+        })
+    }
+
+    /// Removes our entry from `path` (byte-exact); true when there was one.
+    fn unchain_file(&self, path: &Path) -> Result<bool> {
+        let real = match fs::canonicalize(path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("resolving", path)(e)),
+        };
+        let ty = plugin_type(&self.opts.plugin).unwrap_or(PLUGIN_TYPE);
+        let bytes = fs::read(&real).map_err(io_err("reading", &real))?;
+        match unchain_type(&bytes, ty) {
+            Ok(Some(new)) => {
+                write_atomic(&real, &new)?;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(source) => Err(Error::Conflist { path: real, source }),
+        }
+    }
+
+    /// Makes the primary conflist contain our entry again when it was
+    /// rewritten without it (or when another file became the primary).
+    /// Returns whether it changed anything. In Secondary mode it only
+    /// removes an entry an earlier Chain-mode install had put in.
+    pub fn ensure_chained(&self) -> Result<bool> {
+        let mut state = self.state()?;
+        let primary = match self.opts.mode {
+            Mode::Chain => primary_conflist(&self.opts.conf_dir),
+            Mode::Secondary => None,
+        };
+        let mut changed = false;
+        if let Some(old) = state.conflist.clone() {
+            if Some(&old) != primary.as_ref() {
+                // Our entry is in a file that is no longer the primary (or
+                // we are Secondary now): take it out, it is ours.
+                match self.unchain_file(&old) {
+                    Ok(c) => changed |= c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not remove our entry from the former primary conflist")
+                    }
+                }
+                state.conflist = None;
+                self.save_state(&state)?;
+            }
+        }
+        let Some(primary) = primary else {
+            if self.opts.mode == Mode::Chain {
+                tracing::debug!(dir = %self.opts.conf_dir.display(), "no primary CNI config yet");
+            }
+            return Ok(changed);
+        };
+        // A symlinked conflist is edited where it points, keeping the link.
+        let real = fs::canonicalize(&primary).map_err(io_err("resolving", &primary))?;
+        // The primary CNI may rewrite its file at any moment; re-read just
+        // before the rename and start over if it changed under us.
+        for _ in 0..5 {
+            let bytes = fs::read(&real).map_err(io_err("reading", &real))?;
+            let new = match chain(&bytes, &self.opts.plugin) {
+                Ok(Some(new)) => new,
+                Ok(None) => return Ok(changed),
+                Err(ChainError::NoPlugins) => return Err(Error::SingleConf { path: primary }),
+                Err(source) => {
+                    return Err(Error::Conflist {
+                        path: primary,
+                        source,
+                    })
+                }
+            };
+            if state.conflist.as_ref() != Some(&primary) {
+                state.conflist = Some(primary.clone());
+                self.save_state(&state)?;
+            }
+            if fs::read(&real).map_err(io_err("reading", &real))? != bytes {
+                continue;
+            }
+            write_atomic(&real, &new)?;
+            tracing::info!(path = %primary.display(), "chained wg-cni into the primary CNI config");
+            return Ok(true);
+        }
+        Err(Error::Io {
+            op: "chaining (it kept changing)",
+            path: primary,
+            source: io::Error::other("the file changed during each of 5 attempts"),
+        })
+    }
+
+    /// Undoes what `install` did, and only that (see the module docs):
+    /// removes our conflist entry byte-exactly, then removes the binary we
+    /// installed or restores the one it replaced, then the state file.
+    pub fn uninstall(&self) -> Result<UninstallReport> {
+        let mut state = self.state()?;
+        let mut unchained = None;
+        if let Some(path) = state.conflist.clone() {
+            if self.unchain_file(&path)? {
+                unchained = Some(path);
+            }
+            state.conflist = None;
+            self.save_state(&state)?;
+        }
+        let binary = match state.binary.clone() {
+            None => BinaryUninstall::NotOurs,
+            Some(rec) => {
+                let current = fs::read(&rec.path).ok();
+                let ours = fs::read(&self.opts.bin_src).ok();
+                let result = match (&current, &rec.backup) {
+                    (Some(c), _) if Some(c) != ours.as_ref() => {
+                        tracing::warn!(path = %rec.path.display(), "the plugin binary was replaced after we installed it; leaving it");
+                        BinaryUninstall::LeftInPlace
+                    }
+                    (_, Some(b)) => {
+                        let bytes = fs::read(b).map_err(io_err("reading", b))?;
+                        let mode = fs::metadata(b).map(|m| m.mode() & 0o7777).ok();
+                        write_atomic_mode(&rec.path, &bytes, mode)?;
+                        BinaryUninstall::Restored
+                    }
+                    (Some(_), None) => {
+                        fs::remove_file(&rec.path).map_err(io_err("removing", &rec.path))?;
+                        fsync_dir(parent_dir(&rec.path))?;
+                        BinaryUninstall::Removed
+                    }
+                    (None, None) => BinaryUninstall::Removed,
+                };
+                if let Some(b) = &rec.backup {
+                    if result != BinaryUninstall::LeftInPlace {
+                        let _ = fs::remove_file(b);
+                    }
+                }
+                result
+            }
+        };
+        match fs::remove_file(&self.opts.state_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &self.opts.state_file)(e)),
+        }
+        Ok(UninstallReport { unchained, binary })
+    }
+}
+
+#[cfg(test)]
+mod tests;

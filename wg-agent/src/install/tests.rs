@@ -1,0 +1,896 @@
+use super::*;
+use serde_json::json;
+
+/// A temporary directory under std::env::temp_dir(), removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("wgagent-install-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn plugin() -> Value {
+    json!({"type": "wg-cni", "managed": true})
+}
+
+/// flannel's conflist as kube-flannel writes it (two-space JSON).
+const FLANNEL: &str = r#"{
+  "name": "cbr0",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {
+      "type": "flannel",
+      "delegate": {
+        "hairpinMode": true,
+        "isDefaultGateway": true
+      }
+    },
+    {
+      "type": "portmap",
+      "capabilities": {
+        "portMappings": true
+      }
+    }
+  ]
+}
+"#;
+
+/// `y` is `x` with one span inserted: returns the span.
+fn inserted_span<'a>(x: &[u8], y: &'a [u8]) -> Option<&'a [u8]> {
+    if y.len() < x.len() {
+        return None;
+    }
+    let d = y.len() - x.len();
+    let p = x.iter().zip(y).take_while(|(a, b)| a == b).count();
+    (x[p..] == y[p + d..]).then(|| &y[p..p + d])
+}
+
+// --- chain / unchain: text ---------------------------------------------------
+
+#[test]
+fn chain_inserts_only_our_entry_indented_like_its_neighbours() {
+    let out = chain(FLANNEL.as_bytes(), &plugin()).unwrap().unwrap();
+    let text = String::from_utf8(out.clone()).unwrap();
+    let expected = FLANNEL.replace(
+        "        \"portMappings\": true\n      }\n    }\n",
+        "        \"portMappings\": true\n      }\n    },\n    {\n      \"managed\": true,\n      \"type\": \"wg-cni\"\n    }\n",
+    );
+    assert_eq!(text, expected);
+    let span = inserted_span(FLANNEL.as_bytes(), &out).expect("one inserted span");
+    assert!(
+        span.starts_with(b",\n    {"),
+        "{:?}",
+        String::from_utf8_lossy(span)
+    );
+}
+
+#[test]
+fn chain_compact_and_inline_layouts_keep_their_style() {
+    let compact = br#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"}]}"#;
+    let out = chain(compact, &plugin()).unwrap().unwrap();
+    assert_eq!(
+        out,
+        br#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"managed":true,"type":"wg-cni"}]}"#
+    );
+    let inline = br#"{ "name": "n", "plugins": [ {"type": "a"}, {"type": "b"} ] }"#;
+    let out = chain(inline, &plugin()).unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{ "name": "n", "plugins": [ {"type": "a"}, {"type": "b"}, {"managed":true,"type":"wg-cni"} ] }"#
+    );
+}
+
+#[test]
+fn chain_keeps_tabs_and_crlf() {
+    let doc = "{\r\n\t\"name\": \"n\",\r\n\t\"plugins\": [\r\n\t\t{\r\n\t\t\t\"type\": \"a\"\r\n\t\t}\r\n\t]\r\n}\r\n";
+    let out = String::from_utf8(chain(doc.as_bytes(), &plugin()).unwrap().unwrap()).unwrap();
+    let expected = doc.replace(
+        "\t\t}\r\n\t]",
+        "\t\t},\r\n\t\t{\r\n\t\t\t\"managed\": true,\r\n\t\t\t\"type\": \"wg-cni\"\r\n\t\t}\r\n\t]",
+    );
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn chain_into_an_empty_list() {
+    for doc in [
+        r#"{"name":"n","plugins":[]}"#,
+        "{\"name\":\"n\",\"plugins\":[ \n ]}",
+    ] {
+        let out = chain(doc.as_bytes(), &plugin()).unwrap().unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["plugins"], json!([plugin()]));
+        assert_eq!(unchain(&out).unwrap().unwrap(), doc.as_bytes());
+    }
+}
+
+#[test]
+fn chain_is_idempotent() {
+    let once = chain(FLANNEL.as_bytes(), &plugin()).unwrap().unwrap();
+    assert_eq!(chain(&once, &plugin()).unwrap(), None);
+    // Any entry of type wg-cni counts, whatever its other keys.
+    let by_hand =
+        br#"{"name":"n","plugins":[{"type":"a"},{"type":"wg-cni","address":"10.0.0.1/24"}]}"#;
+    assert_eq!(chain(by_hand, &plugin()).unwrap(), None);
+}
+
+#[test]
+fn chain_finds_the_top_level_plugins_only() {
+    // A nested "plugins", a string that looks like the array, brackets and
+    // escaped quotes in strings, an escaped key that decodes to "plugins".
+    let doc = br#"{
+  "name": "plugins [ ] \" \\",
+  "x": {"plugins": [{"type": "nested"}], "s": "]]]}}}\"[["},
+  "plugin\u0073": [
+    {"type": "a", "note": "has ] and } and \" and \\"}
+  ],
+  "after": ["plugins", {"plugins": []}]
+}"#;
+    let out = chain(doc, &plugin()).unwrap().unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["plugins"].as_array().unwrap().len(), 2);
+    assert_eq!(v["plugins"][1], plugin());
+    assert_eq!(v["x"]["plugins"], json!([{"type": "nested"}]));
+    assert!(inserted_span(doc, &out).is_some());
+    assert_eq!(unchain(&out).unwrap().unwrap(), doc.to_vec());
+}
+
+#[test]
+fn chain_uses_the_last_of_duplicate_plugins_keys() {
+    // serde_json and Go's encoding/json both keep the last duplicate.
+    let doc = br#"{"name":"n","plugins":[{"type":"first"}],"plugins":[{"type":"second"}]}"#;
+    let out = chain(doc, &plugin()).unwrap().unwrap();
+    assert_eq!(
+        out,
+        br#"{"name":"n","plugins":[{"type":"first"}],"plugins":[{"type":"second"},{"managed":true,"type":"wg-cni"}]}"#
+    );
+}
+
+#[test]
+fn chain_refuses_what_is_not_a_conflist() {
+    let conf = br#"{"cniVersion":"0.3.1","name":"n","type":"bridge"}"#;
+    assert!(matches!(chain(conf, &plugin()), Err(ChainError::NoPlugins)));
+    assert!(matches!(
+        chain(b"{\"plugins\": [", &plugin()),
+        Err(ChainError::Json(_))
+    ));
+    assert!(matches!(
+        chain(b"[1,2]", &plugin()),
+        Err(ChainError::NotAnObject)
+    ));
+    assert!(matches!(
+        chain(br#"{"plugins":{}}"#, &plugin()),
+        Err(ChainError::PluginsNotArray)
+    ));
+    assert!(matches!(
+        chain(FLANNEL.as_bytes(), &json!({"managed": true})),
+        Err(ChainError::BadPlugin)
+    ));
+    assert!(matches!(
+        chain(FLANNEL.as_bytes(), &json!("wg-cni")),
+        Err(ChainError::BadPlugin)
+    ));
+    assert!(matches!(chain(b"", &plugin()), Err(ChainError::Json(_))));
+    assert!(matches!(
+        chain(b"\xff\xfe", &plugin()),
+        Err(ChainError::Json(_))
+    ));
+}
+
+#[test]
+fn unchain_removes_entries_wherever_they_are() {
+    let first = br#"{"name":"n","plugins":[ {"type":"wg-cni"}, {"type":"a"} ]}"#;
+    assert_eq!(
+        unchain(first).unwrap().unwrap(),
+        br#"{"name":"n","plugins":[ {"type":"a"} ]}"#
+    );
+    let middle = br#"{"name":"n","plugins":[{"type":"a"}, {"type":"wg-cni"}, {"type":"b"}]}"#;
+    assert_eq!(
+        unchain(middle).unwrap().unwrap(),
+        br#"{"name":"n","plugins":[{"type":"a"}, {"type":"b"}]}"#
+    );
+    let two = br#"{"name":"n","plugins":[{"type":"a"},{"type":"wg-cni"},{"type":"wg-cni","x":1}]}"#;
+    assert_eq!(
+        unchain(two).unwrap().unwrap(),
+        br#"{"name":"n","plugins":[{"type":"a"}]}"#
+    );
+    assert_eq!(unchain(FLANNEL.as_bytes()).unwrap(), None);
+    assert!(matches!(unchain(b"{}"), Err(ChainError::NoPlugins)));
+}
+
+#[test]
+fn unchain_inverts_chain_on_the_flannel_file() {
+    let out = chain(FLANNEL.as_bytes(), &plugin()).unwrap().unwrap();
+    assert_eq!(unchain(&out).unwrap().unwrap(), FLANNEL.as_bytes());
+}
+
+// --- chain / unchain: generated conflists ------------------------------------
+
+mod generated {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum J {
+        Null,
+        Bool(bool),
+        Num(&'static str),
+        Str(String),
+        Arr(Vec<J>),
+        Obj(Vec<(String, J)>),
+    }
+
+    /// Strings full of what trips naive scanners.
+    fn text() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[a-z\\[\\]{}\",:\\\\/ \t\n\u{0}\u{1f}é€😀]{0,10}").unwrap()
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("plugins".to_string()),
+            Just("type".to_string()),
+            text()
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = J> {
+        let leaf = prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            prop_oneof![
+                Just("0"),
+                Just("-12"),
+                Just("3.25"),
+                Just("1e-7"),
+                Just("-0.5E+3")
+            ]
+            .prop_map(J::Num),
+            text().prop_map(J::Str),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(J::Arr),
+                prop::collection::vec((key(), inner), 0..5).prop_map(J::Obj),
+            ]
+        })
+    }
+
+    /// A plugin entry: a "type" that is not wg-cni, then other keys.
+    fn entry() -> impl Strategy<Value = J> {
+        (
+            text().prop_filter("not wg-cni", |t| t != "wg-cni"),
+            prop::collection::vec(
+                (key().prop_filter("one type", |k| k != "type"), value()),
+                0..4,
+            ),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(ty, mut rest, at)| {
+                let at = at.index(rest.len() + 1);
+                rest.insert(at, ("type".into(), J::Str(ty)));
+                J::Obj(rest)
+            })
+    }
+
+    fn conflist() -> impl Strategy<Value = J> {
+        (
+            text(),
+            prop::collection::vec(entry(), 0..5),
+            prop::collection::vec(
+                (
+                    key().prop_filter("top-level plugins once", |k| k != "plugins" && k != "name"),
+                    value(),
+                ),
+                0..4,
+            ),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(name, plugins, mut rest, at)| {
+                rest.insert(0, ("name".into(), J::Str(name)));
+                let at = at.index(rest.len() + 1);
+                rest.insert(at, ("plugins".into(), J::Arr(plugins)));
+                J::Obj(rest)
+            })
+    }
+
+    /// Serializes with whitespace and escapes taken from `choices` (cycled).
+    struct Writer<'a> {
+        choices: &'a [u8],
+        n: usize,
+        out: String,
+    }
+
+    const WS: [&str; 8] = ["", " ", "\n", "\n  ", "\n\t\t", "\r\n    ", "  \n", "\t"];
+
+    impl Writer<'_> {
+        fn pick(&mut self) -> u8 {
+            let c = self
+                .choices
+                .get(self.n % self.choices.len().max(1))
+                .copied()
+                .unwrap_or(0);
+            self.n += 1;
+            c
+        }
+        fn ws(&mut self) {
+            let w = WS[self.pick() as usize % WS.len()];
+            self.out.push_str(w);
+        }
+        fn string(&mut self, s: &str) {
+            self.out.push('"');
+            for ch in s.chars() {
+                let escape = self.pick().is_multiple_of(4);
+                match ch {
+                    '"' => self.out.push_str("\\\""),
+                    '\\' => self.out.push_str("\\\\"),
+                    '\n' => self.out.push_str(if escape { "\\u000a" } else { "\\n" }),
+                    '\t' => self.out.push_str("\\t"),
+                    c if (c as u32) < 0x20 => self.out.push_str(&format!("\\u{:04x}", c as u32)),
+                    '/' if escape => self.out.push_str("\\/"),
+                    c if escape => {
+                        let mut units = [0u16; 2];
+                        for u in c.encode_utf16(&mut units) {
+                            self.out.push_str(&format!("\\u{:04X}", u));
+                        }
+                    }
+                    c => self.out.push(c),
+                }
+            }
+            self.out.push('"');
+        }
+        fn value(&mut self, j: &J) {
+            match j {
+                J::Null => self.out.push_str("null"),
+                J::Bool(b) => self.out.push_str(if *b { "true" } else { "false" }),
+                J::Num(n) => self.out.push_str(n),
+                J::Str(s) => self.string(s),
+                J::Arr(items) => {
+                    self.out.push('[');
+                    self.ws();
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            self.ws();
+                            self.out.push(',');
+                            self.ws();
+                        }
+                        self.value(item);
+                    }
+                    self.ws();
+                    self.out.push(']');
+                }
+                J::Obj(members) => {
+                    self.out.push('{');
+                    self.ws();
+                    for (i, (k, v)) in members.iter().enumerate() {
+                        if i > 0 {
+                            self.ws();
+                            self.out.push(',');
+                            self.ws();
+                        }
+                        self.string(k);
+                        self.ws();
+                        self.out.push(':');
+                        self.ws();
+                        self.value(v);
+                    }
+                    self.ws();
+                    self.out.push('}');
+                }
+            }
+        }
+    }
+
+    fn render(doc: &J, choices: &[u8]) -> Vec<u8> {
+        let mut w = Writer {
+            choices,
+            n: 0,
+            out: String::new(),
+        };
+        w.ws();
+        w.value(doc);
+        w.ws();
+        w.out.into_bytes()
+    }
+
+    fn entries() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!({"type": "wg-cni", "managed": true})),
+            Just(json!({"type": "wg-cni"})),
+            Just(
+                json!({"type": "wg-cni", "peers": [{"allowedIPs": ["10.9.0.0/16"], "x": "]\"}"}], "mtu": 1420})
+            ),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn unchain_inverts_chain(doc in conflist(), choices in prop::collection::vec(any::<u8>(), 1..64), ours in entries()) {
+            let x = render(&doc, &choices);
+            let parsed: Value = serde_json::from_slice(&x).expect("the generator writes JSON");
+            let y = chain(&x, &ours).unwrap().expect("not chained yet");
+            // Only one span differs: what we inserted.
+            prop_assert!(inserted_span(&x, &y).is_some());
+            let mut expected = parsed.clone();
+            expected["plugins"].as_array_mut().unwrap().push(ours.clone());
+            prop_assert_eq!(serde_json::from_slice::<Value>(&y).unwrap(), expected);
+            prop_assert_eq!(chain(&y, &ours).unwrap(), None);
+            prop_assert_eq!(unchain(&y).unwrap(), Some(x.clone()));
+            prop_assert_eq!(unchain(&x).unwrap(), None);
+        }
+    }
+}
+
+// --- files --------------------------------------------------------------------
+
+fn write(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+const CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"}]}"#;
+const CONF: &str = r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#;
+
+#[test]
+fn primary_is_the_first_loadable_file_by_name() {
+    let t = TempDir::new("primary");
+    let d = t.path();
+    assert_eq!(primary_conflist(d), None);
+    assert_eq!(primary_conflist(&d.join("missing")), None);
+    write(&d.join("20-b.conflist"), CONFLIST);
+    assert_eq!(primary_conflist(d), Some(d.join("20-b.conflist")));
+    write(&d.join("10-a.json"), CONF);
+    assert_eq!(primary_conflist(d), Some(d.join("10-a.json")));
+    // ".conf" sorts before ".conflist" for the same stem; byte order, not extension order.
+    write(&d.join("10-a.conflist"), CONFLIST);
+    assert_eq!(primary_conflist(d), Some(d.join("10-a.conflist")));
+    write(&d.join("10-a.conf"), CONF);
+    assert_eq!(primary_conflist(d), Some(d.join("10-a.conf")));
+    write(&d.join("05-z.conflist"), CONFLIST);
+    assert_eq!(primary_conflist(d), Some(d.join("05-z.conflist")));
+}
+
+#[test]
+fn primary_skips_what_does_not_load_and_what_is_hidden_or_temporary() {
+    let t = TempDir::new("primary-skip");
+    let d = t.path();
+    write(&d.join("50-good.conflist"), CONFLIST);
+    write(
+        &d.join("00-broken.conflist"),
+        "{\"name\":\"n\",\"plugins\":[",
+    );
+    write(
+        &d.join("01-noplugins.conflist"),
+        r#"{"name":"n","plugins":[]}"#,
+    );
+    write(
+        &d.join("02-noname.conflist"),
+        r#"{"plugins":[{"type":"a"}]}"#,
+    );
+    write(&d.join("03-notype.conf"), r#"{"name":"n"}"#);
+    write(&d.join("04-list-in-a.conf"), CONFLIST);
+    write(&d.join("05-other.txt"), CONFLIST);
+    write(&d.join("06-backup.conflist.bak"), CONFLIST);
+    write(&d.join(".00-hidden.conflist"), CONFLIST);
+    write(&d.join(".00-x.conflist.wgtmp-1-2"), CONFLIST);
+    fs::create_dir(d.join("07-dir.conflist")).unwrap();
+    assert_eq!(primary_conflist(d), Some(d.join("50-good.conflist")));
+    // A symlink to a file counts (libcni's ReadDir does not skip it).
+    std::os::unix::fs::symlink(d.join("50-good.conflist"), d.join("10-link.conflist")).unwrap();
+    assert_eq!(primary_conflist(d), Some(d.join("10-link.conflist")));
+}
+
+#[test]
+fn write_atomic_keeps_the_mode_and_leaves_no_temporary_file() {
+    let t = TempDir::new("atomic");
+    let p = t.path().join("10-x.conflist");
+    write_atomic(&p, b"one").unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o644);
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    let ino = fs::metadata(&p).unwrap().ino();
+    write_atomic(&p, b"two").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"two");
+    let m = fs::metadata(&p).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o600);
+    assert_ne!(m.ino(), ino, "replaced by rename, not rewritten in place");
+    assert_eq!(names(t.path()), ["10-x.conflist"]);
+    // A missing directory is an error that names the path.
+    let e = write_atomic(&t.path().join("no/such/file"), b"x").unwrap_err();
+    assert!(e.to_string().contains("no/such"), "{e}");
+}
+
+#[test]
+fn install_binary_is_atomic_and_skips_identical_bytes() {
+    let t = TempDir::new("bin");
+    let src = t.path().join("src-wg-cni");
+    let bin = t.path().join("bin");
+    write(&src, "#!/bin/sh\necho v1\n");
+    assert!(install_binary(&src, &bin, "wg-cni").unwrap());
+    let target = bin.join("wg-cni");
+    let m = fs::metadata(&target).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755);
+    assert_eq!(fs::read(&target).unwrap(), fs::read(&src).unwrap());
+    // Identical: no write at all (same inode, same mtime).
+    assert!(!install_binary(&src, &bin, "wg-cni").unwrap());
+    let m2 = fs::metadata(&target).unwrap();
+    assert_eq!(
+        (m2.ino(), m2.mtime_nsec(), m2.mtime()),
+        (m.ino(), m.mtime_nsec(), m.mtime())
+    );
+    // Identical bytes but not executable: rewritten with 0755.
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(install_binary(&src, &bin, "wg-cni").unwrap());
+    assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o755);
+    // Different: replaced by a rename (a reader holding the old file keeps it).
+    let held = File::open(&target).unwrap();
+    write(&src, "#!/bin/sh\necho v2\n");
+    assert!(install_binary(&src, &bin, "wg-cni").unwrap());
+    assert_eq!(fs::read(&target).unwrap(), b"#!/bin/sh\necho v2\n");
+    assert_eq!(io::read_to_string(held).unwrap(), "#!/bin/sh\necho v1\n");
+    assert_eq!(names(&bin), ["wg-cni"]);
+    let e = install_binary(&t.path().join("missing"), &bin, "wg-cni").unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+}
+
+// --- the installer -----------------------------------------------------------
+
+struct Node {
+    _t: TempDir,
+    conf: PathBuf,
+    bin: PathBuf,
+    src: PathBuf,
+    state: PathBuf,
+}
+
+fn node(tag: &str) -> Node {
+    let t = TempDir::new(tag);
+    let conf = t.path().join("etc/cni/net.d");
+    let bin = t.path().join("opt/cni/bin");
+    let src = t.path().join("image/wg-cni");
+    let state = t.path().join("var/lib/wg-agent/install.json");
+    for d in [&conf, &bin, &parent_dir(&src).to_path_buf()] {
+        fs::create_dir_all(d).unwrap();
+    }
+    write(&src, "wg-cni binary v1");
+    Node {
+        _t: t,
+        conf,
+        bin,
+        src,
+        state,
+    }
+}
+
+impl Node {
+    fn opts(&self, mode: Mode) -> InstallOptions {
+        InstallOptions {
+            bin_src: self.src.clone(),
+            bin_dir: self.bin.clone(),
+            conf_dir: self.conf.clone(),
+            mode,
+            state_file: self.state.clone(),
+            ..InstallOptions::default()
+        }
+    }
+    fn installer(&self, mode: Mode) -> Installer {
+        Installer::new(self.opts(mode))
+    }
+    fn flannel(&self) -> PathBuf {
+        let p = self.conf.join("10-flannel.conflist");
+        write(&p, FLANNEL);
+        p
+    }
+}
+
+fn entry_count(path: &Path) -> usize {
+    let v: Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+    v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "wg-cni")
+        .count()
+}
+
+#[test]
+fn install_then_uninstall_gives_back_the_exact_bytes() {
+    let n = node("roundtrip");
+    let f = n.flannel();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    let inst = n.installer(Mode::Chain);
+    let r = inst.install().unwrap();
+    assert_eq!(
+        r,
+        InstallReport {
+            binary_written: true,
+            binary_backup: None,
+            conflist: Some(f.clone()),
+            conflist_changed: true
+        }
+    );
+    assert_eq!(
+        fs::read(&f).unwrap(),
+        chain(FLANNEL.as_bytes(), &plugin()).unwrap().unwrap()
+    );
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(fs::read(n.bin.join("wg-cni")).unwrap(), b"wg-cni binary v1");
+    // The state is outside the conf dir, and the conf dir holds nothing new.
+    assert_eq!(names(&n.conf), ["10-flannel.conflist"]);
+    let st = inst.state().unwrap();
+    assert_eq!(st.conflist, Some(f.clone()));
+    assert_eq!(
+        st.binary,
+        Some(BinaryRecord {
+            path: n.bin.join("wg-cni"),
+            backup: None
+        })
+    );
+    // Idempotent.
+    let again = inst.install().unwrap();
+    assert!(!again.binary_written && !again.conflist_changed);
+    assert!(!inst.ensure_chained().unwrap());
+
+    let u = inst.uninstall().unwrap();
+    assert_eq!(
+        u,
+        UninstallReport {
+            unchained: Some(f.clone()),
+            binary: BinaryUninstall::Removed
+        }
+    );
+    assert_eq!(fs::read(&f).unwrap(), FLANNEL.as_bytes());
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o640);
+    assert!(!n.bin.join("wg-cni").exists());
+    assert!(!n.state.exists());
+    assert_eq!(names(&n.conf), ["10-flannel.conflist"]);
+    assert!(names(&n.bin).is_empty());
+}
+
+#[test]
+fn a_binary_that_was_there_before_is_restored_or_left() {
+    // Other bytes: saved, replaced, restored by uninstall.
+    let n = node("prior-bin");
+    let target = n.bin.join("wg-cni");
+    write(&target, "someone else's wg-cni");
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o750)).unwrap();
+    let inst = n.installer(Mode::Secondary);
+    let r = inst.install().unwrap();
+    assert!(r.binary_written);
+    let backup = r.binary_backup.clone().unwrap();
+    assert_eq!(parent_dir(&backup), parent_dir(&n.state));
+    assert_eq!(fs::read(&target).unwrap(), b"wg-cni binary v1");
+    // An upgrade: the new version overwrites its own binary, no new backup.
+    write(&n.src, "wg-cni binary v2");
+    let r2 = inst.install().unwrap();
+    assert!(r2.binary_written && r2.binary_backup.is_none());
+    assert_eq!(inst.uninstall().unwrap().binary, BinaryUninstall::Restored);
+    assert_eq!(fs::read(&target).unwrap(), b"someone else's wg-cni");
+    assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o750);
+    assert!(!backup.exists());
+
+    // Identical bytes: not ours, uninstall leaves it.
+    let n = node("prior-same");
+    let target = n.bin.join("wg-cni");
+    write(&target, "wg-cni binary v1");
+    let inst = n.installer(Mode::Secondary);
+    assert!(!inst.install().unwrap().binary_written);
+    assert_eq!(inst.uninstall().unwrap().binary, BinaryUninstall::NotOurs);
+    assert_eq!(fs::read(&target).unwrap(), b"wg-cni binary v1");
+
+    // Replaced by someone else after us: left in place.
+    let n = node("replaced-after");
+    let inst = n.installer(Mode::Secondary);
+    inst.install().unwrap();
+    write(&n.bin.join("wg-cni"), "newer, not ours");
+    assert_eq!(
+        inst.uninstall().unwrap().binary,
+        BinaryUninstall::LeftInPlace
+    );
+    assert_eq!(fs::read(n.bin.join("wg-cni")).unwrap(), b"newer, not ours");
+}
+
+#[test]
+fn an_entry_that_was_there_before_is_not_ours() {
+    let n = node("prior-entry");
+    let f = n.conf.join("10-x.conflist");
+    let by_hand =
+        r#"{"name":"n","plugins":[{"type":"bridge"},{"type":"wg-cni","address":"10.0.0.2/24"}]}"#;
+    write(&f, by_hand);
+    let inst = n.installer(Mode::Chain);
+    let r = inst.install().unwrap();
+    assert!(!r.conflist_changed && r.conflist.is_none());
+    assert_eq!(inst.uninstall().unwrap().unchained, None);
+    assert_eq!(fs::read_to_string(&f).unwrap(), by_hand);
+}
+
+#[test]
+fn ensure_chained_reinserts_after_a_rewrite() {
+    let n = node("rewrite");
+    let f = n.flannel();
+    let inst = n.installer(Mode::Chain);
+    inst.install().unwrap();
+    assert!(!inst.ensure_chained().unwrap());
+    write(&f, FLANNEL); // the primary CNI restarts and writes its file again
+    assert!(inst.ensure_chained().unwrap());
+    assert_eq!(entry_count(&f), 1);
+    assert!(!inst.ensure_chained().unwrap());
+    assert_eq!(inst.uninstall().unwrap().unchained, Some(f.clone()));
+    assert_eq!(fs::read(&f).unwrap(), FLANNEL.as_bytes());
+}
+
+#[test]
+fn a_new_primary_is_chained_and_the_old_one_cleaned() {
+    let n = node("switch");
+    let old = n.flannel();
+    let inst = n.installer(Mode::Chain);
+    inst.install().unwrap();
+    let new = n.conf.join("05-calico.conflist");
+    write(&new, CONFLIST);
+    assert!(inst.ensure_chained().unwrap());
+    assert_eq!(entry_count(&new), 1);
+    assert_eq!(fs::read(&old).unwrap(), FLANNEL.as_bytes());
+    assert_eq!(inst.state().unwrap().conflist, Some(new.clone()));
+    // The new primary goes away: the old file is the primary again.
+    fs::remove_file(&new).unwrap();
+    assert!(inst.ensure_chained().unwrap());
+    assert_eq!(entry_count(&old), 1);
+    inst.uninstall().unwrap();
+    assert_eq!(fs::read(&old).unwrap(), FLANNEL.as_bytes());
+}
+
+#[test]
+fn a_symlinked_conflist_is_edited_where_it_points() {
+    let n = node("symlink");
+    let real_dir = parent_dir(&n.conf).join("real");
+    fs::create_dir_all(&real_dir).unwrap();
+    let real = real_dir.join("flannel.conflist");
+    write(&real, FLANNEL);
+    let link = n.conf.join("10-flannel.conflist");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let inst = n.installer(Mode::Chain);
+    inst.install().unwrap();
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(entry_count(&real), 1);
+    inst.uninstall().unwrap();
+    assert_eq!(fs::read(&real).unwrap(), FLANNEL.as_bytes());
+}
+
+#[test]
+fn a_single_plugin_conf_is_refused_and_left_alone() {
+    let n = node("conf");
+    let f = n.conf.join("10-bridge.conf");
+    write(&f, CONF);
+    let inst = n.installer(Mode::Chain);
+    let e = inst.install().unwrap_err();
+    assert!(
+        matches!(&e, Error::SingleConf { path } if path == &f),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("10-bridge.conf") && e.to_string().contains("WG_CNI_MODE=secondary"),
+        "{e}"
+    );
+    assert_eq!(fs::read_to_string(&f).unwrap(), CONF);
+    assert_eq!(names(&n.conf), ["10-bridge.conf"]);
+}
+
+#[test]
+fn no_primary_yet_is_not_an_error() {
+    let n = node("empty");
+    let inst = n.installer(Mode::Chain);
+    let r = inst.install().unwrap();
+    assert!(r.binary_written && r.conflist.is_none() && !r.conflist_changed);
+    let f = n.flannel();
+    assert!(inst.ensure_chained().unwrap());
+    assert_eq!(entry_count(&f), 1);
+}
+
+#[test]
+fn secondary_mode_touches_no_conflist() {
+    let n = node("secondary");
+    let f = n.flannel();
+    let before = fs::metadata(&f).unwrap();
+    let inst = n.installer(Mode::Secondary);
+    let r = inst.install().unwrap();
+    assert!(r.binary_written && r.conflist.is_none() && !r.conflist_changed);
+    assert!(!inst.ensure_chained().unwrap());
+    assert_eq!(inst.uninstall().unwrap().unchained, None);
+    let after = fs::metadata(&f).unwrap();
+    assert_eq!(fs::read(&f).unwrap(), FLANNEL.as_bytes());
+    assert_eq!(
+        (after.ino(), after.mtime(), after.mtime_nsec()),
+        (before.ino(), before.mtime(), before.mtime_nsec())
+    );
+    assert_eq!(names(&n.conf), ["10-flannel.conflist"]);
+}
+
+#[test]
+fn switching_to_secondary_takes_our_entry_out() {
+    let n = node("to-secondary");
+    let f = n.flannel();
+    n.installer(Mode::Chain).install().unwrap();
+    assert_eq!(entry_count(&f), 1);
+    let inst = n.installer(Mode::Secondary);
+    assert!(inst.install().unwrap().conflist_changed);
+    assert_eq!(fs::read(&f).unwrap(), FLANNEL.as_bytes());
+}
+
+// --- options ------------------------------------------------------------------
+
+#[test]
+fn options_from_the_environment() {
+    let none = InstallOptions::from_lookup(|_| None).unwrap();
+    assert_eq!(none, InstallOptions::default());
+    assert_eq!(none.bin_src, Path::new("/opt/wg/bin/wg-cni"));
+    assert_eq!(none.bin_dir, Path::new("/host/opt/cni/bin"));
+    assert_eq!(none.conf_dir, Path::new("/host/etc/cni/net.d"));
+    assert_eq!(none.state_file, Path::new("/var/lib/wg-agent/install.json"));
+    assert_eq!(none.mode, Mode::Chain);
+    assert_eq!(none.plugin, plugin());
+
+    let env = |k: &str| {
+        match k {
+            "WG_CNI_BIN_SRC" => Some("/src/wg-cni"),
+            "WG_CNI_BIN_DIR" => Some("/b"),
+            "WG_CNI_CONF_DIR" => Some("/c"),
+            "WG_CNI_MODE" => Some("secondary"),
+            "WG_CNI_PLUGIN" => {
+                Some(r#"{"type":"wg-cni","managed":true,"agentSocket":"/run/wg/agent.sock"}"#)
+            }
+            "WG_CNI_STATE_FILE" => Some("/s/install.json"),
+            _ => None,
+        }
+        .map(String::from)
+    };
+    let o = InstallOptions::from_lookup(env).unwrap();
+    assert_eq!(o.mode, Mode::Secondary);
+    assert_eq!(o.bin_dir, Path::new("/b"));
+    assert_eq!(o.conf_dir, Path::new("/c"));
+    assert_eq!(o.bin_src, Path::new("/src/wg-cni"));
+    assert_eq!(o.state_file, Path::new("/s/install.json"));
+    assert_eq!(o.plugin["agentSocket"], "/run/wg/agent.sock");
+    // Empty means unset.
+    assert_eq!(
+        InstallOptions::from_lookup(|_| Some(String::new())).unwrap(),
+        InstallOptions::default()
+    );
+
+    let bad = |k: &'static str, v: &'static str| {
+        InstallOptions::from_lookup(move |q| (q == k).then(|| v.to_string()))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(bad("WG_CNI_MODE", "primary").contains("WG_CNI_MODE"));
+    assert!(bad("WG_CNI_PLUGIN", "{not json").contains("WG_CNI_PLUGIN"));
+    assert!(bad("WG_CNI_PLUGIN", r#"{"managed":true}"#).contains("type"));
+    assert!(bad("WG_CNI_PLUGIN", r#"{"type":"bridge"}"#).contains("binary"));
+    assert!(bad("WG_CNI_STATE_FILE", "/host/etc/cni/net.d/state.json").contains("conf dir"));
+}
