@@ -72,8 +72,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -829,6 +829,16 @@ pub struct Installer {
     pub opts: InstallOptions,
 }
 
+/// How long the watch waits for a burst of events to settle.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// The longest a steady stream of events can postpone a check.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
+/// How often `watch` looks at `stop`.
+const STOP_POLL: Duration = Duration::from_millis(200);
+/// `watch` also checks without an event this often (a missed event, a
+/// failed write retried).
+const RESYNC: Duration = Duration::from_secs(30);
+
 impl Installer {
     pub fn new(opts: InstallOptions) -> Self {
         Installer { opts }
@@ -1067,6 +1077,131 @@ impl Installer {
             Err(e) => return Err(io_err("removing", &self.opts.state_file)(e)),
         }
         Ok(UninstallReport { unchained, binary })
+    }
+
+    /// Keeps wg-cni chained until `stop` is set: an inotify watch on the
+    /// conf dir (close-write, moved-to, create, delete of its CNI files),
+    /// a short debounce (100 ms of quiet, at most 500 ms), then
+    /// [`ensure_chained`](Self::ensure_chained). `on_change` gets the result of every check it runs
+    /// (`Ok(true)`: our entry was re-inserted), including one at the start
+    /// and one every 30 s without events. `stop` is looked at every 200 ms.
+    /// Creates the conf dir if it does not exist; a conf dir that is
+    /// deleted and recreated is watched again.
+    pub fn watch(&self, stop: &AtomicBool, mut on_change: impl FnMut(&Result<bool>)) -> Result<()> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        use rustix::fs::inotify;
+
+        let dir = &self.opts.conf_dir;
+        let ino = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+            .map_err(|e| io_err("inotify_init for", dir)(e.into()))?;
+        let mask = inotify::WatchFlags::CLOSE_WRITE
+            | inotify::WatchFlags::MOVED_TO
+            | inotify::WatchFlags::CREATE
+            | inotify::WatchFlags::DELETE
+            | inotify::WatchFlags::MOVED_FROM
+            | inotify::WatchFlags::DELETE_SELF
+            | inotify::WatchFlags::MOVE_SELF
+            | inotify::WatchFlags::ONLYDIR;
+        let add_watch = || -> Result<()> {
+            fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+            inotify::add_watch(&ino, dir, mask).map_err(|e| io_err("watching", dir)(e.into()))?;
+            Ok(())
+        };
+        let mut watching = match add_watch() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the CNI conf dir yet");
+                false
+            }
+        };
+        on_change(&self.ensure_chained());
+        let mut last_check = Instant::now();
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+        let timeout = Timespec::try_from(STOP_POLL).unwrap_or(Timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000_000,
+        });
+
+        // Reads what is queued; returns (relevant, watch_lost).
+        let drain = |buf: &mut [std::mem::MaybeUninit<u8>]| -> (bool, bool) {
+            let mut relevant = false;
+            let mut lost = false;
+            let mut reader = inotify::Reader::new(&ino, buf);
+            loop {
+                match reader.next() {
+                    Ok(ev) => {
+                        let flags = ev.events();
+                        if flags.intersects(inotify::ReadFlags::QUEUE_OVERFLOW) {
+                            relevant = true;
+                        }
+                        if flags.intersects(
+                            inotify::ReadFlags::IGNORED
+                                | inotify::ReadFlags::DELETE_SELF
+                                | inotify::ReadFlags::MOVE_SELF,
+                        ) {
+                            lost = true;
+                            relevant = true;
+                        }
+                        if let Some(name) = ev.file_name().and_then(|n| n.to_str().ok()) {
+                            if is_candidate_name(name) {
+                                relevant = true;
+                            }
+                        }
+                    }
+                    Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading inotify events");
+                        break;
+                    }
+                }
+            }
+            (relevant, lost)
+        };
+        let wait = |t: &Timespec| -> bool {
+            let mut fds = [PollFd::new(&ino, PollFlags::IN)];
+            matches!(poll(&mut fds, Some(t)), Ok(n) if n > 0)
+        };
+
+        while !stop.load(Ordering::Relaxed) {
+            if !watching {
+                watching = add_watch().is_ok();
+            }
+            let mut relevant = false;
+            if wait(&timeout) {
+                let (r, lost) = drain(&mut buf);
+                relevant = r;
+                if lost {
+                    watching = false;
+                }
+                if relevant {
+                    // Let the writer finish (a burst of events, a
+                    // truncate-then-write): wait for quiet.
+                    let started = Instant::now();
+                    let quiet = Timespec::try_from(DEBOUNCE).unwrap_or(Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 100_000_000,
+                    });
+                    while started.elapsed() < DEBOUNCE_MAX && wait(&quiet) {
+                        let (_, lost) = drain(&mut buf);
+                        if lost {
+                            watching = false;
+                        }
+                    }
+                }
+            }
+            if relevant || last_check.elapsed() >= RESYNC {
+                if !watching {
+                    watching = add_watch().is_ok();
+                }
+                let result = self.ensure_chained();
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "keeping wg-cni chained");
+                }
+                on_change(&result);
+                last_check = Instant::now();
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,7 @@
 use super::*;
 use serde_json::json;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// A temporary directory under std::env::temp_dir(), removed on drop.
 struct TempDir(PathBuf);
@@ -841,6 +843,99 @@ fn switching_to_secondary_takes_our_entry_out() {
     let inst = n.installer(Mode::Secondary);
     assert!(inst.install().unwrap().conflist_changed);
     assert_eq!(fs::read(&f).unwrap(), FLANNEL.as_bytes());
+}
+
+#[test]
+fn watch_reinserts_after_the_primary_rewrites_its_file() {
+    let n = node("watch");
+    let f = n.flannel();
+    let inst = n.installer(Mode::Chain);
+    inst.install().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watcher = {
+        let inst = inst.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            inst.watch(&stop, |r| {
+                let _ = tx.send(r.as_ref().map(|c| *c).map_err(|e| e.to_string()));
+            })
+        })
+    };
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(2)).unwrap(),
+        Ok(false),
+        "the first check"
+    );
+
+    let mut latencies = Vec::new();
+    for round in 0..3 {
+        let started = Instant::now();
+        if round == 1 {
+            // Atomic writers (rename over) as well as flannel's truncate+write.
+            let tmp = n.conf.join(".flannel.tmp");
+            write(&tmp, FLANNEL);
+            fs::rename(&tmp, &f).unwrap();
+        } else {
+            let writer = {
+                let f = f.clone();
+                std::thread::spawn(move || write(&f, FLANNEL))
+            };
+            writer.join().unwrap();
+        }
+        loop {
+            if fs::read(&f).is_ok_and(|b| b != FLANNEL.as_bytes() && entry_count(&f) == 1) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "not re-chained within 2 s (round {round})"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        latencies.push(started.elapsed());
+        // Let the watch see its own rename before the next round.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("re-chained after {latencies:?}");
+    assert!(rx.try_iter().any(|r| r == Ok(true)));
+
+    let stopping = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap().unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "stop honoured in {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(names(&n.conf), ["10-flannel.conflist"]);
+}
+
+#[test]
+fn watch_creates_a_missing_conf_dir_and_chains_what_appears() {
+    let n = node("watch-late");
+    fs::remove_dir_all(&n.conf).unwrap();
+    let inst = n.installer(Mode::Chain);
+    inst.install().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let inst = inst.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || inst.watch(&stop, |_| {}))
+    };
+    let started = Instant::now();
+    while !n.conf.is_dir() {
+        assert!(started.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let f = n.flannel();
+    while !fs::read(&f).is_ok_and(|b| b != FLANNEL.as_bytes()) {
+        assert!(started.elapsed() < Duration::from_secs(3), "not chained");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(entry_count(&f), 1);
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap().unwrap();
 }
 
 // --- options ------------------------------------------------------------------
