@@ -420,6 +420,9 @@ fn managed_mode_on_a_real_cluster() {
     eprintln!("setup: {:?}", t.elapsed());
     mesh(&ctx);
     eprintln!("mesh: {:?}", t.elapsed());
+    if std::env::var_os("WG_AGENT_TEST_ROTATION_FIRST").is_some() {
+        rotation(&ctx);
+    }
     let ext = External::new();
     external_peer(&ctx, &ext);
     eprintln!("external peer: {:?}", t.elapsed());
@@ -756,7 +759,24 @@ fn rotation(ctx: &Ctx) {
     });
     assert!(seen, "wa still has wb's old key");
     let b = ctx.wg_addr("wb");
-    assert!(ctx.ping("wa", &b), "no traffic after the rotation");
+    if !ctx.ping("wa", &b) {
+        let m = |i| {
+            ctx.http(i, "/metrics")
+                .map(|(_, b)| {
+                    b.lines()
+                        .filter(|l| l.starts_with("wireguard_") && !l.contains("allowed_ips"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default()
+        };
+        panic!(
+            "no traffic after the rotation ({before} -> {after})\nnode 1:\n{}\nnode 2:\n{}\n{}",
+            m(1),
+            m(2),
+            c.kubectl_ok(&["get", "wgatt", "-o", "yaml"])
+        );
+    }
 }
 
 /// 2 nodes x 30 pods at once: no duplicate address; all released after.
