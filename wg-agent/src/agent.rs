@@ -91,12 +91,17 @@ impl std::fmt::Debug for Entry {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
 
-/// What the status writer is asked to do.
+/// What the status writer is asked to do. Creations, deletions and
+/// changes others depend on (key, addresses, endpoint, peers) go before
+/// counter refreshes.
 #[derive(Debug, Clone)]
 pub enum Publish {
     /// Create or update the attachment object of this interface, and its
-    /// status.
+    /// status: something other nodes or users act on changed.
     Upsert(Key),
+    /// Only the counters and handshakes changed (rate limited per
+    /// attachment; written when nothing more urgent waits).
+    Refresh(Key),
     /// Delete an attachment object.
     Delete {
         /// Its namespace.
@@ -1059,7 +1064,14 @@ impl Agent {
                 entry.last = Some(state);
                 entry.routes = desired.routes;
                 if !sent.is_empty() {
-                    debug!(attachment = %key, peers = sent.peers.len(), "device updated");
+                    let removed = sent.peers.iter().filter(|p| p.remove).count();
+                    info!(
+                        attachment = %key,
+                        peers_changed = sent.peers.len() - removed,
+                        peers_removed = removed,
+                        key_changed = sent.private_key.is_some(),
+                        "device updated"
+                    );
                     self.metrics.device_updates.inc();
                 }
                 if rotated {
@@ -1354,16 +1366,21 @@ impl Agent {
                     samples.push(crate::metrics::DeviceSample::new(&e.rec, &s));
                     e.stats = Some(s);
                     let status = self.status_of(e);
-                    let due = match &e.written {
-                        None => true,
-                        Some((w, at)) => {
-                            identity(w) != identity(&status)
-                                || (*w != status
-                                    && at.elapsed() >= self.settings.status_min_interval)
+                    let write = match &e.written {
+                        None => Some(Publish::Upsert(key.clone())),
+                        Some((w, _)) if identity(w) != identity(&status) => {
+                            Some(Publish::Upsert(key.clone()))
                         }
+                        Some((w, at))
+                            if *w != status
+                                && at.elapsed() >= self.settings.status_min_interval =>
+                        {
+                            Some(Publish::Refresh(key.clone()))
+                        }
+                        _ => None,
                     };
-                    if due {
-                        let _ = self.publish.send(Publish::Upsert(key.clone()));
+                    if let Some(p) = write {
+                        let _ = self.publish.send(p);
                     }
                 }
                 Ok(Err(e)) => debug!(attachment = %key, error = %e, "cannot read counters"),
@@ -1411,7 +1428,7 @@ impl Agent {
                     Err(e) => Err(e),
                 }
             }
-            Publish::Upsert(key) => {
+            Publish::Upsert(key) | Publish::Refresh(key) => {
                 let Some(slot) = self.slot(key) else { return Ok(()) };
                 let (obj, status, ns, name) = {
                     let g = slot.lock().await;

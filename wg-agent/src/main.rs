@@ -88,7 +88,13 @@ async fn agent() -> Result<(), String> {
     let tasks = vec![
         tokio::spawn(run::watches(Arc::clone(&agent))),
         tokio::spawn(run::reconcile_loop(Arc::clone(&agent), dirty_rx)),
-        tokio::spawn(run::publish_loop(Arc::clone(&agent), pub_rx, pub_tx, 50)),
+        tokio::spawn(run::publish_loop(
+            Arc::clone(&agent),
+            pub_rx,
+            pub_tx,
+            50,
+            Duration::from_secs(2),
+        )),
         tokio::spawn(run::timers(Arc::clone(&agent), Arc::clone(&heartbeat))),
         tokio::spawn(server::serve_cni(cni, Arc::clone(&agent))),
         tokio::spawn(server::serve_http(http, Arc::clone(&agent), heartbeat)),

@@ -58,6 +58,46 @@ impl Heartbeat {
     }
 }
 
+/// How long a failed watch waits before it retries: 250 ms doubling to at
+/// most 4 s (kube's default goes to 30 s, which after an apiserver outage
+/// leaves the node blind for half a minute), with up to 25% jitter so the
+/// nodes of a cluster do not come back in step; back to 250 ms once a
+/// watch works again.
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(4);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.subsec_nanos())
+            .unwrap_or(0);
+        Some(d + d.mul_f64(f64::from(nanos % 1000) / 4000.0))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
 type OnApply<K> = fn(&mut Index, &K, &str) -> Vec<Dirty>;
 type OnRelist<K> = fn(&mut Index, &[K], &str) -> Vec<Dirty>;
 
@@ -83,7 +123,7 @@ async fn watch_kind<K>(
 {
     let kind = K::kind(&K::DynamicType::default()).to_string();
     let node = agent.settings.node_name.clone();
-    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let mut stream = watcher(api, cfg).backoff(WatchBackoff::default()).boxed();
     let mut buf: Vec<K> = Vec::new();
     while let Some(ev) = stream.next().await {
         let dirty = match ev {
@@ -191,40 +231,88 @@ pub async fn reconcile_loop(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<D
     }
 }
 
-/// The status writer: one write at a time, each attachment's pending
-/// writes merged into one, at most `per_second` writes a second; a failed
-/// write is retried later.
+/// Writes waiting, in arrival order, each attachment once: a newer
+/// request for the same object replaces the queued one in place.
+#[derive(Debug, Default)]
+struct Queue {
+    order: std::collections::VecDeque<String>,
+    items: BTreeMap<String, Publish>,
+}
+
+impl Queue {
+    fn push(&mut self, id: String, p: Publish) {
+        if self.items.insert(id.clone(), p).is_none() {
+            self.order.push_back(id);
+        }
+    }
+    fn pop(&mut self) -> Option<Publish> {
+        while let Some(id) = self.order.pop_front() {
+            if let Some(p) = self.items.remove(&id) {
+                return Some(p);
+            }
+        }
+        None
+    }
+    fn remove(&mut self, id: &str) {
+        self.items.remove(id);
+    }
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// The status writer: one write at a time, at most `per_second` a second;
+/// creations, deletions and changes others act on first, in arrival
+/// order, counter refreshes when nothing more urgent waits; each
+/// attachment's pending writes merged into one; a failed write retried
+/// after `retry`.
 pub async fn publish_loop(
     agent: Arc<Agent>,
     mut rx: mpsc::UnboundedReceiver<Publish>,
     tx: mpsc::UnboundedSender<Publish>,
     per_second: u32,
+    retry: Duration,
 ) {
-    let mut pending: BTreeMap<String, Publish> = BTreeMap::new();
+    let mut urgent = Queue::default();
+    let mut routine = Queue::default();
     let gap = Duration::from_secs(1) / per_second.max(1);
-    loop {
-        if pending.is_empty() {
-            match rx.recv().await {
-                Some(p) => {
-                    pending.insert(id(&p), p);
+    let take = |p: Publish, urgent: &mut Queue, routine: &mut Queue| {
+        let key = id(&p);
+        match p {
+            Publish::Refresh(_) => {
+                if !urgent.items.contains_key(&key) {
+                    routine.push(key, p);
                 }
+            }
+            _ => {
+                routine.remove(&key);
+                urgent.push(key, p);
+            }
+        }
+    };
+    loop {
+        if urgent.is_empty() && routine.is_empty() {
+            match rx.recv().await {
+                Some(p) => take(p, &mut urgent, &mut routine),
                 None => return,
             }
         }
         while let Ok(p) = rx.try_recv() {
-            pending.insert(id(&p), p);
+            take(p, &mut urgent, &mut routine);
         }
-        let Some((_, p)) = pending.pop_first() else { continue };
+        let Some(p) = urgent.pop().or_else(|| routine.pop()) else {
+            continue;
+        };
         match agent.publish_one(&p).await {
             Ok(()) => {
                 agent.metrics.status_writes.inc();
             }
             Err(e) => {
                 agent.metrics.apiserver_error("write_attachment");
-                warn!(error = %e, what = %id(&p), "cannot write an attachment; retrying in 2 s");
+                warn!(error = %e, what = %id(&p), "cannot write an attachment; retrying");
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tokio::time::sleep(retry).await;
                     let _ = tx.send(p);
                 });
             }
@@ -233,9 +321,10 @@ pub async fn publish_loop(
     }
 }
 
+/// The object a write is about (writes of one object merge).
 fn id(p: &Publish) -> String {
     match p {
-        Publish::Upsert(k) => format!("upsert {k}"),
+        Publish::Upsert(k) | Publish::Refresh(k) => format!("attachment {k}"),
         Publish::Delete { namespace, name } => format!("delete {namespace}/{name}"),
     }
 }

@@ -86,7 +86,9 @@ impl Drop for Ctx<'_> {
             return;
         }
         for i in 1..=2 {
-            eprintln!("---- agent {i} log (tail) ----\n{}", self.log_tail(i));
+            let keep = std::env::temp_dir().join(format!("wg-agent-cluster-n{i}.log"));
+            let _ = std::fs::copy(self.agent_log(i), &keep);
+            eprintln!("---- agent {i} log (tail; whole: {}) ----\n{}", keep.display(), self.log_tail(i));
             let p = self.c.node_dir(i).join("wgcni-managed.log");
             let s = std::fs::read_to_string(p).unwrap_or_default();
             let lines: Vec<&str> = s.lines().collect();
@@ -259,6 +261,27 @@ impl Ctx<'_> {
         self.attachment(pod)
             .and_then(|a| a["status"]["publicKey"].as_str().map(str::to_string))
             .unwrap_or_default()
+    }
+
+    /// The agents' view of every device (metrics without allowed IPs) and
+    /// the attachments, for a failure message.
+    fn dump(&self) -> String {
+        let m = |i| {
+            self.http(i, "/metrics")
+                .map(|(_, b)| {
+                    b.lines()
+                        .filter(|l| l.starts_with("wireguard_peer_info") || l.starts_with("wireguard_peer_last"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default()
+        };
+        format!(
+            "node 1:\n{}\nnode 2:\n{}\n{}",
+            m(1),
+            m(2),
+            self.c.kubectl_ok(&["get", "wgatt", "-o", "wide"])
+        )
     }
 
     fn ping(&self, pod: &str, ip: &str) -> bool {
@@ -733,7 +756,7 @@ fn apiserver_outage(ctx: &Ctx) {
     c.apply(&pod_yaml("wc", "wgk8s-n2", "c", Some("pods")));
     c.wait_pod_running("wc", Duration::from_secs(120)).expect("wc");
     let a = ctx.wg_addr("wa");
-    assert!(ctx.ping("wc", &a), "a pod made after the outage cannot reach wa");
+    assert!(ctx.ping("wc", &a), "a pod made after the outage cannot reach wa\n{}", ctx.dump());
     for i in 1..=2 {
         assert!(ctx.http(i, "/healthz").is_some_and(|(c, _)| c == 200));
     }
@@ -814,7 +837,12 @@ fn many_pods(ctx: &Ctx) {
         assert!(!dup, "duplicate address among {items:?}");
         addrs.len() >= 2 * n + 3
     });
-    assert!(ok, "only {} addresses", addrs.len());
+    assert!(
+        ok,
+        "only {} addresses:\n{}",
+        addrs.len(),
+        c.kubectl_ok(&["get", "wgatt", "-o", "wide"])
+    );
     c.kubectl_ok(&["delete", "pods", "-l", "app=many", "--wait=true", "--timeout=180s"]);
     let released = eventually(Duration::from_secs(60), || {
         let v = ctx.json(&["get", "wgatt"]);
