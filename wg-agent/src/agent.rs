@@ -332,9 +332,8 @@ impl Agent {
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         match api.get(&pod.name).await {
-            Ok(p) => PodInfo::of(&p).ok_or_else(|| {
-                fail(code::TRY_AGAIN, "the pod has no UID yet", pod.name.clone())
-            }),
+            Ok(p) => PodInfo::of(&p)
+                .ok_or_else(|| fail(code::TRY_AGAIN, "the pod has no UID yet", pod.name.clone())),
             Err(e) => {
                 self.metrics.apiserver_error("get_pod");
                 Err(fail(
@@ -446,7 +445,10 @@ impl Agent {
                         return Err(fail(
                             code::TRY_AGAIN,
                             format!("network {network} has no free listen port on this node"),
-                            format!("all of {}..={} are in use", net.listen_ports.from, net.listen_ports.to),
+                            format!(
+                                "all of {}..={} are in use",
+                                net.listen_ports.from, net.listen_ports.to
+                            ),
                         ));
                     }
                 };
@@ -475,7 +477,17 @@ impl Agent {
         };
         let public_key = private.public_key();
         let desired = if self.is_synced() {
-            Some(self.desired_for(network, &pod_ref.namespace, pod, &public_key, &addresses, net).await)
+            Some(
+                self.desired_for(
+                    network,
+                    &pod_ref.namespace,
+                    pod,
+                    &public_key,
+                    &addresses,
+                    net,
+                )
+                .await,
+            )
         } else {
             None
         };
@@ -525,7 +537,11 @@ impl Agent {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 undo(Arc::clone(self)).await;
-                return Err(fail(code::IO, "cannot make the WireGuard interface", e.to_string()));
+                return Err(fail(
+                    code::IO,
+                    "cannot make the WireGuard interface",
+                    e.to_string(),
+                ));
             }
             Err(e) => {
                 undo(Arc::clone(self)).await;
@@ -557,9 +573,14 @@ impl Agent {
         if let Err(e) = self.records.save(&record) {
             let place2 = Arc::new(place);
             let a = attachment.clone();
-            let _ = tokio::task::spawn_blocking(move || place2.detach(&a.name, &a.birth_name)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || place2.detach(&a.name, &a.birth_name)).await;
             undo(Arc::clone(self)).await;
-            return Err(fail(code::IO, "cannot save the attachment record", e.to_string()));
+            return Err(fail(
+                code::IO,
+                "cannot save the attachment record",
+                e.to_string(),
+            ));
         }
         info!(
             attachment = %key,
@@ -584,7 +605,9 @@ impl Agent {
             network.to_string(),
             attachment.name.to_string(),
             addresses,
-            slot.as_ref().map(|e| e.routes.iter().copied().collect()).unwrap_or_default(),
+            slot.as_ref()
+                .map(|e| e.routes.iter().copied().collect())
+                .unwrap_or_default(),
             attachment.mtu,
             public_key,
         ))
@@ -635,7 +658,16 @@ impl Agent {
                         .unwrap_or(26);
                     let api: Api<WireGuardAddressBlock> = Api::all(self.client.clone());
                     let taken: BTreeSet<IpNetwork> = alloc.blocks().into_iter().collect();
-                    match crate::blocks::claim(&api, network, pool, size, &self.settings.node_name, &taken).await {
+                    match crate::blocks::claim(
+                        &api,
+                        network,
+                        pool,
+                        size,
+                        &self.settings.node_name,
+                        &taken,
+                    )
+                    .await
+                    {
                         Ok(Some(block)) => {
                             info!(network, block = %block, "claimed an address block");
                             let _ = alloc.add_block(block);
@@ -660,7 +692,11 @@ impl Agent {
                 Err(e) => return Err(fail(code::IO, "address allocation failed", e.to_string())),
             }
         }
-        Err(fail(code::TRY_AGAIN, "address allocation did not converge", network.to_string()))
+        Err(fail(
+            code::TRY_AGAIN,
+            "address allocation did not converge",
+            network.to_string(),
+        ))
     }
 
     /// Claim one more block of each of `pools` (run in the background
@@ -675,12 +711,16 @@ impl Agent {
                 .map(|(_, s)| *s)
                 .unwrap_or(26);
             let mut ipam = self.ipam.lock().await;
-            let Some(alloc) = ipam.get_mut(network) else { return };
+            let Some(alloc) = ipam.get_mut(network) else {
+                return;
+            };
             if !alloc.wants_block(pool) {
                 continue;
             }
             let taken: BTreeSet<IpNetwork> = alloc.blocks().into_iter().collect();
-            match crate::blocks::claim(&api, network, *pool, size, &self.settings.node_name, &taken).await {
+            match crate::blocks::claim(&api, network, *pool, size, &self.settings.node_name, &taken)
+                .await
+            {
                 Ok(Some(block)) => {
                     info!(network, block = %block, "claimed an address block ahead of need");
                     let _ = alloc.add_block(block);
@@ -718,10 +758,7 @@ impl Agent {
         // A slot busy with another request: look for it by the pod.
         let found = found.or_else(|| {
             let uid = req.pod.as_ref()?.uid.clone()?;
-            self.slots()
-                .keys()
-                .find(|k| k.pod_uid() == uid)
-                .cloned()
+            self.slots().keys().find(|k| k.pod_uid() == uid).cloned()
         });
         let Some(key) = found else {
             return Reply::Done;
@@ -761,7 +798,11 @@ impl Agent {
         let r = rec.attachment.clone();
         let userspace = self.userspace.clone();
         let detached = tokio::task::spawn_blocking(move || {
-            r.detach_in(&node, netns.as_deref().map(std::path::Path::new), &userspace)
+            r.detach_in(
+                &node,
+                netns.as_deref().map(std::path::Path::new),
+                &userspace,
+            )
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -876,7 +917,14 @@ impl Agent {
             });
         }
         let own_nets: Vec<IpNetwork> = addresses.iter().map(|a| wg_netns::normalize(*a)).collect();
-        desired::compute(own, &own_nets, &mesh, net.persistent_keepalive, &ext, &net.routes)
+        desired::compute(
+            own,
+            &own_nets,
+            &mesh,
+            net.persistent_keepalive,
+            &ext,
+            &net.routes,
+        )
     }
 
     /// A preshared key from a Secret (cached; `None`: missing or invalid,
@@ -897,7 +945,12 @@ impl Agent {
                 .data
                 .as_ref()
                 .and_then(|d| d.get(key))
-                .and_then(|b| std::str::from_utf8(&b.0).ok().map(str::trim).map(str::to_string))
+                .and_then(|b| {
+                    std::str::from_utf8(&b.0)
+                        .ok()
+                        .map(str::trim)
+                        .map(str::to_string)
+                })
                 .and_then(|t| PresharedKey::from_base64(&t).ok()),
             Err(e) => {
                 self.metrics.apiserver_error("get_secret");
@@ -1096,7 +1149,11 @@ impl Agent {
 
     /// Read one device back and, when `repair`, fix what drifted (the next
     /// reconcile does, from a fresh read). Returns the drift, described.
-    pub async fn verify_one(self: &Arc<Self>, key: &Key, repair: bool) -> Result<Vec<String>, String> {
+    pub async fn verify_one(
+        self: &Arc<Self>,
+        key: &Key,
+        repair: bool,
+    ) -> Result<Vec<String>, String> {
         let Some(slot) = self.slot(key) else {
             return Err(format!("{key} is not known"));
         };
@@ -1112,7 +1169,10 @@ impl Agent {
         let read = tokio::task::spawn_blocking(move || {
             let found = place.find(&attachment.name, &attachment.birth_name)?;
             let Some(found) = found else {
-                return Ok::<_, wg_netns::Error>((vec!["the interface is missing".to_string()], None));
+                return Ok::<_, wg_netns::Error>((
+                    vec!["the interface is missing".to_string()],
+                    None,
+                ));
             };
             let dev = place.device(&found)?;
             let now = dev.get()?;
@@ -1159,10 +1219,14 @@ impl Agent {
     /// Re-apply everything to one interface (addresses, link, routes,
     /// device) with [`Birthplace::ensure`].
     async fn repair(self: &Arc<Self>, key: &Key) -> Result<(), String> {
-        let Some(slot) = self.slot(key) else { return Ok(()) };
+        let Some(slot) = self.slot(key) else {
+            return Ok(());
+        };
         {
             let mut guard = slot.lock().await;
-            let Some(entry) = guard.as_mut() else { return Ok(()) };
+            let Some(entry) = guard.as_mut() else {
+                return Ok(());
+            };
             let place = Arc::clone(&entry.place);
             let mut spec = InterfaceSpec::new(
                 entry.rec.attachment.birth_name.clone(),
@@ -1177,13 +1241,19 @@ impl Agent {
                 .keys
                 .get_or_create(&kid, &entry.rec.key_generation)
                 .map_err(|e| e.to_string())?;
-            spec = spec.device(DeviceConfig::new().private_key(private).listen_port(entry.rec.listen_port));
+            spec = spec.device(
+                DeviceConfig::new()
+                    .private_key(private)
+                    .listen_port(entry.rec.listen_port),
+            );
             let done = tokio::task::spawn_blocking(move || {
                 // Only the link, addresses and key here: the device's peers
                 // are the reconcile's (an empty peer list would remove them).
                 let found = place.find(&spec.name, &spec.birth_name)?;
                 match found {
-                    Some(_) => place.ensure(&spec.key_on_create_only()).map(|e| e.attachment),
+                    Some(_) => place
+                        .ensure(&spec.key_on_create_only())
+                        .map(|e| e.attachment),
                     None => place.ensure(&spec).map(|e| e.attachment),
                 }
             })
@@ -1223,7 +1293,9 @@ impl Agent {
         let grace = self.settings.gc_grace.as_secs();
         let mut gone = Vec::new();
         for key in self.keys() {
-            let Some(slot) = self.slot(&key) else { continue };
+            let Some(slot) = self.slot(&key) else {
+                continue;
+            };
             let Ok(g) = slot.try_lock() else { continue };
             let Some(e) = g.as_ref() else { continue };
             let alive = self.index().pod_uid_alive(&e.rec.pod_uid);
@@ -1232,7 +1304,9 @@ impl Agent {
             }
         }
         for key in gone {
-            let Some(slot) = self.slot(&key) else { continue };
+            let Some(slot) = self.slot(&key) else {
+                continue;
+            };
             let mut g = slot.lock().await;
             if let Some(e) = g.take() {
                 info!(attachment = %key, pod = %format!("{}/{}", e.rec.namespace, e.rec.pod), "pod is gone; removing its interface");
@@ -1256,11 +1330,7 @@ impl Agent {
             }
         }
         // Keys of interfaces that are gone.
-        let held: BTreeSet<String> = self
-            .keys()
-            .iter()
-            .map(|k| k.as_str().to_string())
-            .collect();
+        let held: BTreeSet<String> = self.keys().iter().map(|k| k.as_str().to_string()).collect();
         for kid in self.keys.list().unwrap_or_default() {
             if !held.contains(&kid.to_string()) {
                 let _ = self.keys.remove(&kid);
@@ -1328,7 +1398,9 @@ impl Agent {
             let _ = alloc.add_block(b);
         }
         for key in self.keys() {
-            let Some(slot) = self.slot(&key) else { continue };
+            let Some(slot) = self.slot(&key) else {
+                continue;
+            };
             // A slot held by an ADD is new: nothing to re-reserve.
             let Ok(g) = slot.try_lock() else { continue };
             if let Some(e) = g.as_ref().filter(|e| e.rec.network == name) {
@@ -1337,7 +1409,9 @@ impl Agent {
                         warn!(attachment = %key, strays = strays.len(), "addresses outside this node's blocks")
                     }
                     Ok(_) => {}
-                    Err(err) => warn!(attachment = %key, error = %err, "cannot re-reserve the addresses"),
+                    Err(err) => {
+                        warn!(attachment = %key, error = %err, "cannot re-reserve the addresses")
+                    }
                 }
             }
         }
@@ -1350,7 +1424,9 @@ impl Agent {
     pub async fn refresh_stats(self: &Arc<Self>) {
         let mut samples = Vec::new();
         for key in self.keys() {
-            let Some(slot) = self.slot(&key) else { continue };
+            let Some(slot) = self.slot(&key) else {
+                continue;
+            };
             let Ok(mut g) = slot.try_lock() else { continue };
             let Some(e) = g.as_mut() else { continue };
             let place = Arc::clone(&e.place);
@@ -1429,7 +1505,9 @@ impl Agent {
                 }
             }
             Publish::Upsert(key) | Publish::Refresh(key) => {
-                let Some(slot) = self.slot(key) else { return Ok(()) };
+                let Some(slot) = self.slot(key) else {
+                    return Ok(());
+                };
                 let (obj, status, ns, name) = {
                     let g = slot.lock().await;
                     let Some(e) = g.as_ref() else { return Ok(()) };
@@ -1440,14 +1518,19 @@ impl Agent {
                             network: wg_k8s_types::NetworkName::unchecked(&e.rec.network),
                             pod_name: wg_k8s_types::ObjectName::unchecked(&e.rec.pod),
                             pod_uid: e.rec.pod_uid.clone(),
-                            node_name: wg_k8s_types::ObjectName::unchecked(&self.settings.node_name),
-                            interface: wg_k8s_types::InterfaceName::unchecked(e.rec.attachment.interface.as_str()),
+                            node_name: wg_k8s_types::ObjectName::unchecked(
+                                &self.settings.node_name,
+                            ),
+                            interface: wg_k8s_types::InterfaceName::unchecked(
+                                e.rec.attachment.interface.as_str(),
+                            ),
                         },
                     );
                     obj.metadata.namespace = Some(e.rec.namespace.clone());
-                    obj.metadata.labels = Some(BTreeMap::from([
-                        (LABEL_NODE.to_string(), self.settings.node_name.clone()),
-                    ]));
+                    obj.metadata.labels = Some(BTreeMap::from([(
+                        LABEL_NODE.to_string(),
+                        self.settings.node_name.clone(),
+                    )]));
                     obj.metadata.owner_references = Some(vec![
                         k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
                             api_version: "v1".into(),
@@ -1515,11 +1598,16 @@ impl Agent {
 
 /// The part of a status that must be written at once (others wait for
 /// the rate limit): key, addresses, endpoint, which peers.
-fn identity(s: &WireGuardAttachmentStatus) -> (Option<String>, Vec<String>, Option<String>, Vec<String>) {
+fn identity(
+    s: &WireGuardAttachmentStatus,
+) -> (Option<String>, Vec<String>, Option<String>, Vec<String>) {
     (
         s.public_key.as_ref().map(|k| k.as_str().to_string()),
         s.addresses.iter().map(|a| a.as_str().to_string()).collect(),
         s.endpoint.as_ref().map(|e| e.as_str().to_string()),
-        s.peers.iter().map(|p| p.public_key.as_str().to_string()).collect(),
+        s.peers
+            .iter()
+            .map(|p| p.public_key.as_str().to_string())
+            .collect(),
     )
 }

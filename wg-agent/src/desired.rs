@@ -179,7 +179,14 @@ pub fn compute(
     let mut list = Vec::new();
     for m in mesh {
         let ips = m.addresses.iter().map(host).collect();
-        if let Some(p) = add(m.public_key, m.endpoint, ips, mesh_keepalive, None, &mut routes) {
+        if let Some(p) = add(
+            m.public_key,
+            m.endpoint,
+            ips,
+            mesh_keepalive,
+            None,
+            &mut routes,
+        ) {
             list.push(p);
         }
     }
@@ -233,8 +240,14 @@ mod tests {
         };
         assert!(selects(None, &l));
         assert!(selects(Some(&LabelSelector::default()), &l));
-        assert!(selects(Some(&LabelSelector::match_labels([("app", "web")])), &l));
-        assert!(!selects(Some(&LabelSelector::match_labels([("app", "db")])), &l));
+        assert!(selects(
+            Some(&LabelSelector::match_labels([("app", "web")])),
+            &l
+        ));
+        assert!(!selects(
+            Some(&LabelSelector::match_labels([("app", "db")])),
+            &l
+        ));
         assert!(selects(Some(&req("app", "In", &["web", "x"])), &l));
         assert!(!selects(Some(&req("app", "NotIn", &["web"])), &l));
         assert!(selects(Some(&req("zone", "NotIn", &["a"])), &l));

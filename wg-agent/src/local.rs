@@ -143,8 +143,8 @@ impl Records {
             path: path.clone(),
             source,
         };
-        let body = serde_json::to_vec_pretty(r)
-            .map_err(|e| err("encoding", std::io::Error::other(e)))?;
+        let body =
+            serde_json::to_vec_pretty(r).map_err(|e| err("encoding", std::io::Error::other(e)))?;
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -252,7 +252,10 @@ mod tests {
         let (ok, bad) = recs.load_all();
         assert_eq!(ok, vec![r.clone()]);
         assert_eq!(bad.len(), 1);
-        let mode = fs::metadata(dir.join("uid-1.wg0.json")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.join("uid-1.wg0.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         recs.remove(&r.key().unwrap()).unwrap();
         recs.remove(&r.key().unwrap()).unwrap();

@@ -154,12 +154,8 @@ impl Collector for Devices {
                 |p: &PeerSample| p.tx,
             ),
         ] {
-            let mut m = enc.encode_descriptor(
-                name,
-                help,
-                None,
-                ConstCounter::new(0u64).metric_type(),
-            )?;
+            let mut m =
+                enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
             for d in &devices {
                 for p in &d.peers {
                     let mut l = dev_labels(d);

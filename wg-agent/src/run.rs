@@ -136,7 +136,11 @@ async fn watch_kind<K>(
                 continue;
             }
             Ok(Event::InitDone) => {
-                let d = on_relist(&mut agent.index.lock().unwrap_or_else(|e| e.into_inner()), &buf, &node);
+                let d = on_relist(
+                    &mut agent.index.lock().unwrap_or_else(|e| e.into_inner()),
+                    &buf,
+                    &node,
+                );
                 buf.clear();
                 let before = listed.0.fetch_or(bit, Ordering::AcqRel);
                 info!(kind, "listed");
@@ -145,10 +149,20 @@ async fn watch_kind<K>(
                 }
                 d
             }
-            Ok(Event::Apply(o)) => on_apply(&mut agent.index.lock().unwrap_or_else(|e| e.into_inner()), &o, &node),
-            Ok(Event::Delete(o)) => on_delete(&mut agent.index.lock().unwrap_or_else(|e| e.into_inner()), &o, &node),
+            Ok(Event::Apply(o)) => on_apply(
+                &mut agent.index.lock().unwrap_or_else(|e| e.into_inner()),
+                &o,
+                &node,
+            ),
+            Ok(Event::Delete(o)) => on_delete(
+                &mut agent.index.lock().unwrap_or_else(|e| e.into_inner()),
+                &o,
+                &node,
+            ),
             Err(e) => {
-                agent.metrics.apiserver_error(&format!("watch_{}", kind.to_lowercase()));
+                agent
+                    .metrics
+                    .apiserver_error(&format!("watch_{}", kind.to_lowercase()));
                 warn!(kind, error = %e, "watch failed; retrying");
                 continue;
             }
@@ -224,7 +238,10 @@ pub async fn reconcile_loop(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<D
             agent.write_hints();
             agent.adopt_networks().await;
         }
-        if set.iter().any(|d| matches!(d, Dirty::All | Dirty::Peers { .. })) {
+        if set
+            .iter()
+            .any(|d| matches!(d, Dirty::All | Dirty::Peers { .. }))
+        {
             agent.forget_secrets();
         }
         agent.reconcile(&set).await;

@@ -52,7 +52,10 @@ pub async fn serve_cni(listener: UnixListener, agent: Arc<Agent>) {
             // The peer must be root (the socket's mode says so too).
             if let Ok(cred) = stream.peer_cred() {
                 if cred.uid() != 0 {
-                    warn!(uid = cred.uid(), "refused a CNI request from a non-root process");
+                    warn!(
+                        uid = cred.uid(),
+                        "refused a CNI request from a non-root process"
+                    );
                     return;
                 }
             }
@@ -95,12 +98,21 @@ pub async fn serve_cni(listener: UnixListener, agent: Arc<Agent>) {
                 let container = req.container_id.clone();
                 let reply = agent.handle(req, fd).await;
                 match &reply {
-                    Reply::Failed(f) => warn!(?verb, pod, container, code = f.code, msg = %f.msg, details = %f.details, "CNI request failed"),
-                    _ => info!(?verb, pod, container, ms = started.elapsed().as_millis() as u64, "CNI request served"),
+                    Reply::Failed(f) => {
+                        warn!(?verb, pod, container, code = f.code, msg = %f.msg, details = %f.details, "CNI request failed")
+                    }
+                    _ => info!(
+                        ?verb,
+                        pod,
+                        container,
+                        ms = started.elapsed().as_millis() as u64,
+                        "CNI request served"
+                    ),
                 }
                 reply
             };
-            let _ = tokio::task::spawn_blocking(move || managed::send(&std_stream, &reply, None)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || managed::send(&std_stream, &reply, None)).await;
         });
     }
 }

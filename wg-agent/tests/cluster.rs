@@ -88,7 +88,11 @@ impl Drop for Ctx<'_> {
         for i in 1..=2 {
             let keep = std::env::temp_dir().join(format!("wg-agent-cluster-n{i}.log"));
             let _ = std::fs::copy(self.agent_log(i), &keep);
-            eprintln!("---- agent {i} log (tail; whole: {}) ----\n{}", keep.display(), self.log_tail(i));
+            eprintln!(
+                "---- agent {i} log (tail; whole: {}) ----\n{}",
+                keep.display(),
+                self.log_tail(i)
+            );
             let p = self.c.node_dir(i).join("wgcni-managed.log");
             let s = std::fs::read_to_string(p).unwrap_or_default();
             let lines: Vec<&str> = s.lines().collect();
@@ -155,7 +159,10 @@ impl Ctx<'_> {
             .arg(format!("--net=/proc/{pid}/ns/net"))
             .arg(env!("CARGO_BIN_EXE_wg-agent"))
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("NODE_NAME", self.c.node_netns(i))
             .env("NODE_IP", self.c.node_ip(i))
             .env("KUBECONFIG", self.kubeconfig(i))
@@ -197,7 +204,11 @@ impl Ctx<'_> {
         ns.run(move || {
             let mut s = std::net::TcpStream::connect(&addr).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
             let mut out = String::new();
             s.read_to_string(&mut out).ok()?;
             let code = out.split_whitespace().nth(1)?.parse().ok()?;
@@ -270,7 +281,10 @@ impl Ctx<'_> {
             self.http(i, "/metrics")
                 .map(|(_, b)| {
                     b.lines()
-                        .filter(|l| l.starts_with("wireguard_peer_info") || l.starts_with("wireguard_peer_last"))
+                        .filter(|l| {
+                            l.starts_with("wireguard_peer_info")
+                                || l.starts_with("wireguard_peer_last")
+                        })
                         .collect::<Vec<_>>()
                         .join("\n")
                 })
@@ -359,10 +373,41 @@ impl External {
         let ns = TestNs::with_prefix("wgk8s", "ext");
         // A veth from the namespace to the cluster bridge in wgk8s-cp.
         let name = ns.name.clone();
-        must(&["ip", "link", "add", "wgk8s-extv", "type", "veth", "peer", "name", "eth0", "netns", &name]);
+        must(&[
+            "ip",
+            "link",
+            "add",
+            "wgk8s-extv",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &name,
+        ]);
         must(&["ip", "link", "set", "wgk8s-extv", "netns", "wgk8s-cp"]);
-        must(&["ip", "-n", "wgk8s-cp", "link", "set", "wgk8s-extv", "master", "wgk8s-br", "up"]);
-        must(&["ip", "-n", &name, "addr", "add", &format!("{EXT_IP}/24"), "dev", "eth0"]);
+        must(&[
+            "ip",
+            "-n",
+            "wgk8s-cp",
+            "link",
+            "set",
+            "wgk8s-extv",
+            "master",
+            "wgk8s-br",
+            "up",
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{EXT_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
         must(&["ip", "-n", &name, "link", "set", "eth0", "up"]);
         must(&["ip", "-n", &name, "link", "set", "lo", "up"]);
         let backend = Backend::of_kind(wg_netns::BackendKind::Userspace, Userspace::from_env());
@@ -391,7 +436,9 @@ impl External {
                         .allowed_ip(POOL.parse().expect("pool")),
                 ),
         )
-        .route(wg_netns::Route::new(POOL.parse::<IpNetwork>().expect("pool")));
+        .route(wg_netns::Route::new(
+            POOL.parse::<IpNetwork>().expect("pool"),
+        ));
         for n in nets {
             let net: IpNetwork = n.parse().expect("net");
             let addr = IpNetwork::new(
@@ -428,7 +475,9 @@ fn managed_mode_on_a_real_cluster() {
     };
     let mut ctx = Ctx {
         c: &c,
-        agents: (1..=2).map(|node| AgentProc { child: None, node }).collect(),
+        agents: (1..=2)
+            .map(|node| AgentProc { child: None, node })
+            .collect(),
         podcidr: (1..=2)
             .map(|i| {
                 std::fs::read_to_string(c.node_dir(i).join("podcidr"))
@@ -509,15 +558,27 @@ fn mesh(ctx: &Ctx) {
     c.apply(&pod_yaml("plain", "wgk8s-n1", "plain", None));
     for p in ["wa", "wb", "plain"] {
         if let Err(e) = c.wait_pod_running(p, Duration::from_secs(90)) {
-            panic!("{p}: {e}\nagent 1:\n{}\nagent 2:\n{}", ctx.log_tail(1), ctx.log_tail(2));
+            panic!(
+                "{p}: {e}\nagent 1:\n{}\nagent 2:\n{}",
+                ctx.log_tail(1),
+                ctx.log_tail(2)
+            );
         }
     }
     let (a, b) = (ctx.wg_addr("wa"), ctx.wg_addr("wb"));
-    assert!(a.starts_with("10.77.") && b.starts_with("10.77.") && a != b, "{a} {b}");
-    let links = String::from_utf8_lossy(&c.exec("plain", &["ip", "-o", "link"]).stdout).into_owned();
-    assert!(!links.contains("wg0"), "an unannotated pod got wg0: {links}");
+    assert!(
+        a.starts_with("10.77.") && b.starts_with("10.77.") && a != b,
+        "{a} {b}"
+    );
+    let links =
+        String::from_utf8_lossy(&c.exec("plain", &["ip", "-o", "link"]).stdout).into_owned();
+    assert!(
+        !links.contains("wg0"),
+        "an unannotated pod got wg0: {links}"
+    );
     assert!(c.kubectl(&["get", "wgatt", "plain-wg0"]).status.code() != Some(0));
-    let addr = String::from_utf8_lossy(&c.exec("wa", &["ip", "-o", "addr", "show", "wg0"]).stdout).into_owned();
+    let addr = String::from_utf8_lossy(&c.exec("wa", &["ip", "-o", "addr", "show", "wg0"]).stdout)
+        .into_owned();
     assert!(addr.contains(&format!("{a}/16")), "wa's wg0: {addr}");
     let t = Instant::now();
     assert!(ctx.ping("wa", &b), "wa cannot ping wb over WireGuard");
@@ -531,7 +592,11 @@ fn mesh(ctx: &Ctx) {
                 .is_some_and(|p| p.iter().any(|p| p["lastHandshakeTime"].is_string()))
         })
     });
-    assert!(ok, "no handshake in wa's status: {:?}", ctx.attachment("wa"));
+    assert!(
+        ok,
+        "no handshake in wa's status: {:?}",
+        ctx.attachment("wa")
+    );
     let table = c.kubectl_ok(&["get", "wgatt"]);
     eprintln!("{table}");
     assert!(table.contains("LAST HANDSHAKE") && table.contains("wa-wg0"));
@@ -543,16 +608,25 @@ fn external_peer(ctx: &Ctx, ext: &External) {
     let c = ctx.c;
     let wa = ctx.attachment("wa").expect("wa attachment");
     let pod_key = wa["status"]["publicKey"].as_str().expect("key").to_string();
-    let endpoint = wa["status"]["endpoint"].as_str().expect("endpoint").to_string();
+    let endpoint = wa["status"]["endpoint"]
+        .as_str()
+        .expect("endpoint")
+        .to_string();
     ext.configure(&pod_key, &endpoint, &[EXT_NET, EXT_NET2]);
     let ext_key = ext.key.public_key().to_base64().to_string();
     c.apply(&peer_yaml(&ext_key, &[EXT_NET]));
     let t = Instant::now();
-    assert!(ctx.ping("wa", "10.99.0.1"), "wa cannot reach the external peer");
+    assert!(
+        ctx.ping("wa", "10.99.0.1"),
+        "wa cannot reach the external peer"
+    );
     eprintln!("external peer reached {:?} after the apply", t.elapsed());
     // wb is not selected (podSelector app=a): no route to it.
     let routes = String::from_utf8_lossy(&c.exec("wb", &["ip", "route"]).stdout).into_owned();
-    assert!(!routes.contains("10.99.0.0/24"), "wb got the peer: {routes}");
+    assert!(
+        !routes.contains("10.99.0.0/24"),
+        "wb got the peer: {routes}"
+    );
     // Live edit: a second network, no pod restarted.
     c.apply(&peer_yaml(&ext_key, &[EXT_NET, EXT_NET2]));
     let t = Instant::now();
@@ -561,7 +635,10 @@ fn external_peer(ctx: &Ctx, ext: &External) {
     });
     assert!(seen, "the edit did not reach wa");
     eprintln!("allowedIPs edit visible in the pod after {:?}", t.elapsed());
-    assert!(ctx.ping("wa", "10.98.0.1"), "wa cannot reach the edited network");
+    assert!(
+        ctx.ping("wa", "10.98.0.1"),
+        "wa cannot reach the edited network"
+    );
     // Metrics (read every second by the agent): the external peer's
     // handshake and counters, under the exporter's names.
     let mut metrics = String::new();
@@ -578,9 +655,18 @@ fn external_peer(ctx: &Ctx, ext: &External) {
         metrics = ctx.http(1, "/metrics").map(|(_, b)| b).unwrap_or_default();
         handshake(&metrics) > 1.0e9 && metrics.contains("10.98.0.0/24")
     });
-    assert!(ok, "no handshake or allowed IPs of the external peer in the metrics:\n{metrics}");
-    assert!(metrics.contains("wireguard_peer_receive_bytes_total{"), "{metrics}");
-    assert!(metrics.contains("wireguard_peer_allowed_ips_info{"), "{metrics}");
+    assert!(
+        ok,
+        "no handshake or allowed IPs of the external peer in the metrics:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("wireguard_peer_receive_bytes_total{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wireguard_peer_allowed_ips_info{"),
+        "{metrics}"
+    );
     // Delete: traffic stops.
     c.kubectl_ok(&["delete", "wgpeer", "gateway"]);
     let gone = eventually(Duration::from_secs(10), || {
@@ -588,7 +674,9 @@ fn external_peer(ctx: &Ctx, ext: &External) {
     });
     assert!(gone, "the deleted peer's route stayed");
     assert!(
-        !c.exec("wa", &["ping", "-c", "2", "-W", "1", "10.99.0.1"]).status.success(),
+        !c.exec("wa", &["ping", "-c", "2", "-W", "1", "10.99.0.1"])
+            .status
+            .success(),
         "traffic to a deleted peer still flows"
     );
 }
@@ -614,7 +702,11 @@ fn rbac_and_admission(ctx: &Ctx) {
         ("create", "wireguardpeers.wireguard.wg-netns.io", false),
         ("create", "wireguardnetworks.wireguard.wg-netns.io", false),
         ("patch", "wireguardattachments.wireguard.wg-netns.io", true),
-        ("create", "wireguardaddressblocks.wireguard.wg-netns.io", true),
+        (
+            "create",
+            "wireguardaddressblocks.wireguard.wg-netns.io",
+            true,
+        ),
         ("get", "nodes", false),
         ("create", "clusterrolebindings", false),
     ] {
@@ -641,12 +733,19 @@ fn rbac_and_admission(ctx: &Ctx) {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kubectl");
-        p.stdin.take().expect("stdin").write_all(yaml.as_bytes()).expect("write");
+        p.stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write");
         p.wait_with_output().expect("kubectl")
     };
     let denied = as_agent(&att("wgk8s-n2"));
     let err = String::from_utf8_lossy(&denied.stderr).into_owned();
-    assert!(!denied.status.success(), "node 1's agent wrote node 2's attachment");
+    assert!(
+        !denied.status.success(),
+        "node 1's agent wrote node 2's attachment"
+    );
     assert!(
         err.contains("wg-agent-own-node") && err.contains("may not write"),
         "not refused by the policy: {err}"
@@ -671,7 +770,12 @@ fn rbac_and_admission(ctx: &Ctx) {
             }
         }
         let token = std::fs::read_to_string(ctx.kubeconfig(i)).unwrap_or_default();
-        let token = token.split("token: ").nth(1).unwrap_or("x").trim().to_string();
+        let token = token
+            .split("token: ")
+            .nth(1)
+            .unwrap_or("x")
+            .trim()
+            .to_string();
         assert!(!log.contains(&token), "the token is in agent {i}'s log");
     }
 }
@@ -700,7 +804,9 @@ fn kill_agent_during_ping(ctx: &mut Ctx) {
         .args(["netns", "exec", "wgk8s-cp"])
         .arg(&kubectl)
         .arg(format!("--kubeconfig={}", c.kubeconfig().display()))
-        .args(["exec", "wa", "--", "ping", "-c", "40", "-i", "0.2", "-W", "1", &b])
+        .args([
+            "exec", "wa", "--", "ping", "-c", "40", "-i", "0.2", "-W", "1", &b,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -713,9 +819,16 @@ fn kill_agent_during_ping(ctx: &mut Ctx) {
     eprintln!("agent 1 restarted and ready in {:?}", t.elapsed());
     let out = ping.wait_with_output().expect("ping output");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let summary = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or("").to_string();
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or("")
+        .to_string();
     eprintln!("ping during kill -9: {summary}");
-    assert!(summary.contains("40 packets received") && summary.contains(" 0% packet loss"), "{text}");
+    assert!(
+        summary.contains("40 packets received") && summary.contains(" 0% packet loss"),
+        "{text}"
+    );
     // The restart re-read the devices and found nothing to change.
     std::thread::sleep(Duration::from_secs(2));
     let (_, m) = ctx.http(1, "/metrics").expect("metrics");
@@ -725,7 +838,12 @@ fn kill_agent_during_ping(ctx: &mut Ctx) {
         .and_then(|l| l.rsplit(' ').next())
         .unwrap_or("?")
         .to_string();
-    assert_eq!(updates, "0", "the restarted agent changed devices:\n{}", ctx.log_tail(1));
+    assert_eq!(
+        updates,
+        "0",
+        "the restarted agent changed devices:\n{}",
+        ctx.log_tail(1)
+    );
 }
 
 /// The apiserver stops: traffic continues; it returns: the agents'
@@ -738,12 +856,26 @@ fn apiserver_outage(ctx: &Ctx) {
     // Traffic keeps flowing with no apiserver (kubectl exec needs it, so
     // use crictl on the node).
     let id = String::from_utf8_lossy(
-        &c.crictl(1, &["ps", "-q", "--name", "bb", "--label", "io.kubernetes.pod.name=wa"]).stdout,
+        &c.crictl(
+            1,
+            &[
+                "ps",
+                "-q",
+                "--name",
+                "bb",
+                "--label",
+                "io.kubernetes.pod.name=wa",
+            ],
+        )
+        .stdout,
     )
     .trim()
     .to_string();
     assert!(!id.is_empty(), "no container of wa");
-    let out = c.crictl(1, &["exec", &id, "ping", "-c", "5", "-i", "0.2", "-W", "1", &b]);
+    let out = c.crictl(
+        1,
+        &["exec", &id, "ping", "-c", "5", "-i", "0.2", "-W", "1", &b],
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss"),
         "traffic stopped during the apiserver outage: {}{}",
@@ -754,9 +886,14 @@ fn apiserver_outage(ctx: &Ctx) {
     must(&[script.to_str().expect("path"), "apiserver", "start"]);
     // The agents converge: a new pod joins and reaches wa.
     c.apply(&pod_yaml("wc", "wgk8s-n2", "c", Some("pods")));
-    c.wait_pod_running("wc", Duration::from_secs(120)).expect("wc");
+    c.wait_pod_running("wc", Duration::from_secs(120))
+        .expect("wc");
     let a = ctx.wg_addr("wa");
-    assert!(ctx.ping("wc", &a), "a pod made after the outage cannot reach wa\n{}", ctx.dump());
+    assert!(
+        ctx.ping("wc", &a),
+        "a pod made after the outage cannot reach wa\n{}",
+        ctx.dump()
+    );
     for i in 1..=2 {
         assert!(ctx.http(i, "/healthz").is_some_and(|(c, _)| c == 200));
     }
@@ -766,7 +903,12 @@ fn apiserver_outage(ctx: &Ctx) {
 fn rotation(ctx: &Ctx) {
     let c = ctx.c;
     let before = ctx.public_key("wb");
-    c.kubectl_ok(&["annotate", "pod", "wb", "wireguard.wg-netns.io/rotate-key=1"]);
+    c.kubectl_ok(&[
+        "annotate",
+        "pod",
+        "wb",
+        "wireguard.wg-netns.io/rotate-key=1",
+    ]);
     let mut after = String::new();
     let changed = eventually(Duration::from_secs(20), || {
         after = ctx.public_key("wb");
@@ -809,7 +951,12 @@ fn many_pods(ctx: &Ctx) {
     let mut yaml = String::new();
     for i in 0..n {
         for node in 1..=2 {
-            yaml.push_str(&pod_yaml(&format!("m{node}-{i}"), &format!("wgk8s-n{node}"), "many", Some("pods")));
+            yaml.push_str(&pod_yaml(
+                &format!("m{node}-{i}"),
+                &format!("wgk8s-n{node}"),
+                "many",
+                Some("pods"),
+            ));
             yaml.push_str("---\n");
         }
     }
@@ -821,7 +968,12 @@ fn many_pods(ctx: &Ctx) {
             items.len() == 2 * n && items.iter().all(|p| p["status"]["phase"] == "Running")
         })
     });
-    assert!(all_running, "not all {} pods ran:\n{}", 2 * n, c.kubectl_ok(&["get", "pods", "-o", "wide"]));
+    assert!(
+        all_running,
+        "not all {} pods ran:\n{}",
+        2 * n,
+        c.kubectl_ok(&["get", "pods", "-o", "wide"])
+    );
     eprintln!("{} pods Running in {:?}", 2 * n, t.elapsed());
     let mut addrs = BTreeSet::new();
     let ok = eventually(Duration::from_secs(60), || {
@@ -843,7 +995,14 @@ fn many_pods(ctx: &Ctx) {
         addrs.len(),
         c.kubectl_ok(&["get", "wgatt", "-o", "wide"])
     );
-    c.kubectl_ok(&["delete", "pods", "-l", "app=many", "--wait=true", "--timeout=180s"]);
+    c.kubectl_ok(&[
+        "delete",
+        "pods",
+        "-l",
+        "app=many",
+        "--wait=true",
+        "--timeout=180s",
+    ]);
     let released = eventually(Duration::from_secs(60), || {
         let v = ctx.json(&["get", "wgatt"]);
         v["items"].as_array().is_some_and(|i| i.len() == 3)
@@ -851,7 +1010,11 @@ fn many_pods(ctx: &Ctx) {
     assert!(released, "attachments of deleted pods stayed");
     for i in 1..=2 {
         let recs = std::fs::read_dir(ctx.state_dir(i).join("attachments"))
-            .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
             .unwrap_or(0);
         let expect = if i == 1 { 1 } else { 2 };
         assert_eq!(recs, expect, "node {i}: records left");

@@ -241,7 +241,10 @@ fn bad_options_are_named() {
     assert!(e.starts_with("option config.interfaceName:"), "{e}");
     for managed in [r#"{"network": "pods"}"#, r#"{"managed": true}"#] {
         let e = err(settings(&network(&[("config", managed)], &[]), None));
-        assert!(e.contains("managed mode needs a Kubernetes node agent"), "{e}");
+        assert!(
+            e.contains("managed mode needs a Kubernetes node agent"),
+            "{e}"
+        );
     }
     let e = err(settings(&network(&[("config", "[1]")], &[]), None));
     assert!(e.contains("expected a JSON object"), "{e}");
