@@ -311,3 +311,6 @@ impl Index {
         self.networks.keys().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
