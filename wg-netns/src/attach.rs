@@ -129,7 +129,11 @@ impl InterfaceSpec {
 }
 
 /// An interface created by [`Birthplace::attach`] or located by [`Birthplace::find`].
+/// Plain data (no handle): with the `serde` feature it is written and read
+/// like [`crate::AttachmentRecord`], in camelCase.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 #[non_exhaustive]
 pub struct Attachment {
     /// Interface index in the target namespace.
