@@ -1329,10 +1329,14 @@ impl Agent {
                 info!(network, leaked = freed.len(), "reclaimed addresses");
             }
         }
-        // Keys of interfaces that are gone.
-        let held: BTreeSet<String> = self.keys().iter().map(|k| k.as_str().to_string()).collect();
-        for kid in self.keys.list().unwrap_or_default() {
-            if !held.contains(&kid.to_string()) {
+        // Keys of interfaces that are gone. A key id is `UID_IFNAME`, an
+        // interface's key `UID.IFNAME`: compare them as (UID, IFNAME). The
+        // store is listed before the slots are read: an ADD inserts its slot
+        // before it creates its key, so a key listed here is held or orphaned.
+        let stored = self.keys.list().unwrap_or_default();
+        let held: BTreeSet<Key> = self.keys().into_iter().collect();
+        for kid in stored {
+            if Key::new(kid.pod_uid(), kid.ifname()).is_none_or(|k| !held.contains(&k)) {
                 let _ = self.keys.remove(&kid);
             }
         }
