@@ -49,7 +49,12 @@ impl Heartbeat {
 
     /// Ok when the last beat is recent.
     pub fn check(&self) -> Result<(), String> {
-        let age = self.start.elapsed().as_millis() as u64 - self.last_ms.load(Ordering::Relaxed);
+        // A beat on another thread between reading the clock and reading
+        // the beat is newer than the clock read: its age is zero, not a
+        // negative number (which overflowed: a panic in debug builds, and
+        // in release a wrapped age of half a billion years, /healthz failing).
+        let now = self.start.elapsed().as_millis() as u64;
+        let age = now.saturating_sub(self.last_ms.load(Ordering::Relaxed));
         if Duration::from_millis(age) <= self.limit {
             Ok(())
         } else {
