@@ -1615,3 +1615,6 @@ fn identity(
             .collect(),
     )
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -29,5 +29,7 @@ pub mod metrics;
 pub mod run;
 pub mod server;
 pub mod settings;
+#[cfg(test)]
+mod testutil;
 
 pub use run::Heartbeat;

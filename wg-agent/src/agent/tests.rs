@@ -1,0 +1,879 @@
+//! The agent's verbs without devices, root or a cluster: requests through
+//! [`Agent::handle`] against a scripted apiserver, stopping before a device
+//! would be made; the reconciler, the garbage collection and the status on
+//! interfaces "held" without a device, whose control socket, when one is
+//! needed, is a fake ([`FakeUapi`]) in a temp dir.
+
+use super::*;
+use crate::testutil::{
+    metric, netns_fd, pod_json, status, test_agent, FakeUapi, Seen, TestAgent, NODE, NODE_IP,
+};
+use http::Method;
+use serde_json::{json, Value};
+use wg_cni::managed::PodRef;
+use wg_netns::{BackendKind, PrivateKey, PublicKey, SocketNamespace};
+
+const PODS: &str = "/api/v1/namespaces/ns1/pods";
+const BLOCKS: &str = "/apis/wireguard.wg-netns.io/v1alpha1/wireguardaddressblocks";
+
+fn pod_ref(name: &str, uid: Option<&str>) -> PodRef {
+    PodRef {
+        namespace: "ns1".into(),
+        name: name.into(),
+        uid: uid.map(str::to_string),
+    }
+}
+
+fn add(name: &str) -> Request {
+    Request::new(Verb::Add, "c1", "eth0", "/proc/self/ns/net").pod(Some(pod_ref(name, None)))
+}
+
+fn failure(r: &Reply) -> &Failure {
+    match r {
+        Reply::Failed(f) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+pub(crate) fn network_obj(name: &str, spec: Value) -> wg_k8s_types::WireGuardNetwork {
+    serde_json::from_value(
+        json!({"apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardNetwork",
+        "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap()
+}
+
+fn pod_obj(name: &str, uid: &str, annotations: Value) -> Pod {
+    let mut v = pod_json("ns1", name, uid, None);
+    v["metadata"]["annotations"] = annotations;
+    serde_json::from_value(v).unwrap()
+}
+
+/// The scripted apiserver's answer to a list of this node's blocks: none.
+fn no_blocks() -> (u16, Value) {
+    (
+        200,
+        json!({"apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardAddressBlockList",
+               "metadata": {"resourceVersion": "1"}, "items": []}),
+    )
+}
+
+fn count(log: &[Seen], method: &Method, path_start: &str) -> usize {
+    log.iter()
+        .filter(|s| s.method == *method && s.path.starts_with(path_start))
+        .count()
+}
+
+// ------------------------------------------------------------ CNI verbs
+
+#[tokio::test]
+async fn add_without_the_pods_identity_is_invalid_config() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    let req = Request::new(Verb::Add, "c1", "eth0", "/proc/self/ns/net");
+    let r = t.agent.handle(req, Some(netns_fd())).await;
+    let f = failure(&r);
+    assert_eq!(f.code, 7, "{f:?}");
+    assert!(f.details.contains("K8S_POD_NAME"), "{f:?}");
+    assert!(t.log.all().is_empty(), "nothing to ask the apiserver");
+    assert_eq!(
+        metric(
+            &t.agent,
+            "wg_agent_cni_request_duration_seconds_count{verb=\"ADD\",outcome=\"error\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn add_without_a_namespace_descriptor_fails() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    let r = t.agent.handle(add("web"), None).await;
+    assert_eq!(failure(&r).code, 5);
+    assert!(t.log.all().is_empty());
+}
+
+#[tokio::test]
+async fn add_of_a_pod_that_asks_for_no_network_is_skipped() {
+    let mut t = test_agent(|s| match (&s.method, s.path.as_str()) {
+        (&Method::GET, "/api/v1/namespaces/ns1/pods/web") => {
+            (200, pod_json("ns1", "web", "u1", None))
+        }
+        _ => status(404, "NotFound"),
+    });
+    let r = t.agent.handle(add("web"), Some(netns_fd())).await;
+    match &r {
+        Reply::Skipped { reason } => assert!(reason.contains("ns1/web"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.log.lines(), vec![format!("GET {PODS}/web")]);
+    assert!(t.published().is_empty());
+    assert!(t.agent.keys().is_empty());
+    assert_eq!(
+        metric(
+            &t.agent,
+            "wg_agent_cni_request_duration_seconds_count{verb=\"ADD\",outcome=\"skipped\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_index_answers_before_the_apiserver_unless_the_uid_differs() {
+    let t = test_agent(|s| match s.path.as_str() {
+        "/api/v1/namespaces/ns1/pods/web" => (200, pod_json("ns1", "web", "u2", None)),
+        _ => status(404, "NotFound"),
+    });
+    t.agent
+        .index
+        .lock()
+        .unwrap()
+        .pod(&pod_obj("web", "u1", json!({})));
+    let r = t.agent.handle(add("web"), Some(netns_fd())).await;
+    assert!(matches!(r, Reply::Skipped { .. }), "{r:?}");
+    assert!(t.log.all().is_empty(), "the pod came from the index");
+    // The runtime names another UID: the index is stale, ask.
+    let req = Request::new(Verb::Add, "c2", "eth0", "/proc/self/ns/net")
+        .pod(Some(pod_ref("web", Some("u2"))));
+    let r = t.agent.handle(req, Some(netns_fd())).await;
+    assert!(matches!(r, Reply::Skipped { .. }), "{r:?}");
+    assert_eq!(t.log.lines(), vec![format!("GET {PODS}/web")]);
+}
+
+#[tokio::test]
+async fn a_failing_pod_read_is_try_again_and_counted() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    let r = t.agent.handle(add("web"), Some(netns_fd())).await;
+    let f = failure(&r);
+    assert_eq!(f.code, 11, "{f:?}");
+    assert!(f.msg.contains("ns1/web"), "{f:?}");
+    assert!(f.details.contains("scripted InternalError"), "{f:?}");
+    assert_eq!(
+        metric(
+            &t.agent,
+            "wg_agent_apiserver_errors_total{operation=\"get_pod\"}"
+        ),
+        1.0
+    );
+    // A pod without a UID yet is try-again too.
+    let t = test_agent(|_| {
+        let mut p = pod_json("ns1", "web", "u1", None);
+        p["metadata"].as_object_mut().unwrap().remove("uid");
+        (200, p)
+    });
+    let r = t.agent.handle(add("web"), Some(netns_fd())).await;
+    assert_eq!(failure(&r).code, 11);
+}
+
+#[tokio::test]
+async fn an_unknown_network_is_try_again_and_an_invalid_one_invalid_config() {
+    let t = test_agent(|s| match s.path.as_str() {
+        "/api/v1/namespaces/ns1/pods/web" => (200, pod_json("ns1", "web", "u1", Some("n9"))),
+        _ => status(500, "InternalError"),
+    });
+    let r = t.agent.handle(add("web"), Some(netns_fd())).await;
+    let f = failure(&r);
+    assert_eq!(f.code, 11, "{f:?}");
+    assert!(f.msg.contains("n9"), "{f:?}");
+    // Invalid: the reason is passed on.
+    t.agent.index.lock().unwrap().network(&network_obj(
+        "n9",
+        json!({"addressPools": [{"cidr": "10.77.0.0/16", "blockSize": 8}]}),
+    ));
+    let r = t.agent.handle(add("web"), Some(netns_fd())).await;
+    let f = failure(&r);
+    assert_eq!(f.code, 7, "{f:?}");
+    assert!(f.details.contains("blockSize"), "{f:?}");
+    // The configured network wins over the annotation.
+    let req = add("web").network(Some("n8".into()));
+    let f = failure(&t.agent.handle(req, Some(netns_fd())).await).clone();
+    assert_eq!(f.code, 11);
+    assert!(f.msg.contains("n8"), "{f:?}");
+    // Only pod reads: no block was listed or claimed.
+    assert!(t.log.all().iter().all(|s| s.path.starts_with(PODS)));
+    assert!(t.agent.keys().is_empty());
+}
+
+/// A network whose one pool has 4 blocks.
+fn small_network(t: &TestAgent) {
+    t.agent.index.lock().unwrap().network(&network_obj(
+        "n0",
+        json!({"addressPools": [{"cidr": "10.77.0.0/24", "blockSize": 26}]}),
+    ));
+}
+
+#[tokio::test]
+async fn an_exhausted_pool_is_try_again_and_leaves_nothing_held() {
+    let mut t = test_agent(|s| match (&s.method, s.path.as_str()) {
+        (&Method::GET, p) if p.starts_with(PODS) => (200, pod_json("ns1", "web", "u1", Some("n0"))),
+        (&Method::GET, BLOCKS) => no_blocks(),
+        (&Method::POST, BLOCKS) => status(409, "AlreadyExists"),
+        // Each conflicting block is another node's.
+        (&Method::GET, p) if p.starts_with(BLOCKS) => {
+            let block = "10.77.0.0/26".parse().unwrap();
+            let mut v =
+                serde_json::to_value(WireGuardAddressBlock::claim("n0", &block, "node-2")).unwrap();
+            v["metadata"]["uid"] = json!("other");
+            (200, v)
+        }
+        _ => status(405, "MethodNotAllowed"),
+    });
+    small_network(&t);
+    let r = t.agent.handle(add("web"), Some(netns_fd())).await;
+    let f = failure(&r);
+    assert_eq!(f.code, 11, "{f:?}");
+    assert!(f.msg.contains("exhausted"), "{f:?}");
+    let log = t.log.all();
+    assert_eq!(
+        count(&log, &Method::GET, BLOCKS) - 4,
+        1,
+        "one list, four reads"
+    );
+    assert_eq!(
+        count(&log, &Method::POST, BLOCKS),
+        4,
+        "every block tried once"
+    );
+    for s in log.iter().filter(|s| s.method == Method::POST) {
+        assert_eq!(s.body["spec"]["nodeName"], NODE, "claimed for this node");
+        assert_eq!(s.body["spec"]["network"], "n0");
+    }
+    assert!(t.agent.keys().is_empty(), "the failed ADD holds no slot");
+    assert!(t.agent.ports_lock().is_empty(), "nor a port");
+    assert!(t.published().is_empty());
+    assert!(t.agent.keys.list().unwrap().is_empty(), "nor a key");
+    // A conflict is no apiserver error.
+    assert!(!t.agent.metrics.encode().contains("claim_block"));
+    // The allocator is kept: the next ADD claims again without a list.
+    let r = t.agent.handle(add("web"), Some(netns_fd())).await;
+    assert_eq!(failure(&r).code, 11);
+    let log = t.log.all();
+    assert_eq!(count(&log, &Method::POST, BLOCKS), 8);
+    assert_eq!(count(&log, &Method::GET, BLOCKS), 1 + 8);
+}
+
+#[tokio::test]
+async fn a_failing_claim_or_list_is_try_again_and_counted() {
+    let t = test_agent(|s| match (&s.method, s.path.as_str()) {
+        (&Method::GET, p) if p.starts_with(PODS) => (200, pod_json("ns1", "web", "u1", Some("n0"))),
+        (&Method::GET, BLOCKS) => no_blocks(),
+        _ => status(500, "InternalError"),
+    });
+    small_network(&t);
+    let f = failure(&t.agent.handle(add("web"), Some(netns_fd())).await).clone();
+    assert_eq!(f.code, 11);
+    assert!(
+        f.msg
+            .contains("cannot claim an address block of 10.77.0.0/24"),
+        "{f:?}"
+    );
+    assert!(f.details.contains("HTTP 500"), "{f:?}");
+    assert_eq!(
+        metric(
+            &t.agent,
+            "wg_agent_apiserver_errors_total{operation=\"claim_block\"}"
+        ),
+        1.0
+    );
+    assert!(t.agent.keys().is_empty());
+
+    let t = test_agent(|s| match (&s.method, s.path.as_str()) {
+        (&Method::GET, p) if p.starts_with(PODS) => (200, pod_json("ns1", "web", "u1", Some("n0"))),
+        _ => status(403, "Forbidden"),
+    });
+    small_network(&t);
+    for _ in 0..2 {
+        let f = failure(&t.agent.handle(add("web"), Some(netns_fd())).await).clone();
+        assert_eq!(f.code, 11);
+        assert!(f.msg.contains("allocator not ready"), "{f:?}");
+    }
+    // No allocator is kept from a failed list: each ADD lists again.
+    assert_eq!(count(&t.log.all(), &Method::GET, BLOCKS), 2);
+    assert_eq!(
+        metric(
+            &t.agent,
+            "wg_agent_apiserver_errors_total{operation=\"list_blocks\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn del_of_what_was_never_added_is_done() {
+    let mut t = test_agent(|_| status(500, "InternalError"));
+    for pod in [None, Some(pod_ref("web", Some("u1")))] {
+        let req = Request::new(Verb::Del, "c1", "eth0", "").pod(pod);
+        assert_eq!(t.agent.handle(req, None).await, Reply::Done);
+    }
+    assert!(t.log.all().is_empty());
+    assert!(t.published().is_empty());
+    assert_eq!(
+        metric(
+            &t.agent,
+            "wg_agent_cni_request_duration_seconds_count{verb=\"DEL\",outcome=\"ok\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn check_without_an_interface() {
+    let t = test_agent(|s| match s.path.as_str() {
+        "/api/v1/namespaces/ns1/pods/plain" => (200, pod_json("ns1", "plain", "u1", None)),
+        "/api/v1/namespaces/ns1/pods/wired" => (200, pod_json("ns1", "wired", "u2", Some("n0"))),
+        _ => status(500, "InternalError"),
+    });
+    let check = |pod: Option<PodRef>| Request::new(Verb::Check, "c1", "eth0", "/x").pod(pod);
+    // A pod that asks for nothing has nothing to check.
+    let r = t
+        .agent
+        .handle(check(Some(pod_ref("plain", None))), None)
+        .await;
+    assert_eq!(r, Reply::Done);
+    // One that asks for a network must have its interface.
+    let r = t
+        .agent
+        .handle(check(Some(pod_ref("wired", None))), None)
+        .await;
+    assert_eq!(failure(&r).code, 4);
+    // So must one whose configuration names a network.
+    let r = t
+        .agent
+        .handle(
+            check(Some(pod_ref("plain", None))).network(Some("n0".into())),
+            None,
+        )
+        .await;
+    assert_eq!(failure(&r).code, 4);
+    // An unreadable pod is a mismatch, not a pass.
+    let r = t
+        .agent
+        .handle(check(Some(pod_ref("gone", None))), None)
+        .await;
+    assert_eq!(failure(&r).code, 4);
+    let r = t.agent.handle(check(None), None).await;
+    assert_eq!(failure(&r).code, 4);
+}
+
+// ------------------------------------------------ interfaces held without a device
+
+/// A record of pod `ns/pod`'s interface `wg0` on `network`, as ADD saves it;
+/// its key is created in the key store.
+pub(crate) fn record(
+    agent: &Agent,
+    ns: &str,
+    pod: &str,
+    uid: &str,
+    network: &str,
+    address: &str,
+    port: u16,
+) -> LocalRecord {
+    let kid = KeyId::new(uid, "wg0").unwrap();
+    let (private, _) = agent.keys.get_or_create(&kid, "").unwrap();
+    let key = Key::new(uid, "wg0").unwrap();
+    LocalRecord {
+        network: network.into(),
+        namespace: ns.into(),
+        pod: pod.into(),
+        pod_uid: uid.into(),
+        container_id: format!("c-{uid}"),
+        cni_ifname: "eth0".into(),
+        addresses: vec![address.parse().unwrap()],
+        listen_port: port,
+        public_key: private.public_key(),
+        key_generation: String::new(),
+        attachment: wg_netns::AttachmentRecord {
+            interface: IfName::new("wg0").unwrap(),
+            birth_name: IfName::derived("wga", key.as_str()).unwrap(),
+            netns: "/proc/self/ns/net".into(),
+            socket_namespace: SocketNamespace::Host,
+            backend: BackendKind::Userspace,
+            userspace_implementation: None,
+        },
+        created: now(),
+    }
+}
+
+/// Hold `rec`'s interface as ADD leaves it, without a device: its control
+/// socket is whatever listens under its birth name in the agent's socket
+/// directory (nothing, or a [`FakeUapi`]). The interface index is one no
+/// link has, and the tests keep routes unchanged, so no netlink request is
+/// ever made.
+pub(crate) fn hold(agent: &Agent, rec: LocalRecord) -> Key {
+    let key = rec.key().unwrap();
+    let attachment: Attachment = serde_json::from_value(json!({
+        "index": 2_000_000_000u32,
+        "name": rec.attachment.interface.as_str(),
+        "birthName": rec.attachment.birth_name.as_str(),
+        "kind": "userspace",
+        "publicKey": null,
+        "mtu": 1420,
+        "up": true,
+    }))
+    .unwrap();
+    agent.records.save(&rec).unwrap();
+    agent.ports_lock().insert(rec.listen_port);
+    let entry = Entry {
+        place: Arc::new(Birthplace::new(&agent.node, &agent.node, &agent.backend).unwrap()),
+        attachment,
+        dev: None,
+        last: None,
+        routes: BTreeSet::new(),
+        stats: None,
+        written: None,
+        rec,
+    };
+    agent
+        .slots()
+        .insert(key.clone(), Arc::new(tokio::sync::Mutex::new(Some(entry))));
+    key
+}
+
+#[tokio::test]
+async fn a_stale_del_of_another_sandbox_keeps_the_interface() {
+    let mut t = test_agent(|_| status(500, "InternalError"));
+    let rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
+    let key = hold(&t.agent, rec);
+    // The pod's previous sandbox is torn down after the new one was made.
+    let req = Request::new(Verb::Del, "c-old", "eth0", "/proc/self/ns/net")
+        .pod(Some(pod_ref("web", Some("u1"))));
+    assert_eq!(t.agent.handle(req, None).await, Reply::Done);
+    assert_eq!(t.agent.keys(), vec![key.clone()]);
+    assert!(t.agent.slot(&key).unwrap().lock().await.is_some());
+    assert!(t.published().is_empty(), "its attachment object stays");
+    assert_eq!(t.agent.records.load_all().0.len(), 1);
+}
+
+#[tokio::test]
+async fn affected_names_the_interfaces_a_change_touches() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    let a = hold(
+        &t.agent,
+        record(&t.agent, "ns1", "a", "u1", "n0", "10.77.0.2/16", 51820),
+    );
+    let b = hold(
+        &t.agent,
+        record(&t.agent, "ns2", "b", "u2", "n0", "10.77.0.3/16", 51821),
+    );
+    let c = hold(
+        &t.agent,
+        record(&t.agent, "ns1", "c", "u3", "n1", "10.78.0.2/16", 51822),
+    );
+    let got = |d: Vec<Dirty>| {
+        let mut k = t.agent.affected(&d.into_iter().collect());
+        k.sort();
+        k
+    };
+    assert_eq!(
+        got(vec![Dirty::Network("n0".into())]),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(
+        got(vec![Dirty::Peers {
+            network: "n0".into(),
+            namespace: "ns1".into()
+        }]),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        got(vec![Dirty::Peers {
+            network: "n1".into(),
+            namespace: "ns2".into()
+        }]),
+        vec![]
+    );
+    assert_eq!(got(vec![Dirty::Pod("u3".into())]), vec![c.clone()]);
+    assert_eq!(
+        got(vec![Dirty::Pod("u2".into()), Dirty::Network("n1".into())]),
+        vec![b.clone(), c.clone()]
+    );
+    assert_eq!(got(vec![Dirty::All]), vec![a.clone(), b.clone(), c.clone()]);
+    // A slot busy with an ADD is included: it computes its own.
+    let slot = t.agent.slot(&c).unwrap();
+    let _busy = slot.lock().await;
+    assert_eq!(got(vec![Dirty::Pod("u1".into())]), vec![a, c]);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn member(t: &TestAgent, name: &str, uid: &str, k: &PublicKey, address: &str) {
+    let a: WireGuardAttachment = serde_json::from_value(json!({
+        "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardAttachment",
+        "metadata": {"name": name, "namespace": "ns2"},
+        "spec": {"network": "n0", "podName": name, "podUID": uid, "nodeName": "node-2", "interface": "wg0"},
+        "status": {"publicKey": k.to_base64(), "addresses": [address], "endpoint": "10.250.0.12:51820"},
+    }))
+    .unwrap();
+    let d = t.agent.index.lock().unwrap().attachment(&a, NODE);
+    assert_eq!(d, vec![Dirty::Network("n0".into())]);
+}
+
+fn external_peer(t: &TestAgent, ns: &str, name: &str, k: &PublicKey, app: &str) -> Vec<Dirty> {
+    let p: wg_k8s_types::WireGuardPeer = serde_json::from_value(json!({
+        "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardPeer",
+        "metadata": {"name": name, "namespace": ns},
+        // Inside the pods' own network: no route to add.
+        "spec": {"network": "n0", "publicKey": k.to_base64(), "allowedIPs": ["10.77.200.0/24"],
+                 "podSelector": {"matchLabels": {"app": app}}},
+    }))
+    .unwrap();
+    t.agent.index.lock().unwrap().peer(&p)
+}
+
+/// Reconcile what `dirty` touches; the `set=1` requests it sent.
+async fn reconcile(t: &TestAgent, dev: &FakeUapi, dirty: Vec<Dirty>) -> Vec<String> {
+    let before = dev.sets().len();
+    t.agent.reconcile(&dirty.into_iter().collect()).await;
+    dev.sets()[before..].to_vec()
+}
+
+#[tokio::test]
+async fn the_reconciler_sends_a_device_only_what_changed() {
+    let mut t = test_agent(|_| status(500, "InternalError"));
+    t.agent.index.lock().unwrap().network(&network_obj(
+        "n0",
+        json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}),
+    ));
+    t.agent
+        .index
+        .lock()
+        .unwrap()
+        .pod(&pod_obj("web", "u1", json!({})));
+    let rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
+    let own_private = {
+        let kid = KeyId::new("u1", "wg0").unwrap();
+        t.agent.keys.get_or_create(&kid, "").unwrap().0
+    };
+    let key = hold(&t.agent, rec.clone());
+    let dev = FakeUapi::start(
+        &t.uapi_dir,
+        rec.attachment.birth_name.as_str(),
+        format!(
+            "private_key={}\nlisten_port=51820\n",
+            hex(own_private.as_bytes())
+        ),
+    );
+    let all = || vec![Dirty::All];
+
+    // Before the caches are synced, nothing is touched.
+    assert!(reconcile(&t, &dev, all()).await.is_empty());
+    assert!(dev.requests().is_empty());
+    t.agent.set_synced();
+    assert_eq!(t.marked(), vec![Dirty::All]);
+
+    // The device has its key and port and no peer, as desired: read once,
+    // nothing sent, no status write.
+    assert!(reconcile(&t, &dev, all()).await.is_empty());
+    assert_eq!(dev.requests(), vec!["get=1\n".to_string()]);
+    assert!(t.published().is_empty());
+
+    // A mesh member appears: exactly it is sent, once.
+    let other = PrivateKey::generate().unwrap().public_key();
+    member(&t, "db", "u2", &other, "10.77.0.3/16");
+    let sets = reconcile(&t, &dev, vec![Dirty::Network("n0".into())]).await;
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert!(
+        sets[0].contains(&format!("public_key={}", hex(other.as_bytes()))),
+        "{}",
+        sets[0]
+    );
+    assert!(sets[0].contains("allowed_ip=10.77.0.3/32"), "{}", sets[0]);
+    assert!(
+        sets[0].contains("endpoint=10.250.0.12:51820"),
+        "{}",
+        sets[0]
+    );
+    assert!(
+        !sets[0].contains("private_key"),
+        "the key did not change: {}",
+        sets[0]
+    );
+    assert_eq!(t.published(), vec![format!("upsert {key}")]);
+    assert_eq!(metric(&t.agent, "wg_agent_device_updates_total"), 1.0);
+    // Nothing changed since: nothing sent, nothing read.
+    assert!(reconcile(&t, &dev, all()).await.is_empty());
+    assert_eq!(
+        dev.requests().len(),
+        2,
+        "no read-back: the last state is kept"
+    );
+    assert!(t.published().is_empty());
+
+    // External peers: only those whose selector matches the pod.
+    let gw = PrivateKey::generate().unwrap().public_key();
+    let db = PrivateKey::generate().unwrap().public_key();
+    let d = external_peer(&t, "ns1", "db-gw", &db, "db");
+    assert!(
+        reconcile(&t, &dev, d).await.is_empty(),
+        "selects no pod here"
+    );
+    let d = external_peer(&t, "ns2", "web-gw", &gw, "web");
+    assert!(
+        reconcile(&t, &dev, d).await.is_empty(),
+        "another namespace's"
+    );
+    let d = external_peer(&t, "ns1", "web-gw", &gw, "web");
+    let sets = reconcile(&t, &dev, d).await;
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert!(sets[0].contains(&hex(gw.as_bytes())), "{}", sets[0]);
+    assert!(
+        !sets[0].contains(&hex(other.as_bytes())),
+        "the member is unchanged: {}",
+        sets[0]
+    );
+    assert!(!sets[0].contains(&hex(db.as_bytes())));
+
+    // The member leaves: it is removed.
+    let gone: WireGuardAttachment = serde_json::from_value(json!({
+        "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardAttachment",
+        "metadata": {"name": "db", "namespace": "ns2"},
+        "spec": {"network": "n0", "podName": "db", "podUID": "u2", "nodeName": "node-2", "interface": "wg0"},
+    }))
+    .unwrap();
+    let d = t.agent.index.lock().unwrap().attachment_gone(&gone);
+    let sets = reconcile(&t, &dev, d).await;
+    assert_eq!(sets.len(), 1);
+    assert!(
+        sets[0].contains(&format!(
+            "public_key={}\nremove=true",
+            hex(other.as_bytes())
+        )),
+        "{}",
+        sets[0]
+    );
+
+    // The pod asks for a new key: the device gets it, the record and the
+    // status follow.
+    t.published();
+    let d = t.agent.index.lock().unwrap().pod(&pod_obj(
+        "web",
+        "u1",
+        json!({wg_k8s_types::ANNOTATION_ROTATE_KEY: "1"}),
+    ));
+    let sets = reconcile(&t, &dev, d).await;
+    assert_eq!(sets.len(), 1);
+    assert!(sets[0].contains("private_key="), "{}", sets[0]);
+    assert!(!sets[0].contains(&hex(own_private.as_bytes())));
+    let saved = t.agent.records.load_all().0;
+    assert_eq!(saved[0].key_generation, "1");
+    assert_ne!(saved[0].public_key, rec.public_key);
+    let stored = t
+        .agent
+        .keys
+        .public_key(&KeyId::new("u1", "wg0").unwrap())
+        .unwrap();
+    assert_eq!(Some(saved[0].public_key), stored);
+    assert_eq!(t.published(), vec![format!("upsert {key}")]);
+
+    // The network goes: the interface is kept as it is.
+    let d = t.agent.index.lock().unwrap().network_gone(&network_obj(
+        "n0",
+        json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}),
+    ));
+    assert!(reconcile(&t, &dev, d).await.is_empty());
+    // Throughout, no route changed (none was asked): no netlink request.
+    assert!(t
+        .agent
+        .slot(&key)
+        .unwrap()
+        .lock()
+        .await
+        .as_ref()
+        .unwrap()
+        .routes
+        .is_empty());
+    assert_eq!(metric(&t.agent, "wg_agent_reconcile_errors_total"), 0.0);
+}
+
+#[tokio::test]
+async fn a_device_that_cannot_be_reached_is_a_reconcile_error() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    t.agent.index.lock().unwrap().network(&network_obj(
+        "n0",
+        json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}),
+    ));
+    t.agent
+        .index
+        .lock()
+        .unwrap()
+        .pod(&pod_obj("web", "u1", json!({})));
+    hold(
+        &t.agent,
+        record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820),
+    );
+    t.agent.set_synced();
+    t.agent.reconcile(&BTreeSet::from([Dirty::All])).await;
+    assert_eq!(metric(&t.agent, "wg_agent_reconcile_errors_total"), 1.0);
+    // An interface whose pod the index does not know is left alone.
+    t.agent.index.lock().unwrap().relisted_pods(&[]);
+    t.agent.reconcile(&BTreeSet::from([Dirty::All])).await;
+    assert_eq!(metric(&t.agent, "wg_agent_reconcile_errors_total"), 1.0);
+}
+
+#[tokio::test]
+async fn gc_keeps_live_interfaces_and_their_keys_and_deletes_orphan_objects() {
+    let mut t = test_agent(|_| status(500, "InternalError"));
+    let key = hold(
+        &t.agent,
+        record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820),
+    );
+    // A key left by an interface that is gone.
+    let ghost = KeyId::new("ghost", "wg0").unwrap();
+    t.agent.keys.get_or_create(&ghost, "").unwrap();
+    let att = |name: &str, uid: &str, node: &str| -> WireGuardAttachment {
+        serde_json::from_value(json!({
+            "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardAttachment",
+            "metadata": {"name": name, "namespace": "ns1"},
+            "spec": {"network": "n0", "podName": name, "podUID": uid, "nodeName": node, "interface": "wg0"},
+        }))
+        .unwrap()
+    };
+    {
+        let mut idx = t.agent.index.lock().unwrap();
+        idx.attachment(&att("web-wg0", "u1", NODE), NODE);
+        idx.attachment(&att("old-wg0", "u0", NODE), NODE);
+        idx.attachment(&att("far-wg0", "u5", "node-2"), NODE);
+    }
+    // Not synced: nothing at all.
+    t.agent.gc().await;
+    assert!(t.published().is_empty());
+    assert_eq!(t.agent.keys.list().unwrap().len(), 2);
+
+    t.agent.set_synced();
+    // The pod is not in the index, but its interface is younger than the
+    // grace period: kept.
+    t.agent.gc().await;
+    assert_eq!(t.agent.keys(), vec![key.clone()]);
+    assert_eq!(t.published(), vec!["delete ns1/old-wg0".to_string()]);
+    let held = KeyId::new("u1", "wg0").unwrap();
+    assert_eq!(
+        t.agent.keys.list().unwrap(),
+        vec![held.clone()],
+        "the ghost's key goes, the live one stays"
+    );
+    assert!(t.agent.keys.public_key(&held).unwrap().is_some());
+    assert!(t.log.all().is_empty());
+}
+
+#[tokio::test]
+async fn status_and_object_of_an_interface() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    let mut rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
+    let key = hold(&t.agent, rec.clone());
+    let slot = t.agent.slot(&key).unwrap();
+    let g = slot.lock().await;
+    let st = t.agent.status_of(g.as_ref().unwrap());
+    assert_eq!(
+        st.public_key.as_ref().unwrap().as_str(),
+        rec.public_key.to_base64()
+    );
+    assert_eq!(st.addresses.len(), 1);
+    assert_eq!(st.addresses[0].as_str(), "10.77.0.2/16");
+    assert_eq!(
+        st.endpoint.as_ref().unwrap().as_str(),
+        format!("{NODE_IP}:51820"),
+        "a host socket is reached at the node"
+    );
+    assert_eq!(st.peer_count, Some(0));
+    drop(g);
+    // A socket in the pod's namespace: the endpoint is not the node's.
+    rec.attachment.socket_namespace = SocketNamespace::Container;
+    slot.lock().await.as_mut().unwrap().rec = rec;
+    assert!(t
+        .agent
+        .status_of(slot.lock().await.as_ref().unwrap())
+        .endpoint
+        .is_none());
+    assert_eq!(object_name("web", "wg0"), "web-wg0");
+    let long = "p".repeat(250);
+    let n = object_name(&long, "wg0");
+    assert!(n.len() <= 253, "{}", n.len());
+    assert_ne!(
+        n,
+        object_name(&"p".repeat(251), "wg0"),
+        "still one name per pod"
+    );
+}
+
+#[tokio::test]
+async fn hints_tell_the_plugin_each_networks_failure_policy() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    {
+        let mut idx = t.agent.index.lock().unwrap();
+        idx.network(&network_obj(
+            "n0",
+            json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}),
+        ));
+        idx.network(&network_obj(
+            "n1",
+            json!({"addressPools": [{"cidr": "10.78.0.0/16"}], "failurePolicy": "ignore"}),
+        ));
+        idx.network(&network_obj(
+            "bad",
+            json!({"addressPools": [{"cidr": "10.79.0.0/16", "blockSize": 8}]}),
+        ));
+    }
+    t.agent.write_hints();
+    let dir = t.agent.settings.hint_dir();
+    let read = |n: &str| -> wg_cni::managed::NetworkHint {
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{n}.json"))).unwrap()).unwrap()
+    };
+    assert_eq!(read("n0").failure_policy, "fail");
+    assert_eq!(read("n1").failure_policy, "ignore");
+    assert!(
+        !dir.join("bad.json").exists(),
+        "an invalid network has no policy"
+    );
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+}
+
+#[tokio::test]
+async fn adopt_networks_lists_each_valid_networks_blocks_once() {
+    let t = test_agent(|s| match (&s.method, s.path.as_str()) {
+        (&Method::GET, BLOCKS) if s.query.contains("network%3Dn1") => {
+            status(503, "ServiceUnavailable")
+        }
+        (&Method::GET, BLOCKS) => no_blocks(),
+        _ => status(500, "InternalError"),
+    });
+    {
+        let mut idx = t.agent.index.lock().unwrap();
+        idx.network(&network_obj(
+            "n0",
+            json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}),
+        ));
+        idx.network(&network_obj(
+            "n1",
+            json!({"addressPools": [{"cidr": "10.78.0.0/16"}]}),
+        ));
+        idx.network(&network_obj(
+            "bad",
+            json!({"addressPools": [{"cidr": "10.79.0.0/16", "blockSize": 8}]}),
+        ));
+    }
+    t.agent.adopt_networks().await;
+    t.agent.adopt_networks().await;
+    let lists: Vec<String> = t.log.all().iter().map(|s| s.query.clone()).collect();
+    let n0 = lists
+        .iter()
+        .filter(|q| q.contains("spec.network%3Dn0"))
+        .count();
+    let n1 = lists
+        .iter()
+        .filter(|q| q.contains("spec.network%3Dn1"))
+        .count();
+    assert_eq!((n0, n1, lists.len()), (1, 2, 3), "{lists:?}");
+    assert_eq!(
+        metric(
+            &t.agent,
+            "wg_agent_apiserver_errors_total{operation=\"list_blocks\"}"
+        ),
+        2.0
+    );
+}
