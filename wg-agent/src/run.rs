@@ -370,3 +370,6 @@ pub async fn timers(agent: Arc<Agent>, heartbeat: Arc<Heartbeat>) {
         heartbeat.beat();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -37,7 +37,10 @@ pub struct Seen {
     pub method: Method,
     pub path: String,
     pub query: String,
+    pub content_type: String,
     pub body: Value,
+    /// When it arrived (tokio's clock: virtual under a paused runtime).
+    pub at: tokio::time::Instant,
 }
 
 impl Seen {
@@ -76,7 +79,14 @@ pub fn apiserver(
                 method: parts.method,
                 path: parts.uri.path().to_string(),
                 query: parts.uri.query().unwrap_or_default().to_string(),
+                content_type: parts
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
                 body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                at: tokio::time::Instant::now(),
             };
             let (code, reply) = script(&seen);
             log2.0.lock().unwrap().push(seen);

@@ -1,0 +1,244 @@
+//! The status writer against a scripted apiserver, in virtual time (its
+//! retry delay and rate limit are real durations, so a paused runtime
+//! lets them be checked exactly without waiting), and the heartbeat.
+
+use super::*;
+use crate::agent::tests::{hold, record};
+use crate::testutil::{metric, status, test_agent, Seen, TestAgent, NODE};
+use http::Method;
+use serde_json::{json, Value};
+use std::sync::atomic::AtomicUsize;
+
+const ATTACHMENTS: &str =
+    "/apis/wireguard.wg-netns.io/v1alpha1/namespaces/ns1/wireguardattachments";
+
+/// Wait (in virtual time, at most a minute) until the apiserver has seen
+/// `n` requests.
+async fn requests(t: &TestAgent, n: usize) -> Vec<Seen> {
+    for _ in 0..600 {
+        if t.log.all().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.log.all()
+}
+
+fn echo(s: &Seen) -> (u16, Value) {
+    let mut body = s.body.clone();
+    body["metadata"]["uid"] = json!("obj-uid");
+    body["metadata"]["resourceVersion"] = json!("1");
+    if body.get("spec").is_none() {
+        body["spec"] = json!({"network": "n0", "podName": "web", "podUID": "u1",
+                              "nodeName": NODE, "interface": "wg0"});
+    }
+    if body["metadata"].get("name").is_none() {
+        body["metadata"]["name"] = json!(s.path.rsplit('/').nth(1).unwrap_or("x"));
+    }
+    (200, body)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_write_is_retried_then_the_status_follows() {
+    let applies = Arc::new(AtomicUsize::new(0));
+    let a2 = Arc::clone(&applies);
+    let t = test_agent(move |s| {
+        let apply = s.method == Method::PATCH && !s.path.ends_with("/status");
+        if apply && a2.fetch_add(1, Ordering::SeqCst) == 0 {
+            return status(500, "InternalError");
+        }
+        echo(s)
+    });
+    let key = hold(
+        &t.agent,
+        record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820),
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(Publish::Upsert(key.clone())).unwrap();
+    let started = tokio::time::Instant::now();
+    let writer = tokio::spawn(publish_loop(Arc::clone(&t.agent), rx, tx.clone(), 50));
+    let log = requests(&t, 3).await;
+    writer.abort();
+
+    let lines: Vec<String> = log.iter().map(Seen::line).collect();
+    let object = format!("PATCH {ATTACHMENTS}/web-wg0");
+    assert_eq!(
+        lines,
+        vec![
+            object.clone(),
+            object,
+            format!("PATCH {ATTACHMENTS}/web-wg0/status")
+        ]
+    );
+    // The first answer failed: no status was written after it, and the
+    // write came again after the retry delay.
+    assert!(
+        log[1].at - log[0].at >= Duration::from_secs(2),
+        "{:?}",
+        log[1].at - log[0].at
+    );
+    assert!(log[1].at - started < Duration::from_secs(3));
+    // The object: server-side apply by wg-agent, forced, naming the pod.
+    assert_eq!(log[1].content_type, "application/apply-patch+yaml");
+    assert!(
+        log[1].query.contains("fieldManager=wg-agent"),
+        "{}",
+        log[1].query
+    );
+    assert!(log[1].query.contains("force=true"), "{}", log[1].query);
+    let o = &log[1].body;
+    assert_eq!(o["spec"]["podUID"], "u1");
+    assert_eq!(o["spec"]["nodeName"], NODE);
+    assert_eq!(o["spec"]["network"], "n0");
+    assert_eq!(o["spec"]["interface"], "wg0");
+    assert_eq!(o["metadata"]["labels"][wg_k8s_types::LABEL_NODE], NODE);
+    assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], "u1");
+    assert_eq!(o["metadata"]["ownerReferences"][0]["kind"], "Pod");
+    // The status: a merge patch with the key, addresses and endpoint.
+    assert_eq!(log[2].content_type, "application/merge-patch+json");
+    let st = &log[2].body["status"];
+    assert_eq!(st["addresses"], json!(["10.77.0.2/16"]));
+    assert_eq!(st["endpoint"], "10.250.0.11:51820");
+    assert!(st["publicKey"].is_string());
+    assert_eq!(metric(&t.agent, "wg_agent_status_writes_total"), 1.0);
+    assert_eq!(
+        metric(
+            &t.agent,
+            "wg_agent_apiserver_errors_total{operation=\"write_attachment\"}"
+        ),
+        1.0
+    );
+    let slot = t.agent.slot(&key).unwrap();
+    assert!(
+        slot.lock().await.as_ref().unwrap().written.is_some(),
+        "remembered as written"
+    );
+    // Nothing more is written.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(t.log.all().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_are_coalesced_per_attachment_and_rate_limited() {
+    let t = test_agent(|s| match s.method {
+        Method::DELETE => status(404, "NotFound"),
+        _ => echo(s),
+    });
+    let a = hold(
+        &t.agent,
+        record(&t.agent, "ns1", "a", "u1", "n0", "10.77.0.2/16", 51820),
+    );
+    let b = hold(
+        &t.agent,
+        record(&t.agent, "ns1", "b", "u2", "n0", "10.77.0.3/16", 51821),
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    for p in [
+        Publish::Upsert(a.clone()),
+        Publish::Upsert(b.clone()),
+        Publish::Upsert(a.clone()),
+        Publish::Delete {
+            namespace: "ns1".into(),
+            name: "gone-wg0".into(),
+        },
+        Publish::Upsert(a.clone()),
+    ] {
+        tx.send(p).unwrap();
+    }
+    let writer = tokio::spawn(publish_loop(Arc::clone(&t.agent), rx, tx.clone(), 4));
+    let log = requests(&t, 5).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    writer.abort();
+    let log2 = t.log.all();
+    assert_eq!(
+        log2.len(),
+        5,
+        "{:?}",
+        log2.iter().map(Seen::line).collect::<Vec<_>>()
+    );
+    let lines: Vec<String> = log.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("DELETE {ATTACHMENTS}/gone-wg0"),
+            format!("PATCH {ATTACHMENTS}/a-wg0"),
+            format!("PATCH {ATTACHMENTS}/a-wg0/status"),
+            format!("PATCH {ATTACHMENTS}/b-wg0"),
+            format!("PATCH {ATTACHMENTS}/b-wg0/status"),
+        ],
+        "three upserts of a: one write; a 404 on delete is done"
+    );
+    // 4 a second: a write starts at least 250 ms after the previous one.
+    let starts = [log[0].at, log[1].at, log[3].at];
+    for w in starts.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(250),
+            "{:?}",
+            w[1] - w[0]
+        );
+        assert!(
+            w[1] - w[0] < Duration::from_millis(400),
+            "{:?}",
+            w[1] - w[0]
+        );
+    }
+    assert_eq!(metric(&t.agent, "wg_agent_status_writes_total"), 3.0);
+
+    // An interface let go before its write is not written.
+    let t = test_agent(echo);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(Publish::Upsert(
+        crate::local::Key::new("u9", "wg0").unwrap(),
+    ))
+    .unwrap();
+    let writer = tokio::spawn(publish_loop(Arc::clone(&t.agent), rx, tx.clone(), 50));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    writer.abort();
+    assert!(t.log.all().is_empty());
+}
+
+#[test]
+fn heartbeat_goes_stale_without_beats() {
+    let h = Heartbeat::new(Duration::from_millis(100));
+    assert!(h.check().is_ok(), "fresh: the start counts");
+    std::thread::sleep(Duration::from_millis(250));
+    let e = h.check().unwrap_err();
+    assert!(e.starts_with("no heartbeat for "), "{e}");
+    h.beat();
+    assert!(h.check().is_ok());
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(h.check().is_err());
+}
+
+#[test]
+fn heartbeat_check_racing_a_beat_is_healthy() {
+    // check() reads the clock, then the last beat: a beat from another
+    // thread in between is newer than the clock it is compared with.
+    let h = Arc::new(Heartbeat::new(Duration::from_secs(60)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beater = {
+        let (h, stop) = (Arc::clone(&h), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                h.beat();
+            }
+        })
+    };
+    let until = Instant::now() + Duration::from_millis(300);
+    let mut checks = 0u64;
+    let mut bad = None;
+    while Instant::now() < until {
+        checks += 1;
+        match std::panic::catch_unwind(|| h.check()) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bad = Some(e),
+            Err(_) => bad = Some("check panicked".into()),
+        }
+        if bad.is_some() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    beater.join().unwrap();
+    assert_eq!(bad, None, "after {checks} checks");
+}
