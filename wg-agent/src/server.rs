@@ -178,3 +178,6 @@ pub async fn serve_http(listener: TcpListener, agent: Arc<Agent>, alive: Arc<cra
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

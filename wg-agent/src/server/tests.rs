@@ -1,0 +1,179 @@
+//! The CNI socket end to end without root (the plugin's own client,
+//! `wg_cni::managed::call`, against `serve_cni` on a socket in a temp dir),
+//! and the HTTP endpoints on a loopback port.
+
+use super::*;
+use crate::testutil::{metric, netns_fd, pod_json, status, test_agent, TempDir};
+use std::os::unix::fs::FileTypeExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wg_cni::managed::{PodRef, Verb};
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// ADD of pod ns1/web through the socket, as the plugin sends it.
+async fn call(socket: &Path, version: u32) -> Result<Reply, managed::ProtoError> {
+    let socket = socket.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut req =
+            Request::new(Verb::Add, "c1", "eth0", "/proc/self/ns/net").pod(Some(PodRef {
+                namespace: "ns1".into(),
+                name: "web".into(),
+                uid: None,
+            }));
+        req.version = version;
+        managed::call(&socket, &req, Some(&netns_fd()), Duration::from_secs(5))
+    })
+    .await
+    .unwrap()
+}
+
+#[test]
+fn the_socket_is_root_only_and_replaces_a_stale_one() {
+    let tmp = TempDir::new("sock");
+    let dir = tmp.path().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.join("cni.sock");
+    std::fs::write(&path, b"stale").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let l = bind_cni(&path).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    assert!(std::fs::metadata(&path).unwrap().file_type().is_socket());
+    drop(l);
+    // A directory that does not exist yet is made.
+    let deep = tmp.path().join("a/b/cni.sock");
+    let _l = bind_cni(&deep).unwrap();
+    assert_eq!(mode(&tmp.path().join("a/b")), 0o700);
+}
+
+#[tokio::test]
+async fn requests_over_the_socket() {
+    let t = test_agent(|s| match s.path.as_str() {
+        "/api/v1/namespaces/ns1/pods/web" => (200, pod_json("ns1", "web", "u1", None)),
+        _ => status(404, "NotFound"),
+    });
+    let tmp = TempDir::new("serve");
+    let path = tmp.path().join("run/cni.sock");
+    let server = tokio::spawn(serve_cni(bind_cni(&path).unwrap(), Arc::clone(&t.agent)));
+    let root = rustix::process::geteuid().is_root();
+    let got = call(&path, PROTOCOL_VERSION).await;
+    if !root {
+        // The agent serves root only: a non-root peer gets no answer.
+        assert!(got.is_err(), "{got:?}");
+        server.abort();
+        return;
+    }
+    match got.unwrap() {
+        Reply::Skipped { reason } => assert!(reason.contains("ns1/web"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // Another protocol version is refused before the agent is asked.
+    let before = t.log.all().len();
+    match call(&path, PROTOCOL_VERSION + 1).await.unwrap() {
+        Reply::Failed(f) => {
+            assert_eq!(f.code, 2, "{f:?}");
+            assert!(
+                f.details
+                    .contains(&format!("plugin {}", PROTOCOL_VERSION + 1)),
+                "{f:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.log.all().len(), before, "no pod was read for it");
+    // A client that connects and hangs up (wg-cni's STATUS does), one
+    // that sends garbage, and one that connects and says nothing do not
+    // stop the server or hold up the next request.
+    let p2 = path.clone();
+    tokio::task::spawn_blocking(move || {
+        drop(std::os::unix::net::UnixStream::connect(&p2).unwrap());
+        let mut s = std::os::unix::net::UnixStream::connect(&p2).unwrap();
+        std::io::Write::write_all(&mut s, &[0, 0, 0, 3, b'{', b'{', b'{']).unwrap();
+    })
+    .await
+    .unwrap();
+    let silent = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let started = Instant::now();
+    assert!(matches!(
+        call(&path, PROTOCOL_VERSION).await.unwrap(),
+        Reply::Skipped { .. }
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+    assert_eq!(
+        metric(
+            &t.agent,
+            "wg_agent_cni_request_duration_seconds_count{verb=\"ADD\",outcome=\"skipped\"}"
+        ),
+        2.0,
+        "the refused version never reached the agent"
+    );
+    server.abort();
+}
+
+async fn get(port: u16, path: &str) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (code, ctype, body.to_string())
+}
+
+#[tokio::test]
+async fn http_metrics_health_and_readiness() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let alive = Arc::new(crate::Heartbeat::new(Duration::from_millis(200)));
+    let server = tokio::spawn(serve_http(
+        listener,
+        Arc::clone(&t.agent),
+        Arc::clone(&alive),
+    ));
+
+    let (code, _, body) = get(port, "/readyz").await;
+    assert_eq!((code, body.as_str()), (503, "caches not synced\n"));
+    t.agent.set_synced();
+    assert_eq!(get(port, "/readyz").await.0, 200);
+
+    assert_eq!(get(port, "/healthz").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (code, _, body) = get(port, "/healthz").await;
+    assert_eq!(code, 503);
+    assert!(body.starts_with("no heartbeat"), "{body}");
+    alive.beat();
+    assert_eq!(get(port, "/healthz").await.0, 200);
+
+    t.agent.metrics.devices.set(3);
+    let (code, ctype, body) = get(port, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    assert!(body.contains("wg_agent_devices 3"), "{body}");
+    assert_eq!(get(port, "/other").await.0, 404);
+    server.abort();
+}
