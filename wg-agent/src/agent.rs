@@ -1,9 +1,10 @@
 //! The agent: the node's pod interfaces, kept equal to what the resources
 //! say. Each verb is a short story told with wg-netns calls:
 //!
-//! - [`Agent::add`] (a CNI ADD): which network, an address (IPAM), a
-//!   port, the pod's key, [`Birthplace::ensure`], a record, an answer.
-//! - [`Agent::del`]: [`wg_netns::AttachmentRecord::detach_in`], give back
+//! - `Agent::add` (a CNI ADD, through [`Agent::handle`]): which network,
+//!   an address (IPAM), a port, the pod's key, [`Birthplace::ensure`], a
+//!   record, an answer.
+//! - `Agent::del`: [`wg_netns::AttachmentRecord::detach_in`], give back
 //!   the address, port and key, forget.
 //! - [`Agent::reconcile`]: for each interface a change touches, compute
 //!   what it should be ([`crate::desired::compute`]) and send the device
