@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Client;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -103,12 +103,15 @@ pub enum Publish {
     /// Only the counters and handshakes changed (rate limited per
     /// attachment; written when nothing more urgent waits).
     Refresh(Key),
-    /// Delete an attachment object.
+    /// Delete an attachment object, if it is still the one of pod
+    /// `pod_uid`'s interface (its name may be another pod's by then).
     Delete {
         /// Its namespace.
         namespace: String,
         /// Its name.
         name: String,
+        /// The UID of the pod whose interface it describes.
+        pod_uid: String,
     },
 }
 
@@ -823,6 +826,7 @@ impl Agent {
         let _ = self.publish.send(Publish::Delete {
             namespace: rec.namespace.clone(),
             name: object_name(&rec.pod, rec.attachment.interface.as_str()),
+            pod_uid: rec.pod_uid.clone(),
         });
         info!(pod = %format!("{}/{}", rec.namespace, rec.pod), interface = %rec.attachment.interface, "detached");
         Ok(())
@@ -1356,6 +1360,7 @@ impl Agent {
                 let _ = self.publish.send(Publish::Delete {
                     namespace: ns.to_string(),
                     name: name.to_string(),
+                    pod_uid: uid.clone(),
                 });
             }
         }
@@ -1501,11 +1506,30 @@ impl Agent {
     /// Write one attachment object and its status.
     pub async fn publish_one(&self, p: &Publish) -> Result<(), kube::Error> {
         match p {
-            Publish::Delete { namespace, name } => {
+            Publish::Delete {
+                namespace,
+                name,
+                pod_uid,
+            } => {
+                // Read first and delete only the object of that pod, with
+                // its UID as a precondition: a StatefulSet pod recreated
+                // under the same name owns an object of the same name, and
+                // a delete retried after a failure must not take it.
                 let api: Api<WireGuardAttachment> = Api::namespaced(self.client.clone(), namespace);
-                match api.delete(name, &DeleteParams::default()).await {
+                let Some(existing) = api.get_opt(name).await? else {
+                    return Ok(());
+                };
+                if existing.spec.pod_uid != *pod_uid {
+                    return Ok(());
+                }
+                let params = DeleteParams::default().preconditions(Preconditions {
+                    uid: existing.metadata.uid.clone(),
+                    resource_version: None,
+                });
+                match api.delete(name, &params).await {
                     Ok(_) => Ok(()),
-                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                    // Gone, or replaced since the read.
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
                     Err(e) => Err(e),
                 }
             }

@@ -347,7 +347,11 @@ pub async fn publish_loop(
 fn id(p: &Publish) -> String {
     match p {
         Publish::Upsert(k) | Publish::Refresh(k) => format!("attachment {k}"),
-        Publish::Delete { namespace, name } => format!("delete {namespace}/{name}"),
+        Publish::Delete {
+            namespace,
+            name,
+            pod_uid,
+        } => format!("delete {namespace}/{name} of pod {pod_uid}"),
     }
 }
 

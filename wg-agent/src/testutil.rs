@@ -168,7 +168,11 @@ impl TestAgent {
         while let Ok(p) = self.publish.try_recv() {
             out.push(match p {
                 Publish::Upsert(k) => format!("upsert {k}"),
-                Publish::Delete { namespace, name } => format!("delete {namespace}/{name}"),
+                Publish::Delete {
+                    namespace,
+                    name,
+                    pod_uid,
+                } => format!("delete {namespace}/{name} ({pod_uid})"),
             });
         }
         out

@@ -745,7 +745,7 @@ async fn gc_keeps_live_interfaces_and_their_keys_and_deletes_orphan_objects() {
     // grace period: kept.
     t.agent.gc().await;
     assert_eq!(t.agent.keys(), vec![key.clone()]);
-    assert_eq!(t.published(), vec!["delete ns1/old-wg0".to_string()]);
+    assert_eq!(t.published(), vec!["delete ns1/old-wg0 (u0)".to_string()]);
     let held = KeyId::new("u1", "wg0").unwrap();
     assert_eq!(
         t.agent.keys.list().unwrap(),

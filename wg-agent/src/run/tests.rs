@@ -140,6 +140,7 @@ async fn writes_are_coalesced_per_attachment_and_rate_limited() {
         Publish::Delete {
             namespace: "ns1".into(),
             name: "gone-wg0".into(),
+            pod_uid: "u0".into(),
         },
         Publish::Upsert(a.clone()),
     ] {
@@ -160,13 +161,13 @@ async fn writes_are_coalesced_per_attachment_and_rate_limited() {
     assert_eq!(
         lines,
         vec![
-            format!("DELETE {ATTACHMENTS}/gone-wg0"),
+            format!("GET {ATTACHMENTS}/gone-wg0"),
             format!("PATCH {ATTACHMENTS}/a-wg0"),
             format!("PATCH {ATTACHMENTS}/a-wg0/status"),
             format!("PATCH {ATTACHMENTS}/b-wg0"),
             format!("PATCH {ATTACHMENTS}/b-wg0/status"),
         ],
-        "three upserts of a: one write; a 404 on delete is done"
+        "three upserts of a: one write; a delete of what is gone is done"
     );
     // 4 a second: a write starts at least 250 ms after the previous one.
     let starts = [log[0].at, log[1].at, log[3].at];
@@ -241,4 +242,92 @@ fn heartbeat_check_racing_a_beat_is_healthy() {
     stop.store(true, Ordering::Relaxed);
     beater.join().unwrap();
     assert_eq!(bad, None, "after {checks} checks");
+}
+
+/// A scripted apiserver holding one attachment object `ns1/web-wg0` (or
+/// none): GET, DELETE (with its UID precondition) and a way for the test
+/// to replace it; the pod UIDs of the objects it deleted.
+#[derive(Clone, Default)]
+struct OneObject {
+    object: Arc<std::sync::Mutex<Option<(String, String)>>>,
+    deleted: Arc<std::sync::Mutex<Vec<String>>>,
+    fail_next: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OneObject {
+    fn put(&self, uid: &str, pod_uid: &str) {
+        *self.object.lock().unwrap() = Some((uid.into(), pod_uid.into()));
+    }
+    fn answer(&self, s: &Seen) -> (u16, Value) {
+        if self.fail_next.swap(false, Ordering::SeqCst) {
+            return status(500, "InternalError");
+        }
+        let mut object = self.object.lock().unwrap();
+        let Some((uid, pod_uid)) = object.clone() else {
+            return status(404, "NotFound");
+        };
+        let body = json!({"apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardAttachment",
+            "metadata": {"name": "web-wg0", "namespace": "ns1", "uid": uid},
+            "spec": {"network": "n0", "podName": "web", "podUID": pod_uid, "nodeName": NODE, "interface": "wg0"}});
+        match s.method {
+            Method::GET => (200, body),
+            Method::DELETE => {
+                let pre = &s.body["preconditions"]["uid"];
+                if !pre.is_null() && *pre != json!(uid) {
+                    return status(409, "Conflict");
+                }
+                *object = None;
+                self.deleted.lock().unwrap().push(pod_uid);
+                (200, body)
+            }
+            _ => status(405, "MethodNotAllowed"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_delete_spares_a_new_pods_object_of_the_same_name() {
+    let world = OneObject::default();
+    world.put("obj-1", "u1");
+    let w2 = world.clone();
+    let t = test_agent(move |s| w2.answer(s));
+    let (tx, rx) = mpsc::unbounded_channel();
+    // The old pod's interface went; the apiserver fails the first try.
+    world.fail_next.store(true, Ordering::SeqCst);
+    tx.send(Publish::Delete {
+        namespace: "ns1".into(),
+        name: "web-wg0".into(),
+        pod_uid: "u1".into(),
+    })
+    .unwrap();
+    let writer = tokio::spawn(publish_loop(Arc::clone(&t.agent), rx, tx.clone(), 50));
+    requests(&t, 1).await;
+    // Before the retry, the pod's owner deleted the old object and the
+    // pod, recreated under the same name (a StatefulSet), got its own.
+    world.put("obj-2", "u2");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    writer.abort();
+    assert!(
+        world.deleted.lock().unwrap().is_empty(),
+        "{:?}",
+        t.log.lines()
+    );
+    assert!(world.object.lock().unwrap().is_some());
+
+    // The old pod's object itself is deleted, with its UID as precondition.
+    let world = OneObject::default();
+    world.put("obj-1", "u1");
+    let w2 = world.clone();
+    let t = test_agent(move |s| w2.answer(s));
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(Publish::Delete {
+        namespace: "ns1".into(),
+        name: "web-wg0".into(),
+        pod_uid: "u1".into(),
+    })
+    .unwrap();
+    let writer = tokio::spawn(publish_loop(Arc::clone(&t.agent), rx, tx.clone(), 50));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    writer.abort();
+    assert_eq!(*world.deleted.lock().unwrap(), vec!["u1".to_string()]);
 }
