@@ -330,4 +330,14 @@ async fn a_retried_delete_spares_a_new_pods_object_of_the_same_name() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     writer.abort();
     assert_eq!(*world.deleted.lock().unwrap(), vec!["u1".to_string()]);
+    let log = t.log.all();
+    let lines: Vec<String> = log.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("GET {ATTACHMENTS}/web-wg0"),
+            format!("DELETE {ATTACHMENTS}/web-wg0")
+        ]
+    );
+    assert_eq!(log[1].body["preconditions"]["uid"], "obj-1");
 }
