@@ -149,7 +149,7 @@ async fn http_metrics_health_and_readiness() {
     let t = test_agent(|_| status(500, "InternalError"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let alive = Arc::new(crate::Heartbeat::new(Duration::from_millis(200)));
+    let alive = Arc::new(crate::Heartbeat::new(Duration::from_millis(600)));
     let server = tokio::spawn(serve_http(
         listener,
         Arc::clone(&t.agent),
@@ -161,8 +161,9 @@ async fn http_metrics_health_and_readiness() {
     t.agent.set_synced();
     assert_eq!(get(port, "/readyz").await.0, 200);
 
+    alive.beat();
     assert_eq!(get(port, "/healthz").await.0, 200);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     let (code, _, body) = get(port, "/healthz").await;
     assert_eq!(code, 503);
     assert!(body.starts_with("no heartbeat"), "{body}");
