@@ -1138,7 +1138,7 @@ impl Agent {
                     self.records.save(&entry.rec).map_err(|e| e.to_string())?;
                     info!(attachment = %key, "key rotated");
                 }
-                if !sent.is_empty() || rotated {
+                if rotated {
                     let _ = self.publish.send(Publish::Upsert(key.clone()));
                 }
                 Ok(())
@@ -1625,19 +1625,16 @@ impl Agent {
     }
 }
 
-/// The part of a status that must be written at once (others wait for
-/// the rate limit): key, addresses, endpoint, which peers.
-fn identity(
-    s: &WireGuardAttachmentStatus,
-) -> (Option<String>, Vec<String>, Option<String>, Vec<String>) {
+/// The part of a status others act on, written at once: the key,
+/// addresses and endpoint (other nodes' mesh peers). The rest (the peer
+/// list, handshakes, counters) is information, written at most every
+/// `status_min_interval`: otherwise every new pod of a mesh would queue a
+/// write per member ahead of the next pod's creation.
+fn identity(s: &WireGuardAttachmentStatus) -> (Option<String>, Vec<String>, Option<String>) {
     (
         s.public_key.as_ref().map(|k| k.as_str().to_string()),
         s.addresses.iter().map(|a| a.as_str().to_string()).collect(),
         s.endpoint.as_ref().map(|e| e.as_str().to_string()),
-        s.peers
-            .iter()
-            .map(|p| p.public_key.as_str().to_string())
-            .collect(),
     )
 }
 

@@ -168,6 +168,7 @@ impl TestAgent {
         while let Ok(p) = self.publish.try_recv() {
             out.push(match p {
                 Publish::Upsert(k) => format!("upsert {k}"),
+                Publish::Refresh(k) => format!("refresh {k}"),
                 Publish::Delete {
                     namespace,
                     name,

@@ -589,7 +589,9 @@ async fn the_reconciler_sends_a_device_only_what_changed() {
         "the key did not change: {}",
         sets[0]
     );
-    assert_eq!(t.published(), vec![format!("upsert {key}")]);
+    // A new peer is information for the status, written with the next
+    // counters (refresh_stats), not at once.
+    assert!(t.published().is_empty());
     assert_eq!(metric(&t.agent, "wg_agent_device_updates_total"), 1.0);
     // Nothing changed since: nothing sent, nothing read.
     assert!(reconcile(&t, &dev, all()).await.is_empty());

@@ -56,7 +56,13 @@ async fn a_failed_write_is_retried_then_the_status_follows() {
     let (tx, rx) = mpsc::unbounded_channel();
     tx.send(Publish::Upsert(key.clone())).unwrap();
     let started = tokio::time::Instant::now();
-    let writer = tokio::spawn(publish_loop(Arc::clone(&t.agent), rx, tx.clone(), 50));
+    let writer = tokio::spawn(publish_loop(
+        Arc::clone(&t.agent),
+        rx,
+        tx.clone(),
+        50,
+        Duration::from_secs(2),
+    ));
     let log = requests(&t, 3).await;
     writer.abort();
 
@@ -146,7 +152,13 @@ async fn writes_are_coalesced_per_attachment_and_rate_limited() {
     ] {
         tx.send(p).unwrap();
     }
-    let writer = tokio::spawn(publish_loop(Arc::clone(&t.agent), rx, tx.clone(), 4));
+    let writer = tokio::spawn(publish_loop(
+        Arc::clone(&t.agent),
+        rx,
+        tx.clone(),
+        4,
+        Duration::from_secs(2),
+    ));
     let log = requests(&t, 5).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     writer.abort();
@@ -161,16 +173,16 @@ async fn writes_are_coalesced_per_attachment_and_rate_limited() {
     assert_eq!(
         lines,
         vec![
-            format!("GET {ATTACHMENTS}/gone-wg0"),
             format!("PATCH {ATTACHMENTS}/a-wg0"),
             format!("PATCH {ATTACHMENTS}/a-wg0/status"),
             format!("PATCH {ATTACHMENTS}/b-wg0"),
             format!("PATCH {ATTACHMENTS}/b-wg0/status"),
+            format!("GET {ATTACHMENTS}/gone-wg0"),
         ],
-        "three upserts of a: one write; a delete of what is gone is done"
+        "in arrival order; three upserts of a: one write; a delete of what is gone is done"
     );
     // 4 a second: a write starts at least 250 ms after the previous one.
-    let starts = [log[0].at, log[1].at, log[3].at];
+    let starts = [log[0].at, log[2].at, log[4].at];
     for w in starts.windows(2) {
         assert!(
             w[1] - w[0] >= Duration::from_millis(250),
@@ -192,7 +204,13 @@ async fn writes_are_coalesced_per_attachment_and_rate_limited() {
         crate::local::Key::new("u9", "wg0").unwrap(),
     ))
     .unwrap();
-    let writer = tokio::spawn(publish_loop(Arc::clone(&t.agent), rx, tx.clone(), 50));
+    let writer = tokio::spawn(publish_loop(
+        Arc::clone(&t.agent),
+        rx,
+        tx.clone(),
+        50,
+        Duration::from_secs(2),
+    ));
     tokio::time::sleep(Duration::from_secs(5)).await;
     writer.abort();
     assert!(t.log.all().is_empty());
@@ -304,7 +322,13 @@ async fn a_retried_delete_spares_a_new_pods_object_of_the_same_name() {
         pod_uid: "u1".into(),
     })
     .unwrap();
-    let writer = tokio::spawn(publish_loop(Arc::clone(&t.agent), rx, tx.clone(), 50));
+    let writer = tokio::spawn(publish_loop(
+        Arc::clone(&t.agent),
+        rx,
+        tx.clone(),
+        50,
+        Duration::from_secs(2),
+    ));
     requests(&t, 1).await;
     // Before the retry, the pod's owner deleted the old object and the
     // pod, recreated under the same name (a StatefulSet), got its own.
@@ -330,7 +354,13 @@ async fn a_retried_delete_spares_a_new_pods_object_of_the_same_name() {
         pod_uid: "u1".into(),
     })
     .unwrap();
-    let writer = tokio::spawn(publish_loop(Arc::clone(&t.agent), rx, tx.clone(), 50));
+    let writer = tokio::spawn(publish_loop(
+        Arc::clone(&t.agent),
+        rx,
+        tx.clone(),
+        50,
+        Duration::from_secs(2),
+    ));
     tokio::time::sleep(Duration::from_secs(5)).await;
     writer.abort();
     assert_eq!(*world.deleted.lock().unwrap(), vec!["u1".to_string()]);
@@ -344,4 +374,48 @@ async fn a_retried_delete_spares_a_new_pods_object_of_the_same_name() {
         ]
     );
     assert_eq!(log[1].body["preconditions"]["uid"], "obj-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn urgent_writes_pass_counter_refreshes() {
+    let t = test_agent(|s| echo(s));
+    let a = hold(
+        &t.agent,
+        record(&t.agent, "ns1", "a", "u1", "n0", "10.77.0.2/16", 51820),
+    );
+    let b = hold(
+        &t.agent,
+        record(&t.agent, "ns1", "b", "u2", "n0", "10.77.0.3/16", 51821),
+    );
+    let c = hold(
+        &t.agent,
+        record(&t.agent, "ns1", "c", "u3", "n0", "10.77.0.4/16", 51822),
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    // Counter refreshes of a and b queued first, then a new attachment c
+    // (others wait for its key), then an urgent write of a: a's refresh
+    // is merged into it.
+    for p in [
+        Publish::Refresh(a.clone()),
+        Publish::Refresh(b.clone()),
+        Publish::Upsert(c.clone()),
+        Publish::Upsert(a.clone()),
+    ] {
+        tx.send(p).unwrap();
+    }
+    let writer = tokio::spawn(publish_loop(
+        Arc::clone(&t.agent),
+        rx,
+        tx.clone(),
+        50,
+        Duration::from_secs(2),
+    ));
+    let log = requests(&t, 6).await;
+    writer.abort();
+    let objects: Vec<String> = log
+        .iter()
+        .filter(|s| !s.path.ends_with("/status"))
+        .map(|s| s.path.rsplit('/').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(objects, vec!["c-wg0", "a-wg0", "b-wg0"], "{objects:?}");
 }
