@@ -514,8 +514,8 @@ fn managed_mode_on_a_real_cluster() {
 
 fn setup(ctx: &mut Ctx) {
     let c = ctx.c;
-    let crds = std::fs::read_to_string(repo().join("wg-k8s-types/manifests/crds.yaml"))
-        .expect("crds.yaml");
+    let crds = std::fs::read_to_string(repo().join("manifests/00-crds.yaml"))
+        .expect("manifests/00-crds.yaml");
     c.apply(&crds);
     c.kubectl_ok(&[
         "wait",

@@ -41,8 +41,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! [`crds`] gives the CustomResourceDefinitions; `manifests/crds.yaml` is
-//! their YAML, written by `cargo run -p wg-k8s-types --example gen-crds`
+//! [`crds`] gives the CustomResourceDefinitions; the repository's
+//! `manifests/00-crds.yaml` (applied first by `kubectl apply -f manifests/`)
+//! is their YAML, written by `cargo run -p wg-k8s-types --example gen-crds`
 //! and checked by a test to be up to date.
 
 #![deny(missing_docs)]

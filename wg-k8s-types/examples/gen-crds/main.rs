@@ -1,15 +1,16 @@
-//! Writes `manifests/crds.yaml` (all four CRDs) from the Rust types.
+//! Writes the repository's `manifests/00-crds.yaml` (all four CRDs) from the
+//! Rust types. The CRDs live with the other install manifests so that
+//! `kubectl apply -f manifests/` installs everything, CRDs first.
 //!
 //! `cargo run -p wg-k8s-types --example gen-crds` writes the file;
 //! `... -- --check` exits 1 when the file differs from what it would write.
 
 mod render;
 
-use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/crds.yaml");
+    let path = render::path();
     let yaml = render::render();
     if std::env::args().any(|a| a == "--check") {
         let current = std::fs::read_to_string(&path).unwrap_or_default();
