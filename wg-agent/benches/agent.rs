@@ -394,7 +394,7 @@ fn main() {
     let st = Command::new(&kubectl)
         .arg(format!("--kubeconfig={}", lite.kubeconfig.display()))
         .args(["apply", "-f"])
-        .arg(repo().join("wg-k8s-types/manifests/crds.yaml"))
+        .arg(repo().join("manifests/00-crds.yaml"))
         .stdout(Stdio::null())
         .status()
         .expect("kubectl");

@@ -378,7 +378,7 @@ async fn a_retried_delete_spares_a_new_pods_object_of_the_same_name() {
 
 #[tokio::test(start_paused = true)]
 async fn urgent_writes_pass_counter_refreshes() {
-    let t = test_agent(|s| echo(s));
+    let t = test_agent(echo);
     let a = hold(
         &t.agent,
         record(&t.agent, "ns1", "a", "u1", "n0", "10.77.0.2/16", 51820),
