@@ -1,15 +1,27 @@
-//! The wg-agent binary: `wg-agent` runs the node agent (settings from the
-//! environment: see `wg_agent::settings`).
+//! The wg-agent binary (settings from the environment):
+//!
+//! - `wg-agent`: the node agent (`wg_agent::settings`); with
+//!   `WG_CNI_CONF_DIR` set it also keeps wg-cni chained in the node's
+//!   primary conflist, and removes what it installed when it stops
+//!   because its DaemonSet was deleted.
+//! - `wg-agent install`: install wg-cni on the node once (an init
+//!   container): the binary, and the entry in the primary conflist
+//!   (`wg_agent::install`).
+//! - `wg-agent uninstall`: remove exactly what `install` added.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use wg_agent::agent::Agent;
+use wg_agent::install::{InstallOptions, Installer};
 use wg_agent::keys::KeyStore;
 use wg_agent::local::Records;
 use wg_agent::metrics::Metrics;
@@ -26,6 +38,15 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("install") => return install(),
+        Some("uninstall") => return uninstall(),
+        Some(other) => {
+            error!(argument = other, "unknown command: wg-agent [install | uninstall]");
+            return ExitCode::from(2);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -47,6 +68,57 @@ fn main() -> ExitCode {
     }
 }
 
+fn installer() -> Result<Installer, String> {
+    InstallOptions::from_env()
+        .map(Installer::new)
+        .map_err(|e| e.to_string())
+}
+
+/// `wg-agent install`.
+fn install() -> ExitCode {
+    match installer().and_then(|i| i.install().map_err(|e| e.to_string())) {
+        Ok(r) => {
+            info!(report = ?r, "wg-cni installed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = %e, "cannot install wg-cni");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `wg-agent uninstall`.
+fn uninstall() -> ExitCode {
+    match installer().and_then(|i| i.uninstall().map_err(|e| e.to_string())) {
+        Ok(r) => {
+            info!(report = ?r, "wg-cni uninstalled");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = %e, "cannot uninstall wg-cni");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether the agent's DaemonSet is gone or going (then its pod's stop is
+/// an uninstall, not an upgrade or a restart). Unknown (the apiserver
+/// unreachable): no.
+async fn daemonset_gone(client: &kube::Client) -> bool {
+    let ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "wireguard-system".into());
+    let name = std::env::var("WG_AGENT_DAEMONSET").unwrap_or_else(|_| "wg-agent".into());
+    let api: kube::Api<DaemonSet> = kube::Api::namespaced(client.clone(), &ns);
+    match api.get_opt(&name).await {
+        Ok(None) => true,
+        Ok(Some(ds)) => ds.metadata.deletion_timestamp.is_some(),
+        Err(e) => {
+            warn!(error = %e, "cannot tell whether the DaemonSet is gone; leaving wg-cni installed");
+            false
+        }
+    }
+}
+
 async fn agent() -> Result<(), String> {
     let settings = Settings::from_vars(|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
     let userspace = Userspace::from_env();
@@ -56,6 +128,26 @@ async fn agent() -> Result<(), String> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("apiserver client: {e}"))?;
+    // The CNI installer's watch: wg-cni back in the chain whenever the
+    // primary CNI rewrites its conflist.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch = match std::env::var_os("WG_CNI_CONF_DIR") {
+        None => None,
+        Some(_) => {
+            let inst = installer()?;
+            let stop = Arc::clone(&stop);
+            Some(std::thread::spawn(move || {
+                let r = inst.watch(&stop, |r| match r {
+                    Ok(true) => info!("wg-cni re-inserted into the primary conflist"),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "cannot keep wg-cni chained"),
+                });
+                if let Err(e) = r {
+                    error!(error = %e, "the conflist watch stopped");
+                }
+            }))
+        }
+    };
     let keys = KeyStore::open(&settings.state_dir.join("keys")).map_err(|e| e.to_string())?;
     let records =
         Records::open(&settings.state_dir.join("attachments")).map_err(|e| e.to_string())?;
@@ -110,5 +202,15 @@ async fn agent() -> Result<(), String> {
         t.abort();
     }
     let _ = std::fs::remove_file(settings.socket());
+    if let Some(w) = watch {
+        stop.store(true, Ordering::Release);
+        let _ = w.join();
+        if daemonset_gone(agent.client()).await {
+            info!("the DaemonSet is gone: uninstalling wg-cni from the node");
+            if let Err(e) = installer().and_then(|i| i.uninstall().map_err(|e| e.to_string())) {
+                error!(error = %e, "uninstall failed");
+            }
+        }
+    }
     Ok(())
 }
