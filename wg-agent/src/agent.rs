@@ -131,6 +131,9 @@ pub struct Agent {
     ipam: tokio::sync::Mutex<BTreeMap<String, Ipam>>,
     ports: Mutex<BTreeSet<u16>>,
     psk_cache: Mutex<BTreeMap<(String, String, String), Option<PresharedKey>>>,
+    /// Records whose interface could not be reopened at start: kept (and
+    /// their addresses reserved) until gc knows whether their pod is gone.
+    orphans: Mutex<Vec<LocalRecord>>,
     dirty: mpsc::UnboundedSender<Dirty>,
     publish: mpsc::UnboundedSender<Publish>,
     synced: AtomicBool,
@@ -194,6 +197,7 @@ impl Agent {
             ipam: tokio::sync::Mutex::new(BTreeMap::new()),
             ports: Mutex::new(BTreeSet::new()),
             psk_cache: Mutex::new(BTreeMap::new()),
+            orphans: Mutex::new(Vec::new()),
             dirty,
             publish,
             synced: AtomicBool::new(false),
@@ -279,8 +283,15 @@ impl Agent {
                     info!(attachment = %key, pod = %format!("{}/{}", rec.namespace, rec.pod), "restored");
                 }
                 Ok(Err(e)) => {
-                    info!(attachment = %key, error = %e, "recorded interface is gone; removing what is left");
-                    let _ = self.forget(&rec, None).await;
+                    // Gone with its pod, or out of this agent's sight (a
+                    // namespace directory not mounted): gc decides once
+                    // the pods are known, and until then its addresses
+                    // stay reserved.
+                    warn!(attachment = %key, error = %e, "cannot reopen a recorded interface");
+                    self.orphans
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(rec);
                 }
                 Err(e) => warn!(attachment = %key, error = %e, "restore task failed"),
             }
@@ -1284,6 +1295,23 @@ impl Agent {
                 warn!(attachment = %key, error = %e, "verify failed");
             }
         }
+        // Secrets are not watched (the agent may only get them by name):
+        // the peers that reference one are re-read here, so a changed
+        // preshared key reaches the devices within a verify interval.
+        let with_secrets: Vec<Dirty> = self
+            .index()
+            .peers
+            .iter()
+            .filter(|(_, m)| {
+                m.values()
+                    .any(|p| p.config.preshared_key_secret_ref.is_some())
+            })
+            .map(|((network, namespace), _)| Dirty::Peers {
+                network: network.clone(),
+                namespace: namespace.clone(),
+            })
+            .collect();
+        self.mark(with_secrets);
     }
 
     // ------------------------------------------------------------ gc
@@ -1325,9 +1353,31 @@ impl Agent {
             drop(g);
             self.slots().remove(&key);
         }
+        // Records that could not be reopened: removed once their pod is
+        // gone; kept (addresses and key reserved, reported) while it runs.
+        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut kept = Vec::new();
+        for rec in orphans {
+            let pod = format!("{}/{}", rec.namespace, rec.pod);
+            if self.index().pod_uid_alive(&rec.pod_uid) {
+                warn!(pod, netns = %rec.attachment.netns.display(),
+                      "a running pod's interface cannot be reached (is the runtime's namespace directory mounted?)");
+                kept.push(rec);
+            } else if let Err(err) = self.forget(&rec, None).await {
+                warn!(pod, error = %err, "cannot remove");
+                kept.push(rec);
+            }
+        }
+        let orphan_keys: Vec<Key> = kept.iter().filter_map(LocalRecord::key).collect();
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(kept);
         // Addresses held by no interface (a crash between allocation and
         // record) go back to the pool.
-        let live: BTreeSet<String> = self.keys().iter().map(|k| k.as_str().to_string()).collect();
+        let mut held: BTreeSet<Key> = self.keys().into_iter().collect();
+        held.extend(orphan_keys);
+        let live: BTreeSet<String> = held.iter().map(|k| k.as_str().to_string()).collect();
         for (network, alloc) in self.ipam.lock().await.iter_mut() {
             let freed = alloc.retain(|owner| live.contains(owner));
             if !freed.is_empty() {
@@ -1339,7 +1389,7 @@ impl Agent {
         // store is listed before the slots are read: an ADD inserts its slot
         // before it creates its key, so a key listed here is held or orphaned.
         let stored = self.keys.list().unwrap_or_default();
-        let held: BTreeSet<Key> = self.keys().into_iter().collect();
+        held.extend(self.keys());
         for kid in stored {
             if Key::new(kid.pod_uid(), kid.ifname()).is_none_or(|k| !held.contains(&k)) {
                 let _ = self.keys.remove(&kid);
@@ -1353,7 +1403,7 @@ impl Agent {
             .map(|(k, uid)| (k.clone(), uid.clone()))
             .collect();
         for (nsname, uid) in own {
-            if self.keys().iter().any(|k| k.pod_uid() == uid) {
+            if held.iter().any(|k| k.pod_uid() == uid) {
                 continue;
             }
             if let Some((ns, name)) = nsname.split_once('/') {
@@ -1406,6 +1456,21 @@ impl Agent {
         }
         for b in owned.blocks {
             let _ = alloc.add_block(b);
+        }
+        let orphans: Vec<LocalRecord> = self
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| r.network == name)
+            .cloned()
+            .collect();
+        for r in orphans {
+            if let Some(key) = r.key() {
+                if let Err(err) = alloc.restore(key.as_str(), &r.addresses) {
+                    warn!(attachment = %key, error = %err, "cannot re-reserve the addresses");
+                }
+            }
         }
         for key in self.keys() {
             let Some(slot) = self.slot(&key) else {

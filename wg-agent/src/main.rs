@@ -43,7 +43,10 @@ fn main() -> ExitCode {
         Some("install") => return install(),
         Some("uninstall") => return uninstall(),
         Some(other) => {
-            error!(argument = other, "unknown command: wg-agent [install | uninstall]");
+            error!(
+                argument = other,
+                "unknown command: wg-agent [install | uninstall]"
+            );
             return ExitCode::from(2);
         }
     }

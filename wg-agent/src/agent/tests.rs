@@ -879,3 +879,63 @@ async fn adopt_networks_lists_each_valid_networks_blocks_once() {
         2.0
     );
 }
+
+#[tokio::test]
+async fn an_interface_that_cannot_be_reopened_keeps_its_address_while_its_pod_runs() {
+    let mut t = test_agent(|_| status(500, "InternalError"));
+    // A record whose namespace path this agent cannot open (a runtime's
+    // directory not mounted into its container, or the pod gone).
+    let mut rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
+    rec.attachment.netns = "/nonexistent/netns/cni-1".into();
+    rec.created = 0;
+    t.agent.records.save(&rec).unwrap();
+    t.agent.restore().await;
+    assert!(t.agent.keys().is_empty(), "not reopened");
+    t.agent.set_synced();
+    t.marked();
+    // Its pod still runs: everything it holds stays, and its address
+    // stays out of the pool.
+    t.agent
+        .index
+        .lock()
+        .unwrap()
+        .pod(&pod_obj("web", "u1", json!({})));
+    t.agent.gc().await;
+    let kid = KeyId::new("u1", "wg0").unwrap();
+    assert_eq!(t.agent.keys.list().unwrap(), vec![kid.clone()]);
+    assert_eq!(t.agent.records.load_all().0.len(), 1);
+    assert!(t.published().is_empty());
+    // Its address stays reserved through gc's sweep of leaked addresses.
+    let mut ipam = Ipam::new("n0", &[("10.77.0.0/16".parse().unwrap(), 26)]).unwrap();
+    ipam.add_block("10.77.0.0/26".parse().unwrap()).unwrap();
+    ipam.restore("u1.wg0", &rec.addresses).unwrap();
+    t.agent.ipam.lock().await.insert("n0".into(), ipam);
+    t.agent.gc().await;
+    let held = |t: &crate::testutil::TestAgent| {
+        let ipam = t.agent.ipam.try_lock().unwrap();
+        ipam.get("n0")
+            .and_then(|i| i.addresses("u1.wg0").map(<[_]>::to_vec))
+    };
+    assert_eq!(held(&t), Some(rec.addresses.clone()));
+    // The pod goes: gc removes what it held.
+    t.agent
+        .index
+        .lock()
+        .unwrap()
+        .pod_gone(&pod_obj("web", "u1", json!({})));
+    t.agent.gc().await;
+    assert!(
+        t.agent.keys.list().unwrap().is_empty(),
+        "its key is removed"
+    );
+    assert!(
+        t.agent.records.load_all().0.is_empty(),
+        "its record is removed"
+    );
+    assert_eq!(
+        t.published(),
+        vec!["delete ns1/web-wg0 (u1)".to_string()],
+        "its attachment object is deleted"
+    );
+    assert_eq!(held(&t), None, "its address is back in the pool");
+}
