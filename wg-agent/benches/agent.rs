@@ -351,8 +351,18 @@ impl Bench {
         .expect("network");
         self.block(api.create(&PostParams::default(), &n))
             .expect("create network");
-        // Let the agent's watch see it.
-        std::thread::sleep(Duration::from_millis(300));
+        // Wait for the agent's watch to see it (it leaves the network's
+        // hint for the plugin then).
+        let hint = self
+            .agent
+            .run_dir
+            .join("networks")
+            .join(format!("{name}.json"));
+        let t = Instant::now();
+        while !hint.exists() && t.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(hint.exists(), "the agent did not see network {name}");
     }
 }
 

@@ -156,6 +156,18 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether UDP `port` is free on this namespace's wildcard addresses
+/// (WireGuard binds both families).
+fn port_free(port: u16) -> bool {
+    let v4 = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).is_ok();
+    // A host without IPv6 cannot bind [::]: that is not a conflict.
+    let v6 = match std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, port)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+    };
+    v4 && v6
+}
+
 /// The WireGuardAttachment object of a pod interface.
 pub fn object_name(pod: &str, interface: &str) -> String {
     let name = format!("{pod}-{interface}");
@@ -755,9 +767,16 @@ impl Agent {
         }
     }
 
+    /// A port of the network's range no interface of this agent holds
+    /// and, for sockets on the node, no other program has bound (the
+    /// agent runs in the node's network namespace: it tries the port).
     fn take_port(&self, net: &NetworkConfig) -> Option<u16> {
         let mut used = self.ports_lock();
-        let p = net.listen_ports.ports().find(|p| !used.contains(p))?;
+        let on_node = net.socket_namespace == wg_netns::SocketNamespace::Host;
+        let p = net
+            .listen_ports
+            .ports()
+            .find(|p| !used.contains(p) && (!on_node || port_free(*p)))?;
         used.insert(p);
         Some(p)
     }
@@ -1563,8 +1582,15 @@ impl Agent {
             wg_netns::SocketNamespace::Host => {
                 Some(SocketAddr::new(self.settings.node_ip, e.rec.listen_port))
             }
-            // The pod's own address is the runtime's; not known here.
-            wg_netns::SocketNamespace::Container => None,
+            // The pod's own address, once the runtime has reported it
+            // (a Pod status update, which the watch of the node's pods
+            // brings; the next counters read writes the new endpoint).
+            wg_netns::SocketNamespace::Container => self
+                .index()
+                .pod_info(&e.rec.namespace, &e.rec.pod)
+                .filter(|p| p.uid == e.rec.pod_uid)
+                .and_then(|p| p.ip)
+                .map(|ip| SocketAddr::new(ip, e.rec.listen_port)),
         }
     }
 

@@ -30,6 +30,9 @@ pub struct PodInfo {
     pub rotation: String,
     /// Whether it is being deleted.
     pub deleting: bool,
+    /// Its address (`status.podIP`), once the runtime reported it: the
+    /// endpoint of an interface whose socket lives in the pod.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 impl PodInfo {
@@ -43,6 +46,11 @@ impl PodInfo {
             network: ann.get(ANNOTATION_NETWORK).cloned(),
             rotation: ann.get(ANNOTATION_ROTATE_KEY).cloned().unwrap_or_default(),
             deleting: pod.metadata.deletion_timestamp.is_some(),
+            ip: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_ref())
+                .and_then(|ip| ip.parse().ok()),
         })
     }
 }

@@ -495,6 +495,8 @@ fn managed_mode_on_a_real_cluster() {
     if std::env::var_os("WG_AGENT_TEST_ROTATION_FIRST").is_some() {
         rotation(&ctx);
     }
+    drift(&ctx);
+    eprintln!("drift: {:?}", t.elapsed());
     let ext = External::new();
     external_peer(&ctx, &ext);
     eprintln!("external peer: {:?}", t.elapsed());
@@ -600,6 +602,53 @@ fn mesh(ctx: &Ctx) {
     let table = c.kubectl_ok(&["get", "wgatt"]);
     eprintln!("{table}");
     assert!(table.contains("LAST HANDSHAKE") && table.contains("wa-wg0"));
+}
+
+/// A peer removed behind the agent's back (`wg set ... remove` on the
+/// node) is put back by the periodic verify, and counted.
+fn drift(ctx: &Ctx) {
+    let c = ctx.c;
+    let uid = c.kubectl_ok(&["get", "pod", "wa", "-o", "jsonpath={.metadata.uid}"]);
+    let birth = wg_netns::IfName::derived("wga", &format!("{}.wg0", uid.trim())).expect("name");
+    let wb_key = ctx.public_key("wb");
+    let pid = c.containerd_pid(1);
+    let out = Command::new("nsenter")
+        .arg(format!("--mount=/proc/{pid}/ns/mnt"))
+        .args(["wg", "set", birth.as_str(), "peer", &wb_key, "remove"])
+        .output()
+        .expect("wg");
+    assert!(
+        out.status.success(),
+        "wg set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let repairs = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("wg_agent_drift_repairs_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let t = Instant::now();
+    let repaired = eventually(Duration::from_secs(20), || {
+        ctx.http(1, "/metrics")
+            .is_some_and(|(_, m)| repairs(&m) >= 1.0)
+    });
+    assert!(
+        repaired,
+        "the removed peer was not noticed:\n{}",
+        ctx.log_tail(1)
+    );
+    let b = ctx.wg_addr("wb");
+    assert!(
+        ctx.ping("wa", &b),
+        "wa cannot reach wb after the repair\n{}",
+        ctx.dump()
+    );
+    eprintln!(
+        "drift repaired {:?} after the removal (verify every 5 s)",
+        t.elapsed()
+    );
 }
 
 /// A WireGuard host outside the cluster reached through a WireGuardPeer;

@@ -779,7 +779,8 @@ async fn status_and_object_of_an_interface() {
     );
     assert_eq!(st.peer_count, Some(0));
     drop(g);
-    // A socket in the pod's namespace: the endpoint is not the node's.
+    // A socket in the pod's namespace: the endpoint is not the node's but
+    // the pod's, once its address is known.
     rec.attachment.socket_namespace = SocketNamespace::Container;
     slot.lock().await.as_mut().unwrap().rec = rec;
     assert!(t
@@ -787,6 +788,20 @@ async fn status_and_object_of_an_interface() {
         .status_of(slot.lock().await.as_ref().unwrap())
         .endpoint
         .is_none());
+    let mut pod = pod_obj("web", "u1", json!({}));
+    pod.metadata.namespace = Some("ns1".into());
+    pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        pod_ip: Some("10.244.1.7".into()),
+        ..Default::default()
+    });
+    t.agent.index.lock().unwrap().pod(&pod);
+    assert_eq!(
+        t.agent
+            .status_of(slot.lock().await.as_ref().unwrap())
+            .endpoint
+            .map(|e| e.as_str().to_string()),
+        Some("10.244.1.7:51820".to_string())
+    );
     assert_eq!(object_name("web", "wg0"), "web-wg0");
     let long = "p".repeat(250);
     let n = object_name(&long, "wg0");
@@ -938,4 +953,13 @@ async fn an_interface_that_cannot_be_reopened_keeps_its_address_while_its_pod_ru
         "its attachment object is deleted"
     );
     assert_eq!(held(&t), None, "its address is back in the pool");
+}
+
+#[test]
+fn a_port_another_program_holds_is_skipped() {
+    let held = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+    let port = held.local_addr().unwrap().port();
+    assert!(!port_free(port));
+    drop(held);
+    assert!(port_free(port));
 }
