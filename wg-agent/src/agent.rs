@@ -556,11 +556,12 @@ impl Agent {
             }
             let done = place.ensure(&spec)?;
             let dev = place.device(&done.attachment)?;
-            let state = dev.get()?;
-            Ok::<_, wg_netns::Error>((place, done, dev, state))
+            // The device's state is read by the first reconcile, off the
+            // pod's critical path.
+            Ok::<_, wg_netns::Error>((place, done, dev))
         })
         .await;
-        let (place, done, dev, state) = match made {
+        let (place, done, dev) = match made {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 undo(Arc::clone(self)).await;
@@ -623,7 +624,7 @@ impl Agent {
             place: Arc::new(place),
             attachment: attachment.clone(),
             dev: Some(Arc::new(dev)),
-            last: Some(state),
+            last: None,
             routes,
             stats: None,
             written: None,

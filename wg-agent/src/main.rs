@@ -128,6 +128,21 @@ async fn agent() -> Result<(), String> {
     let backend =
         Backend::choose(settings.backend, userspace.clone()).map_err(|e| e.to_string())?;
     info!(node = %settings.node_name, backend = %backend.kind(), "starting");
+    if backend.kind() == wg_netns::BackendKind::Userspace {
+        // Every wireguard-go daemon holds an inotify instance (it watches
+        // its control socket): the per-user limit caps the node's devices.
+        if let Some(n) = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|n| *n < 1024)
+        {
+            warn!(
+                max_user_instances = n,
+                "userspace WireGuard: each device holds an inotify instance, so this node can hold \
+                 fewer than {n} pod interfaces; raise fs.inotify.max_user_instances"
+            );
+        }
+    }
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("apiserver client: {e}"))?;
