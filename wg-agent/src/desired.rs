@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use std::collections::BTreeMap;
-//! use wg_agent::desired::{selects, Selector};
+//! use wg_agent::desired::{selects, Selector, SelectorExt};
 //!
 //! let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
 //! let sel = Selector::match_labels([("app", "web")]);
