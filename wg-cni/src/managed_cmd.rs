@@ -39,13 +39,7 @@ const MAX_HINT: u64 = 64 << 10;
 
 /// ADD: ask the agent to attach the pod, answer with what it made.
 pub fn add(env: &Env, conf: &NetConf, m: &ManagedConf, log: &mut Log) -> Result<Value, CniError> {
-    let netns = open_netns(&env.netns).map_err(|e| {
-        CniError::new(
-            Code::ContainerUnknown,
-            "cannot open the container's network namespace",
-            format!("{}: {e}", env.netns),
-        )
-    })?;
+    let netns = container_netns(env)?;
     match ask(Verb::Add, env, m, Some(&netns)) {
         Ok(Reply::Attached(a)) => {
             log.line(&format!(
@@ -97,13 +91,7 @@ pub fn del(env: &Env, m: &ManagedConf, log: &mut Log) -> Result<(), CniError> {
 /// CHECK: ask the agent to compare the pod's interface with the resources.
 pub fn check(env: &Env, conf: &NetConf, m: &ManagedConf, log: &mut Log) -> Result<(), CniError> {
     crate::cmd::check_version(conf)?;
-    let netns = open_netns(&env.netns).map_err(|e| {
-        CniError::new(
-            Code::ContainerUnknown,
-            "cannot open the container's network namespace",
-            format!("{}: {e}", env.netns),
-        )
-    })?;
+    let netns = container_netns(env)?;
     match ask(Verb::Check, env, m, Some(&netns)) {
         Ok(Reply::Done) => Ok(()),
         Ok(Reply::Skipped { reason }) => {
@@ -168,6 +156,17 @@ pub fn pod(env: &Env) -> Option<PodRef> {
 /// the descriptor the agent enters the namespace by.
 fn open_netns(path: &str) -> std::io::Result<OwnedFd> {
     File::open(path).map(OwnedFd::from)
+}
+
+/// The container's namespace, which ADD and CHECK must pass.
+fn container_netns(env: &Env) -> Result<OwnedFd, CniError> {
+    open_netns(&env.netns).map_err(|e| {
+        CniError::new(
+            Code::ContainerUnknown,
+            "cannot open the container's network namespace",
+            format!("{}: {e}", env.netns),
+        )
+    })
 }
 
 /// One request and its reply. An `Attached` whose interface name is not
