@@ -34,7 +34,7 @@ use wg_k8s_types::{
 };
 use wg_netns::{
     Attachment, Backend, Birthplace, Device, DeviceConfig, DeviceStats, IfName, InterfaceSpec,
-    IpNetwork, Netns, PresharedKey, Route, Rtnl, Userspace, WgDevice,
+    IpNetwork, Netns, PresharedKey, PrivateKey, Route, Rtnl, Userspace, WgDevice,
 };
 
 use crate::desired::{self, ExternalPeer};
@@ -1092,12 +1092,7 @@ impl Agent {
             return Ok(());
         };
         let rotated = pod.rotation != entry.rec.key_generation;
-        let kid = KeyId::new(&entry.rec.pod_uid, entry.rec.attachment.interface.as_str())
-            .map_err(|e| e.to_string())?;
-        let (private, _) = self
-            .keys
-            .get_or_create(&kid, &pod.rotation)
-            .map_err(|e| e.to_string())?;
+        let private = self.recorded_key(&entry.rec, &pod.rotation)?;
         let public = private.public_key();
         let desired = self
             .desired_for(
@@ -1181,6 +1176,17 @@ impl Agent {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// The private key of a recorded interface at `generation` (a new
+    /// one when the generation changed: a rotation).
+    fn recorded_key(&self, rec: &LocalRecord, generation: &str) -> Result<PrivateKey, String> {
+        let kid = KeyId::new(&rec.pod_uid, rec.attachment.interface.as_str())
+            .map_err(|e| e.to_string())?;
+        self.keys
+            .get_or_create(&kid, generation)
+            .map(|(k, _)| k)
+            .map_err(|e| e.to_string())
     }
 
     /// Read one device back and, when `repair`, fix what drifted (the next
@@ -1271,12 +1277,7 @@ impl Agent {
             for a in &entry.rec.addresses {
                 spec = spec.address(*a);
             }
-            let kid = KeyId::new(&entry.rec.pod_uid, entry.rec.attachment.interface.as_str())
-                .map_err(|e| e.to_string())?;
-            let (private, _) = self
-                .keys
-                .get_or_create(&kid, &entry.rec.key_generation)
-                .map_err(|e| e.to_string())?;
+            let private = self.recorded_key(&entry.rec, &entry.rec.key_generation)?;
             spec = spec.device(
                 DeviceConfig::new()
                     .private_key(private)
