@@ -327,14 +327,22 @@ impl Cluster {
         self.kubectl_stdin(args, None)
     }
 
-    /// Run kubectl as admin with `stdin` as its input (`None`: no input).
-    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        use std::io::Write;
+    /// The cluster's kubectl, inside `wgk8s-cp`, with the credentials of
+    /// `kubeconfig` (the admin's, or another identity's), to be given
+    /// arguments and run.
+    pub fn kubectl_as(&self, kubeconfig: &Path) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", "wgk8s-cp"])
             .arg(&self.kubectl)
-            .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
-            .args(args)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()));
+        cmd
+    }
+
+    /// Run kubectl as admin with `stdin` as its input (`None`: no input).
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut cmd = self.kubectl_as(&self.kubeconfig());
+        cmd.args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .stdin(if stdin.is_some() {

@@ -770,12 +770,8 @@ fn rbac_and_admission(ctx: &Ctx) {
         )
     };
     let as_agent = |yaml: &str| {
-        let kc = ctx.kubeconfig(1);
-        let kubectl = kubectl_path(c);
-        let mut p = Command::new("ip")
-            .args(["netns", "exec", "wgk8s-cp"])
-            .arg(kubectl)
-            .arg(format!("--kubeconfig={}", kc.display()))
+        let mut p = c
+            .kubectl_as(&ctx.kubeconfig(1))
             .args(["create", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -829,30 +825,14 @@ fn rbac_and_admission(ctx: &Ctx) {
     }
 }
 
-fn kubectl_path(c: &Cluster) -> PathBuf {
-    let dirs = Command::new(repo().join("scripts/cluster-build"))
-        .arg("--bin-dirs")
-        .output()
-        .expect("cluster-build");
-    let dirs = String::from_utf8_lossy(&dirs.stdout).into_owned();
-    let _ = c;
-    dirs.lines()
-        .find(|l| l.contains("/k8s-"))
-        .map(|d| Path::new(d).join("kubectl"))
-        .expect("kubectl dir")
-}
-
 /// A ping loop from wa to wb over WireGuard while node 1's agent is killed
 /// with SIGKILL and restarted: no packet lost, and the restarted agent
 /// sends no change to the devices.
 fn kill_agent_during_ping(ctx: &mut Ctx) {
     let c = ctx.c;
     let b = ctx.wg_addr("wb");
-    let kubectl = kubectl_path(c);
-    let ping = Command::new("ip")
-        .args(["netns", "exec", "wgk8s-cp"])
-        .arg(&kubectl)
-        .arg(format!("--kubeconfig={}", c.kubeconfig().display()))
+    let ping = c
+        .kubectl_as(&c.kubeconfig())
         .args([
             "exec", "wa", "--", "ping", "-c", "40", "-i", "0.2", "-W", "1", &b,
         ])
