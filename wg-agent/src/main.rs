@@ -40,8 +40,8 @@ fn main() -> ExitCode {
         .init();
     match std::env::args().nth(1).as_deref() {
         None => {}
-        Some("install") => return install(),
-        Some("uninstall") => return uninstall(),
+        Some("install") => return install_step("install", Installer::install),
+        Some("uninstall") => return install_step("uninstall", Installer::uninstall),
         Some(other) => {
             error!(
                 argument = other,
@@ -77,29 +77,19 @@ fn installer() -> Result<Installer, String> {
         .map_err(|e| e.to_string())
 }
 
-/// `wg-agent install`.
-fn install() -> ExitCode {
-    match installer().and_then(|i| i.install().map_err(|e| e.to_string())) {
+/// `wg-agent install` and `wg-agent uninstall`: one installer step, its
+/// report logged.
+fn install_step<R: std::fmt::Debug>(
+    verb: &str,
+    step: impl FnOnce(&Installer) -> wg_agent::install::Result<R>,
+) -> ExitCode {
+    match installer().and_then(|i| step(&i).map_err(|e| e.to_string())) {
         Ok(r) => {
-            info!(report = ?r, "wg-cni installed");
+            info!(report = ?r, "wg-cni {verb}ed");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            error!(error = %e, "cannot install wg-cni");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `wg-agent uninstall`.
-fn uninstall() -> ExitCode {
-    match installer().and_then(|i| i.uninstall().map_err(|e| e.to_string())) {
-        Ok(r) => {
-            info!(report = ?r, "wg-cni uninstalled");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            error!(error = %e, "cannot uninstall wg-cni");
+            error!(error = %e, "cannot {verb} wg-cni");
             ExitCode::FAILURE
         }
     }
