@@ -39,7 +39,7 @@ pub struct Cluster {
     dir: PathBuf,
     kubectl: PathBuf,
     crictl: PathBuf,
-    cni_cache_bin: PathBuf,
+    ctr: PathBuf,
     nodes: usize,
     /// How long `scripts/cluster up` took (zero when reused).
     pub up_time: Duration,
@@ -129,18 +129,13 @@ impl Cluster {
         let c = Cluster {
             kubectl: find("/k8s-").join("kubectl"),
             crictl: find("/cri-tools-").join("crictl"),
-            cni_cache_bin: find("/cni-plugins-"),
+            ctr: find("/containerd-").join("ctr"),
             repo,
             dir,
             nodes,
             up_time,
         };
         drop(shared);
-        if up_time > Duration::ZERO {
-            for i in 1..=c.nodes {
-                c.private_cni_bin_dir(i);
-            }
-        }
         Some(c)
     }
 
@@ -175,44 +170,19 @@ impl Cluster {
         self.dir.join(format!("n{i}"))
     }
 
-    /// Node `i`'s CNI configuration dir (containerd's `conf_dir`; it loads the
+    /// Node `i`'s CNI configuration dir, which the node sees as
+    /// `/etc/cni/net.d` (containerd's `conf_dir`; it loads the
     /// lexicographically first `.conf`/`.conflist`/`.json` file).
     pub fn cni_conf_dir(&self, i: usize) -> PathBuf {
         self.node_dir(i).join("cni/net.d")
     }
 
-    /// Node `i`'s CNI plugin dir, where a plugin under test is installed.
-    ///
-    /// `scripts/cluster` points every containerd at the shared build cache
-    /// (`bin_dirs`); a test must not write there. `up` therefore copies the
-    /// cache's plugins to `NODE_DIR/cni/bin` and binds that directory over
-    /// the cache's path inside the node's private mount namespace only
-    /// (it vanishes with the node).
+    /// Node `i`'s CNI plugin dir, which the node sees as `/opt/cni/bin`
+    /// (containerd's `bin_dirs`): `scripts/cluster up` fills it with copies
+    /// of the cached plugins, so a test (or an installer) writes there
+    /// without touching the build cache.
     pub fn cni_bin_dir(&self, i: usize) -> PathBuf {
         self.node_dir(i).join("cni/bin")
-    }
-
-    fn private_cni_bin_dir(&self, i: usize) {
-        let bin = self.cni_bin_dir(i);
-        std::fs::create_dir_all(&bin).expect("node cni bin dir");
-        for e in std::fs::read_dir(&self.cni_cache_bin).expect("cni cache") {
-            let e = e.expect("cni cache entry");
-            std::fs::copy(e.path(), bin.join(e.file_name())).expect("copy cni plugin");
-        }
-        let pid = self.containerd_pid(i);
-        let out = Command::new("nsenter")
-            .arg(format!("--mount=/proc/{pid}/ns/mnt"))
-            .args(["mount", "--bind"])
-            .arg(&bin)
-            .arg(&self.cni_cache_bin)
-            .output()
-            .expect("nsenter mount");
-        assert!(
-            out.status.success(),
-            "bind {} over the CNI cache in node {i}: {}",
-            bin.display(),
-            errtext(&out)
-        );
     }
 
     /// Copy `src` into node `i`'s CNI plugin dir as `name` (atomically).
@@ -439,6 +409,44 @@ impl Cluster {
             .args(args)
             .output()
             .expect("run crictl")
+    }
+
+    /// Import an image archive (`docker save` or OCI archive) into node
+    /// `i`'s containerd, in the `k8s.io` namespace kubelet uses (this
+    /// cluster has no registry); panics with ctr's output on failure.
+    pub fn import_image(&self, i: usize, archive: &Path) {
+        let out = Command::new(&self.ctr)
+            .arg(format!(
+                "--address={}",
+                self.node_dir(i).join("containerd.sock").display()
+            ))
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(archive)
+            .output()
+            .expect("run ctr");
+        assert!(
+            out.status.success(),
+            "ctr images import {} on node {i}: {}{}",
+            archive.display(),
+            text(&out),
+            errtext(&out)
+        );
+    }
+
+    /// The PID (in this machine's PID namespace) of the sandbox of pod
+    /// `name` (namespace `default`) on node `i`: `/proc/PID/ns/net` is the
+    /// pod's network namespace.
+    pub fn pod_sandbox_pid(&self, i: usize, name: &str) -> Option<u32> {
+        let ids = text(&self.crictl(
+            i,
+            &["pods", "--name", name, "--namespace", "default", "--state", "ready", "-q"],
+        ));
+        let id = ids.lines().next()?.trim().to_string();
+        let out = text(&self.crictl(i, &["inspectp", &id]));
+        // `"pid": 1234,` in the sandbox's info.
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("\"pid\": "))
+            .and_then(|v| v.trim_end_matches(',').parse().ok())
     }
 
     /// Node `i`'s Ready condition is `True`.
