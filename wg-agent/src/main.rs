@@ -96,8 +96,14 @@ fn install_step<R: std::fmt::Debug>(
 }
 
 /// Whether the agent's DaemonSet is gone or going (then its pod's stop is
-/// an uninstall, not an upgrade or a restart). Unknown (the apiserver
-/// unreachable): no.
+/// an uninstall, not an upgrade or a restart): NotFound, being deleted, or
+/// the apiserver refusing the agent's own credentials (401) or the Role
+/// that lets it read its DaemonSet (403). `kubectl delete -f manifests/`
+/// deletes the namespace (and with it the service account and the Role)
+/// and the RBAC objects before it reaches the DaemonSet's file, so by the
+/// time a pod is stopped the agent may only learn that its install is gone
+/// from a refusal. Unknown (the apiserver unreachable, any other error):
+/// no, wg-cni stays.
 async fn daemonset_gone(client: &kube::Client) -> bool {
     let ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "wireguard-system".into());
     let name = std::env::var("WG_AGENT_DAEMONSET").unwrap_or_else(|_| "wg-agent".into());
@@ -105,6 +111,10 @@ async fn daemonset_gone(client: &kube::Client) -> bool {
     match api.get_opt(&name).await {
         Ok(None) => true,
         Ok(Some(ds)) => ds.metadata.deletion_timestamp.is_some(),
+        Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => {
+            info!(code = s.code, reason = %s.reason, "the apiserver refuses the agent's service account: its install is being removed");
+            true
+        }
         Err(e) => {
             warn!(error = %e, "cannot tell whether the DaemonSet is gone; leaving wg-cni installed");
             false
