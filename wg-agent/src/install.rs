@@ -574,6 +574,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// runtime never executes a half-written plugin. Skips the write when the
 /// target already has identical bytes and mode 0755. Returns whether it
 /// changed anything.
+///
+/// The target itself is never opened for writing, only read (to compare)
+/// and then replaced by the rename. That matters for binaries that are
+/// running while we upgrade them (a wireguard-go daemon per userspace
+/// interface): writing into a running executable fails with "text file
+/// busy" (ETXTBSY), or, where the kernel allows it, corrupts the pages of
+/// the running processes. After the rename they keep the old inode, and
+/// the next start runs the new bytes.
 pub fn install_binary(src: &Path, bin_dir: &Path, name: &str) -> Result<bool> {
     let bytes = fs::read(src).map_err(io_err("reading", src))?;
     let target = bin_dir.join(name);

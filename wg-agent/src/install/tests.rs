@@ -559,6 +559,63 @@ fn install_binary_is_atomic_and_skips_identical_bytes() {
     assert!(e.to_string().contains("missing"), "{e}");
 }
 
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn install_binary_replaces_a_running_binary_without_writing_into_it() {
+    let Some(sleep) = find_in_path("sleep") else {
+        eprintln!("no sleep in PATH: skipped");
+        return;
+    };
+    let t = TempDir::new("busy");
+    let src = t.path().join("src");
+    let bin = t.path().join("bin");
+    fs::copy(&sleep, &src).unwrap();
+    assert!(install_binary(&src, &bin, "wg-cni").unwrap());
+    let target = bin.join("wg-cni");
+    let old = fs::read(&target).unwrap();
+    // A file just written can be briefly "busy" for exec: another test
+    // thread forking while it was open holds a copy of the descriptor
+    // until that child's own exec.
+    let mut child = {
+        let mut tries = 0;
+        loop {
+            match std::process::Command::new(&target).arg("30").spawn() {
+                Ok(c) => break c,
+                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("running {}: {e}", target.display()),
+            }
+        }
+    };
+    let mut new = old.clone();
+    new.extend_from_slice(b"v2");
+    fs::write(&src, &new).unwrap();
+    let replaced = install_binary(&src, &bin, "wg-cni");
+    let running = fs::read(format!("/proc/{}/exe", child.id()));
+    let alive = child.try_wait().map(|s| s.is_none());
+    let _ = child.kill();
+    let _ = child.wait();
+    // Writing into it would have failed (ETXTBSY) or changed the running
+    // process's bytes.
+    assert!(replaced.unwrap());
+    assert_eq!(fs::read(&target).unwrap(), new);
+    assert!(alive.unwrap(), "the daemon kept running");
+    assert!(
+        running.unwrap() == old,
+        "the daemon still runs the old bytes"
+    );
+    assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(names(&bin), ["wg-cni"]);
+}
+
 // --- the installer -----------------------------------------------------------
 
 struct Node {
