@@ -1,5 +1,7 @@
-//! The CNI installer: puts the wg-cni binary into the node's CNI bin dir and
-//! chains wg-cni into the primary CNI's conflist, then keeps it chained.
+//! The CNI installer: puts the wg-cni binary, and the userspace WireGuard
+//! implementation it starts on nodes without kernel WireGuard, into the
+//! node's CNI bin dir and chains wg-cni into the primary CNI's conflist,
+//! then keeps it chained.
 //!
 //! Runs as the DaemonSet's first step (`Installer::install`), then watches
 //! the conf dir (`Installer::watch`): a primary CNI that rewrites its file
@@ -46,27 +48,48 @@
 //! Every primary CNI we know of in current use (flannel, Calico, Cilium,
 //! kindnet, the AWS VPC CNI, k3s's flannel) writes a `.conflist`.
 //!
+//! # The userspace WireGuard binary
+//!
+//! wg-cni runs userspace WireGuard (wireguard-go) daemons on the host, so
+//! the image's wireguard-go (`WG_CNI_USERSPACE_SRC`, default
+//! `/opt/wg/bin/wireguard-go`) is installed next to the plugin as
+//! [`USERSPACE_BINARY`] (`wg-cni-wireguard-go`, mode 0755), in Chain and
+//! Secondary mode alike. A source that does not exist means a kernel-only
+//! image: logged, nothing installed, not an error; `none` turns it off.
+//! It follows the plugin binary's ownership rules below, with a record of
+//! its own in the state file.
+//!
+//! Both binaries are replaced by renaming a new file over them, never by
+//! writing into them ([`install_binary`]): the daemons started from the
+//! old file keep running it through an upgrade, with no "text file busy"
+//! and no torn pages.
+//!
 //! # State and ownership
 //!
 //! What the installer did is recorded in a small JSON state file kept OUT
 //! of the conf dir (default `/var/lib/wg-agent/install.json`): the conflist
-//! it inserted its entry into, and the binary it installed. `uninstall`
-//! undoes only that:
+//! it inserted its entry into, and the binaries it installed (the plugin,
+//! `binary`; the userspace WireGuard one, `userspace`, absent from the
+//! state files of earlier versions and then read as none). Each binary is
+//! recorded before it is written. `uninstall` undoes only that:
 //! - the conflist: our entry is removed byte-exactly (the file is left as
 //!   it was before `install` when nobody else changed it meanwhile). An
 //!   entry that was already there before we came (someone chained wg-cni
 //!   by hand, static mode) is not ours and stays.
-//! - the binary: when the target did not exist, `uninstall` removes it;
+//! - each binary: when the target did not exist, `uninstall` removes it;
 //!   when it existed with identical bytes, it was not ours and stays; when
 //!   it existed with other bytes (an older wg-cni installed by hand, say),
 //!   those bytes are first saved beside the state file
 //!   (`<state dir>/<name>.before-install`) and `uninstall` puts them back.
-//!   A binary whose bytes are no longer ours at uninstall time (someone
-//!   replaced it after us) is left in place.
+//!   A binary whose bytes are not ours at uninstall time (someone replaced
+//!   it after us, or its source is no longer in the image, so that the
+//!   bytes cannot be compared) is left in place.
 //!
 //! Ownership survives upgrades: a new agent version finds the state file,
-//! knows the binary at the target path is its own, and overwrites it
-//! without taking a backup of the old version.
+//! knows the binaries at the target paths are its own, and overwrites them
+//! without taking a backup of the old version. An image that no longer
+//! ships (or is told not to install) the userspace binary leaves one
+//! installed earlier where it is, recorded, until `uninstall`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -80,6 +103,12 @@ use serde_json::Value;
 
 /// The plugin type (and binary name) the installer chains by default.
 pub const PLUGIN_TYPE: &str = "wg-cni";
+
+/// The name, in the CNI bin dir, of the userspace WireGuard implementation
+/// (wireguard-go) the installer puts next to the plugin: wg-cni starts it
+/// on the host for nodes without kernel WireGuard. A name of our own, so
+/// it never collides with a `wireguard-go` someone else installed there.
+pub const USERSPACE_BINARY: &str = "wg-cni-wireguard-go";
 
 /// The extensions libcni's loaders read from a conf dir.
 const CNI_EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
@@ -584,6 +613,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// the next start runs the new bytes.
 pub fn install_binary(src: &Path, bin_dir: &Path, name: &str) -> Result<bool> {
     let bytes = fs::read(src).map_err(io_err("reading", src))?;
+    install_bytes(&bytes, bin_dir, name)
+}
+
+/// [`install_binary`] with the bytes already read.
+fn install_bytes(bytes: &[u8], bin_dir: &Path, name: &str) -> Result<bool> {
     let target = bin_dir.join(name);
     if let Ok(meta) = fs::metadata(&target) {
         if meta.is_file() && meta.mode() & 0o7777 == 0o755 {
@@ -595,7 +629,7 @@ pub fn install_binary(src: &Path, bin_dir: &Path, name: &str) -> Result<bool> {
         }
     }
     fs::create_dir_all(bin_dir).map_err(io_err("creating", bin_dir))?;
-    write_atomic_mode(&target, &bytes, Some(0o755))?;
+    write_atomic_mode(&target, bytes, Some(0o755))?;
     Ok(true)
 }
 
@@ -718,6 +752,11 @@ pub struct InstallOptions {
     /// What the installer did (WG_CNI_STATE_FILE,
     /// /var/lib/wg-agent/install.json); never inside `conf_dir`.
     pub state_file: PathBuf,
+    /// The userspace WireGuard implementation in the image, installed as
+    /// `bin_dir/`[`USERSPACE_BINARY`] (WG_CNI_USERSPACE_SRC,
+    /// /opt/wg/bin/wireguard-go; `none`: None, install no companion). A
+    /// source that does not exist is not an error: the image is kernel-only.
+    pub userspace_src: Option<PathBuf>,
 }
 
 impl Default for InstallOptions {
@@ -730,6 +769,7 @@ impl Default for InstallOptions {
             plugin: serde_json::json!({"type": PLUGIN_TYPE, "managed": true}),
             binary_name: PLUGIN_TYPE.into(),
             state_file: "/var/lib/wg-agent/install.json".into(),
+            userspace_src: Some("/opt/wg/bin/wireguard-go".into()),
         }
     }
 }
@@ -756,6 +796,9 @@ impl InstallOptions {
         }
         if let Some(v) = get("WG_CNI_STATE_FILE") {
             o.state_file = v.into();
+        }
+        if let Some(v) = get("WG_CNI_USERSPACE_SRC") {
+            o.userspace_src = (v != "none").then(|| v.into());
         }
         if let Some(v) = get("WG_CNI_MODE") {
             o.mode = v.parse().map_err(|msg| Error::Env {
@@ -794,6 +837,11 @@ impl InstallOptions {
                 self.binary_name
             )));
         }
+        if self.binary_name == USERSPACE_BINARY {
+            return Err(Error::Options(format!(
+                "the plugin binary cannot be named {USERSPACE_BINARY:?}: that is the userspace WireGuard binary's name"
+            )));
+        }
         if parent_dir(&self.state_file) == self.conf_dir.as_path() {
             return Err(Error::Options(
                 "the state file must not be in the CNI conf dir".into(),
@@ -803,7 +851,7 @@ impl InstallOptions {
     }
 }
 
-/// The binary the installer owns (the state file's record).
+/// A binary the installer owns (the state file's record).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BinaryRecord {
     /// Where it installed it.
@@ -815,20 +863,37 @@ pub struct BinaryRecord {
 /// What the installer did, as recorded in its state file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct InstallState {
-    /// The binary it installed and owns (None: none, or one it found
-    /// already there with the same bytes).
+    /// The plugin binary it installed and owns (None: none, or one it
+    /// found already there with the same bytes).
     pub binary: Option<BinaryRecord>,
     /// The conflist it inserted its entry into.
     pub conflist: Option<PathBuf>,
+    /// The userspace WireGuard binary ([`USERSPACE_BINARY`]) it installed
+    /// and owns, same rules as `binary`. Absent from the state files of
+    /// versions before it, hence the default.
+    #[serde(default)]
+    pub userspace: Option<BinaryRecord>,
+}
+
+/// One binary as [`Installer::install`] left it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BinaryReport {
+    /// Where it is.
+    pub path: PathBuf,
+    /// This call wrote it (false: identical bytes were already there).
+    pub written: bool,
+    /// The previous, different file was saved there (put back by `uninstall`).
+    pub backup: Option<PathBuf>,
 }
 
 /// What [`Installer::install`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstallReport {
-    /// The binary was written (false: identical bytes were already there).
-    pub binary_written: bool,
-    /// The previous, different binary was saved there.
-    pub binary_backup: Option<PathBuf>,
+    /// The plugin binary.
+    pub binary: BinaryReport,
+    /// The userspace WireGuard binary (None: the image ships none, or
+    /// `WG_CNI_USERSPACE_SRC=none`).
+    pub userspace: Option<BinaryReport>,
     /// The conflist our entry is in (Chain mode; None: no primary conflist
     /// yet, `watch` chains it when one appears).
     pub conflist: Option<PathBuf>,
@@ -837,14 +902,15 @@ pub struct InstallReport {
     pub conflist_changed: bool,
 }
 
-/// What [`Installer::uninstall`] did with the binary.
+/// What [`Installer::uninstall`] did with a binary.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BinaryUninstall {
     /// We had installed it where there was none: removed.
     Removed,
     /// The bytes that were there before install are back.
     Restored,
-    /// Its bytes are not the ones we installed any more: left in place.
+    /// Its bytes are not the ones we installed any more (or cannot be
+    /// compared: its source is gone from the image): left in place.
     LeftInPlace,
     /// Not ours (none installed, or it was there before us): untouched.
     NotOurs,
@@ -857,6 +923,35 @@ pub struct UninstallReport {
     pub unchained: Option<PathBuf>,
     /// What became of the plugin binary.
     pub binary: BinaryUninstall,
+    /// What became of the userspace WireGuard binary.
+    pub userspace: BinaryUninstall,
+}
+
+/// The binaries the installer manages.
+#[derive(Debug, Clone, Copy)]
+enum Managed {
+    /// The CNI plugin (`binary_name`).
+    Plugin,
+    /// Its userspace WireGuard companion ([`USERSPACE_BINARY`]).
+    Userspace,
+}
+
+impl Managed {
+    /// For logs.
+    fn what(self) -> &'static str {
+        match self {
+            Managed::Plugin => "the plugin binary",
+            Managed::Userspace => "the userspace WireGuard binary",
+        }
+    }
+
+    /// Its record in the state.
+    fn record(self, state: &mut InstallState) -> &mut Option<BinaryRecord> {
+        match self {
+            Managed::Plugin => &mut state.binary,
+            Managed::Userspace => &mut state.userspace,
+        }
+    }
 }
 
 /// Installs wg-cni on a node and keeps it chained.
@@ -882,12 +977,28 @@ impl Installer {
         Installer { opts }
     }
 
-    fn target(&self) -> PathBuf {
-        self.opts.bin_dir.join(&self.opts.binary_name)
+    /// `which`'s file name in the bin dir.
+    fn name(&self, which: Managed) -> &str {
+        match which {
+            Managed::Plugin => &self.opts.binary_name,
+            Managed::Userspace => USERSPACE_BINARY,
+        }
     }
 
-    fn backup_path(&self) -> PathBuf {
-        parent_dir(&self.opts.state_file).join(format!("{}.before-install", self.opts.binary_name))
+    /// Where `which` comes from in the image (None: disabled).
+    fn src(&self, which: Managed) -> Option<&Path> {
+        match which {
+            Managed::Plugin => Some(&self.opts.bin_src),
+            Managed::Userspace => self.opts.userspace_src.as_deref(),
+        }
+    }
+
+    fn target(&self, which: Managed) -> PathBuf {
+        self.opts.bin_dir.join(self.name(which))
+    }
+
+    fn backup_path(&self, which: Managed) -> PathBuf {
+        parent_dir(&self.opts.state_file).join(format!("{}.before-install", self.name(which)))
     }
 
     /// The recorded state (the default when there is no state file yet).
@@ -915,22 +1026,26 @@ impl Installer {
         write_atomic(path, &bytes)
     }
 
-    /// Installs the binary, then (Chain mode) chains the primary conflist.
-    /// Idempotent: a second call changes nothing.
-    pub fn install(&self) -> Result<InstallReport> {
-        self.opts.validate()?;
-        sweep_tmp(&self.opts.bin_dir);
-        sweep_tmp(&self.opts.conf_dir);
-        let src = &self.opts.bin_src;
-        let ours = fs::read(src).map_err(io_err("reading", src))?;
-        let target = self.target();
-        let mut state = self.state()?;
-        let owned = state.binary.as_ref().is_some_and(|b| b.path == target);
+    /// Installs `ours` (the bytes of `which` in the image) into the bin dir
+    /// under the ownership rules of the module docs. The record goes into
+    /// `state` and the state file before the binary is written: a crash in
+    /// between leaves a record of a binary the next run installs, never an
+    /// unowned binary.
+    fn install_owned(
+        &self,
+        state: &mut InstallState,
+        which: Managed,
+        ours: &[u8],
+    ) -> Result<BinaryReport> {
+        let what = which.what();
+        let target = self.target(which);
+        let recorded = which.record(state).clone();
+        let owned = recorded.as_ref().is_some_and(|b| b.path == target);
         let mut backup = None;
         if !owned {
             match fs::read(&target) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    state.binary = Some(BinaryRecord {
+                    *which.record(state) = Some(BinaryRecord {
                         path: target.clone(),
                         backup: None,
                     });
@@ -938,17 +1053,17 @@ impl Installer {
                 Err(e) => return Err(io_err("reading", &target)(e)),
                 Ok(theirs) if theirs == ours => {
                     // Already there, not by us: leave it (and its mode) alone.
-                    tracing::info!(path = %target.display(), "the plugin binary is already installed (not by us)");
+                    tracing::info!(binary = what, path = %target.display(), "already installed (not by us): leaving it");
                 }
                 Ok(theirs) => {
-                    let b = self.backup_path();
+                    let b = self.backup_path(which);
                     let mode = fs::metadata(&target).map(|m| m.mode() & 0o7777).ok();
                     fs::create_dir_all(parent_dir(&b))
                         .map_err(io_err("creating", parent_dir(&b)))?;
                     write_atomic_mode(&b, &theirs, mode)?;
-                    tracing::info!(path = %target.display(), backup = %b.display(),
-                        "replacing another plugin binary; saved its bytes for uninstall");
-                    state.binary = Some(BinaryRecord {
+                    tracing::info!(binary = what, path = %target.display(), backup = %b.display(),
+                        "replacing another file; saved its bytes for uninstall");
+                    *which.record(state) = Some(BinaryRecord {
                         path: target.clone(),
                         backup: Some(b.clone()),
                     });
@@ -956,21 +1071,71 @@ impl Installer {
                 }
             }
         }
-        let ours_now = state.binary.as_ref().is_some_and(|b| b.path == target);
-        let mut binary_written = false;
-        if ours_now {
-            // Recorded before writing: a crash in between leaves a record of
-            // a binary we then install on the next run, never an unowned one.
-            self.save_state(&state)?;
-            binary_written = install_binary(src, &self.opts.bin_dir, &self.opts.binary_name)?;
+        let record = which.record(state).clone();
+        let mut written = false;
+        if record.as_ref().is_some_and(|b| b.path == target) {
+            if record != recorded {
+                self.save_state(state)?;
+            }
+            written = install_bytes(ours, &self.opts.bin_dir, self.name(which))?;
         }
-        if binary_written {
-            tracing::info!(path = %target.display(), "installed the plugin binary");
+        if written {
+            tracing::info!(binary = what, path = %target.display(), "installed");
         }
+        Ok(BinaryReport {
+            path: target,
+            written,
+            backup,
+        })
+    }
+
+    /// The userspace WireGuard binary's bytes in the image; None when
+    /// disabled (`WG_CNI_USERSPACE_SRC=none`) or when the image ships none.
+    fn userspace_bytes(&self) -> Result<Option<Vec<u8>>> {
+        let Some(src) = self.src(Managed::Userspace) else {
+            tracing::info!("WG_CNI_USERSPACE_SRC=none: installing no userspace WireGuard binary");
+            return Ok(None);
+        };
+        match fs::read(src) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::info!(path = %src.display(),
+                    "no userspace WireGuard implementation ships with this image: installing none (kernel WireGuard only)");
+                Ok(None)
+            }
+            Err(e) => Err(io_err("reading", src)(e)),
+        }
+    }
+
+    /// Installs the plugin binary and its userspace WireGuard companion
+    /// (whatever the mode: the plugin needs it in both), then (Chain mode)
+    /// chains the primary conflist. Idempotent: a second call writes
+    /// nothing.
+    pub fn install(&self) -> Result<InstallReport> {
+        self.opts.validate()?;
+        sweep_tmp(&self.opts.bin_dir);
+        sweep_tmp(&self.opts.conf_dir);
+        let src = &self.opts.bin_src;
+        // Both sources read before anything is written.
+        let plugin = fs::read(src).map_err(io_err("reading", src))?;
+        let companion = self.userspace_bytes()?;
+        let mut state = self.state()?;
+        let binary = self.install_owned(&mut state, Managed::Plugin, &plugin)?;
+        let userspace = match companion {
+            Some(bytes) => Some(self.install_owned(&mut state, Managed::Userspace, &bytes)?),
+            None => {
+                if let Some(rec) = &state.userspace {
+                    // Running interfaces may still use it; uninstall decides.
+                    tracing::info!(path = %rec.path.display(),
+                        "the userspace WireGuard binary installed earlier stays until uninstall");
+                }
+                None
+            }
+        };
         let conflist_changed = self.ensure_chained()?;
         Ok(InstallReport {
-            binary_written,
-            binary_backup: backup,
+            binary,
+            userspace,
             conflist: if self.opts.mode == Mode::Chain {
                 self.state()?.conflist
             } else {
@@ -1065,9 +1230,61 @@ impl Installer {
         })
     }
 
+    /// Undoes [`install_owned`](Self::install_owned) for `which`: removes
+    /// the binary we installed, or restores the one it replaced, or leaves
+    /// one whose bytes are not ours (any more, or as far as we can tell:
+    /// its source is not in this image); then drops the record.
+    fn uninstall_owned(&self, state: &mut InstallState, which: Managed) -> Result<BinaryUninstall> {
+        let Some(rec) = which.record(state).clone() else {
+            return Ok(BinaryUninstall::NotOurs);
+        };
+        let what = which.what();
+        let current = match fs::read(&rec.path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("reading", &rec.path)(e)),
+        };
+        let ours = self.src(which).and_then(|s| fs::read(s).ok());
+        let result = match (&current, &rec.backup) {
+            (Some(c), _) if ours.as_ref() != Some(c) => {
+                if ours.is_none() {
+                    tracing::warn!(binary = what, path = %rec.path.display(),
+                        "cannot tell whether it is still the one we installed (its source is not in this image); leaving it");
+                } else {
+                    tracing::warn!(binary = what, path = %rec.path.display(),
+                        "replaced after we installed it; leaving it");
+                }
+                BinaryUninstall::LeftInPlace
+            }
+            (_, Some(b)) => {
+                let bytes = fs::read(b).map_err(io_err("reading", b))?;
+                let mode = fs::metadata(b).map(|m| m.mode() & 0o7777).ok();
+                write_atomic_mode(&rec.path, &bytes, mode)?;
+                BinaryUninstall::Restored
+            }
+            (Some(_), None) => {
+                fs::remove_file(&rec.path).map_err(io_err("removing", &rec.path))?;
+                fsync_dir(parent_dir(&rec.path))?;
+                BinaryUninstall::Removed
+            }
+            (None, None) => BinaryUninstall::Removed,
+        };
+        if let Some(b) = &rec.backup {
+            if result != BinaryUninstall::LeftInPlace {
+                let _ = fs::remove_file(b);
+            }
+        }
+        tracing::info!(binary = what, path = %rec.path.display(), result = ?result, "uninstalled");
+        // Done with it: a retry after a later failure does not redo it.
+        *which.record(state) = None;
+        self.save_state(state)?;
+        Ok(result)
+    }
+
     /// Undoes what `install` did, and only that (see the module docs):
-    /// removes our conflist entry byte-exactly, then removes the binary we
-    /// installed or restores the one it replaced, then the state file.
+    /// removes our conflist entry byte-exactly, then removes the plugin
+    /// binary and the userspace WireGuard binary we installed or restores
+    /// the files they replaced, then the state file.
     pub fn uninstall(&self) -> Result<UninstallReport> {
         let mut state = self.state()?;
         let mut unchained = None;
@@ -1078,43 +1295,18 @@ impl Installer {
             state.conflist = None;
             self.save_state(&state)?;
         }
-        let binary = match state.binary.clone() {
-            None => BinaryUninstall::NotOurs,
-            Some(rec) => {
-                let current = fs::read(&rec.path).ok();
-                let ours = fs::read(&self.opts.bin_src).ok();
-                let result = match (&current, &rec.backup) {
-                    (Some(c), _) if Some(c) != ours.as_ref() => {
-                        tracing::warn!(path = %rec.path.display(), "the plugin binary was replaced after we installed it; leaving it");
-                        BinaryUninstall::LeftInPlace
-                    }
-                    (_, Some(b)) => {
-                        let bytes = fs::read(b).map_err(io_err("reading", b))?;
-                        let mode = fs::metadata(b).map(|m| m.mode() & 0o7777).ok();
-                        write_atomic_mode(&rec.path, &bytes, mode)?;
-                        BinaryUninstall::Restored
-                    }
-                    (Some(_), None) => {
-                        fs::remove_file(&rec.path).map_err(io_err("removing", &rec.path))?;
-                        fsync_dir(parent_dir(&rec.path))?;
-                        BinaryUninstall::Removed
-                    }
-                    (None, None) => BinaryUninstall::Removed,
-                };
-                if let Some(b) = &rec.backup {
-                    if result != BinaryUninstall::LeftInPlace {
-                        let _ = fs::remove_file(b);
-                    }
-                }
-                result
-            }
-        };
+        let binary = self.uninstall_owned(&mut state, Managed::Plugin)?;
+        let userspace = self.uninstall_owned(&mut state, Managed::Userspace)?;
         match fs::remove_file(&self.opts.state_file) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("removing", &self.opts.state_file)(e)),
         }
-        Ok(UninstallReport { unchained, binary })
+        Ok(UninstallReport {
+            unchained,
+            binary,
+            userspace,
+        })
     }
 
     /// Keeps wg-cni chained until `stop` is set: an inotify watch on the

@@ -559,70 +559,16 @@ fn install_binary_is_atomic_and_skips_identical_bytes() {
     assert!(e.to_string().contains("missing"), "{e}");
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
-#[test]
-fn install_binary_replaces_a_running_binary_without_writing_into_it() {
-    let Some(sleep) = find_in_path("sleep") else {
-        eprintln!("no sleep in PATH: skipped");
-        return;
-    };
-    let t = TempDir::new("busy");
-    let src = t.path().join("src");
-    let bin = t.path().join("bin");
-    fs::copy(&sleep, &src).unwrap();
-    assert!(install_binary(&src, &bin, "wg-cni").unwrap());
-    let target = bin.join("wg-cni");
-    let old = fs::read(&target).unwrap();
-    // A file just written can be briefly "busy" for exec: another test
-    // thread forking while it was open holds a copy of the descriptor
-    // until that child's own exec.
-    let mut child = {
-        let mut tries = 0;
-        loop {
-            match std::process::Command::new(&target).arg("30").spawn() {
-                Ok(c) => break c,
-                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("running {}: {e}", target.display()),
-            }
-        }
-    };
-    let mut new = old.clone();
-    new.extend_from_slice(b"v2");
-    fs::write(&src, &new).unwrap();
-    let replaced = install_binary(&src, &bin, "wg-cni");
-    let running = fs::read(format!("/proc/{}/exe", child.id()));
-    let alive = child.try_wait().map(|s| s.is_none());
-    let _ = child.kill();
-    let _ = child.wait();
-    // Writing into it would have failed (ETXTBSY) or changed the running
-    // process's bytes.
-    assert!(replaced.unwrap());
-    assert_eq!(fs::read(&target).unwrap(), new);
-    assert!(alive.unwrap(), "the daemon kept running");
-    assert!(
-        running.unwrap() == old,
-        "the daemon still runs the old bytes"
-    );
-    assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o755);
-    assert_eq!(names(&bin), ["wg-cni"]);
-}
-
 // --- the installer -----------------------------------------------------------
 
+/// A node and an image that ships both the plugin and wireguard-go.
 struct Node {
     _t: TempDir,
     conf: PathBuf,
     bin: PathBuf,
     src: PathBuf,
+    /// The image's wireguard-go.
+    wg_src: PathBuf,
     state: PathBuf,
 }
 
@@ -631,16 +577,19 @@ fn node(tag: &str) -> Node {
     let conf = t.path().join("etc/cni/net.d");
     let bin = t.path().join("opt/cni/bin");
     let src = t.path().join("image/wg-cni");
+    let wg_src = t.path().join("image/wireguard-go");
     let state = t.path().join("var/lib/wg-agent/install.json");
     for d in [&conf, &bin, &parent_dir(&src).to_path_buf()] {
         fs::create_dir_all(d).unwrap();
     }
     write(&src, "wg-cni binary v1");
+    write(&wg_src, "wireguard-go v1");
     Node {
         _t: t,
         conf,
         bin,
         src,
+        wg_src,
         state,
     }
 }
@@ -653,6 +602,7 @@ impl Node {
             conf_dir: self.conf.clone(),
             mode,
             state_file: self.state.clone(),
+            userspace_src: Some(self.wg_src.clone()),
             ..InstallOptions::default()
         }
     }
@@ -686,8 +636,16 @@ fn install_then_uninstall_gives_back_the_exact_bytes() {
     assert_eq!(
         r,
         InstallReport {
-            binary_written: true,
-            binary_backup: None,
+            binary: BinaryReport {
+                path: n.bin.join("wg-cni"),
+                written: true,
+                backup: None
+            },
+            userspace: Some(BinaryReport {
+                path: n.bin.join(USERSPACE_BINARY),
+                written: true,
+                backup: None
+            }),
             conflist: Some(f.clone()),
             conflist_changed: true
         }
@@ -711,7 +669,8 @@ fn install_then_uninstall_gives_back_the_exact_bytes() {
     );
     // Idempotent.
     let again = inst.install().unwrap();
-    assert!(!again.binary_written && !again.conflist_changed);
+    assert!(!again.binary.written && !again.conflist_changed);
+    assert!(!again.userspace.unwrap().written);
     assert!(!inst.ensure_chained().unwrap());
 
     let u = inst.uninstall().unwrap();
@@ -719,7 +678,8 @@ fn install_then_uninstall_gives_back_the_exact_bytes() {
         u,
         UninstallReport {
             unchained: Some(f.clone()),
-            binary: BinaryUninstall::Removed
+            binary: BinaryUninstall::Removed,
+            userspace: BinaryUninstall::Removed,
         }
     );
     assert_eq!(fs::read(&f).unwrap(), FLANNEL.as_bytes());
@@ -739,14 +699,14 @@ fn a_binary_that_was_there_before_is_restored_or_left() {
     fs::set_permissions(&target, fs::Permissions::from_mode(0o750)).unwrap();
     let inst = n.installer(Mode::Secondary);
     let r = inst.install().unwrap();
-    assert!(r.binary_written);
-    let backup = r.binary_backup.clone().unwrap();
+    assert!(r.binary.written);
+    let backup = r.binary.backup.clone().unwrap();
     assert_eq!(parent_dir(&backup), parent_dir(&n.state));
     assert_eq!(fs::read(&target).unwrap(), b"wg-cni binary v1");
     // An upgrade: the new version overwrites its own binary, no new backup.
     write(&n.src, "wg-cni binary v2");
     let r2 = inst.install().unwrap();
-    assert!(r2.binary_written && r2.binary_backup.is_none());
+    assert!(r2.binary.written && r2.binary.backup.is_none());
     assert_eq!(inst.uninstall().unwrap().binary, BinaryUninstall::Restored);
     assert_eq!(fs::read(&target).unwrap(), b"someone else's wg-cni");
     assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o750);
@@ -757,7 +717,7 @@ fn a_binary_that_was_there_before_is_restored_or_left() {
     let target = n.bin.join("wg-cni");
     write(&target, "wg-cni binary v1");
     let inst = n.installer(Mode::Secondary);
-    assert!(!inst.install().unwrap().binary_written);
+    assert!(!inst.install().unwrap().binary.written);
     assert_eq!(inst.uninstall().unwrap().binary, BinaryUninstall::NotOurs);
     assert_eq!(fs::read(&target).unwrap(), b"wg-cni binary v1");
 
@@ -771,6 +731,298 @@ fn a_binary_that_was_there_before_is_restored_or_left() {
         BinaryUninstall::LeftInPlace
     );
     assert_eq!(fs::read(n.bin.join("wg-cni")).unwrap(), b"newer, not ours");
+}
+
+// --- the userspace WireGuard binary -------------------------------------------
+
+/// (inode, mtime) of `path`: unchanged means not written.
+fn stamp(path: &Path) -> (u64, i64, i64) {
+    let m = fs::metadata(path).unwrap();
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+#[test]
+fn install_puts_both_binaries_and_a_second_install_writes_nothing() {
+    let n = node("both");
+    let f = n.flannel();
+    let inst = n.installer(Mode::Chain);
+    let r = inst.install().unwrap();
+    let plugin = n.bin.join("wg-cni");
+    let wg = n.bin.join(USERSPACE_BINARY);
+    assert!(r.binary.written);
+    assert_eq!(
+        r.userspace,
+        Some(BinaryReport {
+            path: wg.clone(),
+            written: true,
+            backup: None
+        })
+    );
+    assert_eq!(fs::read(&plugin).unwrap(), fs::read(&n.src).unwrap());
+    assert_eq!(fs::read(&wg).unwrap(), fs::read(&n.wg_src).unwrap());
+    assert_eq!((mode(&plugin), mode(&wg)), (0o755, 0o755));
+    assert_eq!(names(&n.bin), ["wg-cni", USERSPACE_BINARY]);
+    assert_eq!(
+        inst.state().unwrap().userspace,
+        Some(BinaryRecord {
+            path: wg.clone(),
+            backup: None
+        })
+    );
+
+    // Nothing written the second time: binaries, state file, conflist.
+    let before = [&plugin, &wg, &n.state, &f].map(|p| stamp(p));
+    let again = inst.install().unwrap();
+    assert!(!again.binary.written && !again.conflist_changed);
+    assert!(again
+        .userspace
+        .is_some_and(|u| !u.written && u.backup.is_none()));
+    assert_eq!([&plugin, &wg, &n.state, &f].map(|p| stamp(p)), before);
+
+    // An upgrade: our own file, overwritten without a backup.
+    write(&n.wg_src, "wireguard-go v2");
+    let up = inst.install().unwrap();
+    assert_eq!(
+        up.userspace,
+        Some(BinaryReport {
+            path: wg.clone(),
+            written: true,
+            backup: None
+        })
+    );
+    assert!(!up.binary.written);
+    assert_eq!(fs::read(&wg).unwrap(), b"wireguard-go v2");
+
+    let u = inst.uninstall().unwrap();
+    assert_eq!(
+        (u.binary, u.userspace),
+        (BinaryUninstall::Removed, BinaryUninstall::Removed)
+    );
+    assert!(names(&n.bin).is_empty());
+    assert!(!n.state.exists());
+}
+
+#[test]
+fn a_kernel_only_image_installs_no_userspace_binary() {
+    let n = node("kernel-only");
+    fs::remove_file(&n.wg_src).unwrap();
+    let inst = n.installer(Mode::Chain);
+    let r = inst.install().unwrap();
+    assert!(r.binary.written);
+    assert_eq!(r.userspace, None);
+    assert_eq!(names(&n.bin), ["wg-cni"]);
+    assert_eq!(inst.state().unwrap().userspace, None);
+    let u = inst.uninstall().unwrap();
+    assert_eq!(u.userspace, BinaryUninstall::NotOurs);
+    assert!(names(&n.bin).is_empty());
+}
+
+#[test]
+fn userspace_src_none_disables_the_userspace_binary() {
+    let o =
+        InstallOptions::from_lookup(|k| (k == "WG_CNI_USERSPACE_SRC").then(|| "none".to_string()))
+            .unwrap();
+    assert_eq!(o.userspace_src, None);
+
+    let n = node("userspace-none");
+    let inst = Installer::new(InstallOptions {
+        userspace_src: None,
+        ..n.opts(Mode::Chain)
+    });
+    let r = inst.install().unwrap();
+    assert_eq!(r.userspace, None);
+    assert_eq!(names(&n.bin), ["wg-cni"]);
+    assert_eq!(
+        inst.uninstall().unwrap().userspace,
+        BinaryUninstall::NotOurs
+    );
+}
+
+#[test]
+fn a_userspace_binary_that_was_there_before_is_restored_or_left() {
+    // Other bytes: saved, replaced, restored. Secondary mode installs the
+    // userspace binary too: the plugin needs it whatever the mode.
+    let n = node("prior-wg");
+    let target = n.bin.join(USERSPACE_BINARY);
+    write(&target, "someone else's wireguard-go");
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o700)).unwrap();
+    // A prior plugin too: the two backups must not collide.
+    write(&n.bin.join("wg-cni"), "someone else's wg-cni");
+    let inst = n.installer(Mode::Secondary);
+    let r = inst.install().unwrap();
+    let u = r.userspace.clone().unwrap();
+    assert!(u.written);
+    let backup = u.backup.clone().unwrap();
+    assert_eq!(parent_dir(&backup), parent_dir(&n.state));
+    assert_ne!(Some(&backup), r.binary.backup.as_ref());
+    assert_eq!(fs::read(&backup).unwrap(), b"someone else's wireguard-go");
+    assert_eq!(fs::read(&target).unwrap(), b"wireguard-go v1");
+    assert_eq!(mode(&target), 0o755);
+    assert_eq!(
+        inst.state().unwrap().userspace,
+        Some(BinaryRecord {
+            path: target.clone(),
+            backup: Some(backup.clone())
+        })
+    );
+    let un = inst.uninstall().unwrap();
+    assert_eq!(
+        (un.binary, un.userspace),
+        (BinaryUninstall::Restored, BinaryUninstall::Restored)
+    );
+    assert_eq!(fs::read(&target).unwrap(), b"someone else's wireguard-go");
+    assert_eq!(mode(&target), 0o700);
+    assert!(!backup.exists());
+    assert!(!n.state.exists());
+
+    // Identical bytes already there: not ours, untouched (mode included).
+    let n = node("prior-wg-same");
+    let target = n.bin.join(USERSPACE_BINARY);
+    write(&target, "wireguard-go v1");
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o750)).unwrap();
+    let before = stamp(&target);
+    let inst = n.installer(Mode::Chain);
+    let r = inst.install().unwrap();
+    assert_eq!(r.userspace.map(|u| u.written), Some(false));
+    assert_eq!(inst.state().unwrap().userspace, None);
+    assert_eq!(stamp(&target), before);
+    assert_eq!(
+        inst.uninstall().unwrap().userspace,
+        BinaryUninstall::NotOurs
+    );
+    assert_eq!(fs::read(&target).unwrap(), b"wireguard-go v1");
+    assert_eq!(mode(&target), 0o750);
+
+    // Replaced by someone else after us: left in place.
+    let n = node("wg-replaced-after");
+    let inst = n.installer(Mode::Chain);
+    inst.install().unwrap();
+    write(&n.bin.join(USERSPACE_BINARY), "newer, not ours");
+    assert_eq!(
+        inst.uninstall().unwrap().userspace,
+        BinaryUninstall::LeftInPlace
+    );
+    assert_eq!(names(&n.bin), [USERSPACE_BINARY]);
+}
+
+#[test]
+fn a_userspace_binary_whose_source_is_gone_stays_installed() {
+    // A later image without wireguard-go: what we installed stays
+    // recorded; uninstall cannot compare its bytes any more and leaves it.
+    let n = node("wg-src-gone");
+    let inst = n.installer(Mode::Chain);
+    inst.install().unwrap();
+    fs::remove_file(&n.wg_src).unwrap();
+    let r = inst.install().unwrap();
+    assert_eq!(r.userspace, None);
+    assert!(inst.state().unwrap().userspace.is_some());
+    assert!(n.bin.join(USERSPACE_BINARY).exists());
+    let u = inst.uninstall().unwrap();
+    assert_eq!(
+        (u.binary, u.userspace),
+        (BinaryUninstall::Removed, BinaryUninstall::LeftInPlace)
+    );
+    assert_eq!(names(&n.bin), [USERSPACE_BINARY]);
+}
+
+#[test]
+fn a_state_file_of_the_previous_version_loads_and_upgrades() {
+    let n = node("old-state");
+    let f = n.flannel();
+    // What the version before the userspace binary wrote: no "userspace".
+    let plugin = n.bin.join("wg-cni");
+    write(&plugin, "wg-cni binary v0");
+    let old = format!(
+        "{{\n  \"binary\": {{\n    \"path\": {},\n    \"backup\": null\n  }},\n  \"conflist\": null\n}}\n",
+        serde_json::to_string(&plugin).unwrap()
+    );
+    fs::create_dir_all(parent_dir(&n.state)).unwrap();
+    write(&n.state, &old);
+    let inst = n.installer(Mode::Chain);
+    assert_eq!(
+        inst.state().unwrap(),
+        InstallState {
+            binary: Some(BinaryRecord {
+                path: plugin.clone(),
+                backup: None
+            }),
+            conflist: None,
+            userspace: None,
+        }
+    );
+    // The upgrade: the plugin is ours (no backup of v0), the userspace
+    // binary is new.
+    let r = inst.install().unwrap();
+    assert!(r.binary.written && r.binary.backup.is_none());
+    assert!(r.userspace.is_some_and(|u| u.written && u.backup.is_none()));
+    assert_eq!(r.conflist, Some(f));
+    let u = inst.uninstall().unwrap();
+    assert_eq!(
+        (u.binary, u.userspace),
+        (BinaryUninstall::Removed, BinaryUninstall::Removed)
+    );
+    assert!(names(&n.bin).is_empty());
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn install_binary_replaces_a_running_binary_without_writing_into_it() {
+    let Some(sleep) = find_in_path("sleep") else {
+        eprintln!("no sleep in PATH: skipped");
+        return;
+    };
+    let t = TempDir::new("busy");
+    let src = t.path().join("src");
+    let bin = t.path().join("bin");
+    fs::copy(&sleep, &src).unwrap();
+    assert!(install_binary(&src, &bin, USERSPACE_BINARY).unwrap());
+    let target = bin.join(USERSPACE_BINARY);
+    let old = fs::read(&target).unwrap();
+    // A file just written can be briefly "busy" for exec: another test
+    // thread forking while it was open holds a copy of the descriptor
+    // until that child's own exec.
+    let mut child = {
+        let mut tries = 0;
+        loop {
+            match std::process::Command::new(&target).arg("30").spawn() {
+                Ok(c) => break c,
+                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("running {}: {e}", target.display()),
+            }
+        }
+    };
+    let mut new = old.clone();
+    new.extend_from_slice(b"v2");
+    fs::write(&src, &new).unwrap();
+    let replaced = install_binary(&src, &bin, USERSPACE_BINARY);
+    let running = fs::read(format!("/proc/{}/exe", child.id()));
+    let alive = child.try_wait().map(|s| s.is_none());
+    let _ = child.kill();
+    let _ = child.wait();
+    // Writing into it would have failed (ETXTBSY) or changed the running
+    // process's bytes.
+    assert!(replaced.unwrap());
+    assert_eq!(fs::read(&target).unwrap(), new);
+    assert!(alive.unwrap(), "the daemon kept running");
+    assert!(
+        running.unwrap() == old,
+        "the daemon still runs the old bytes"
+    );
+    assert_eq!(mode(&target), 0o755);
+    assert_eq!(names(&bin), [USERSPACE_BINARY]);
 }
 
 #[test]
@@ -866,7 +1118,7 @@ fn no_primary_yet_is_not_an_error() {
     let n = node("empty");
     let inst = n.installer(Mode::Chain);
     let r = inst.install().unwrap();
-    assert!(r.binary_written && r.conflist.is_none() && !r.conflist_changed);
+    assert!(r.binary.written && r.conflist.is_none() && !r.conflist_changed);
     let f = n.flannel();
     assert!(inst.ensure_chained().unwrap());
     assert_eq!(entry_count(&f), 1);
@@ -879,7 +1131,7 @@ fn secondary_mode_touches_no_conflist() {
     let before = fs::metadata(&f).unwrap();
     let inst = n.installer(Mode::Secondary);
     let r = inst.install().unwrap();
-    assert!(r.binary_written && r.conflist.is_none() && !r.conflist_changed);
+    assert!(r.binary.written && r.conflist.is_none() && !r.conflist_changed);
     assert!(!inst.ensure_chained().unwrap());
     assert_eq!(inst.uninstall().unwrap().unchained, None);
     let after = fs::metadata(&f).unwrap();
@@ -1007,6 +1259,10 @@ fn options_from_the_environment() {
     assert_eq!(none.state_file, Path::new("/var/lib/wg-agent/install.json"));
     assert_eq!(none.mode, Mode::Chain);
     assert_eq!(none.plugin, plugin());
+    assert_eq!(
+        none.userspace_src.as_deref(),
+        Some(Path::new("/opt/wg/bin/wireguard-go"))
+    );
 
     let env = |k: &str| {
         match k {
@@ -1018,6 +1274,7 @@ fn options_from_the_environment() {
                 Some(r#"{"type":"wg-cni","managed":true,"agentSocket":"/run/wg/agent.sock"}"#)
             }
             "WG_CNI_STATE_FILE" => Some("/s/install.json"),
+            "WG_CNI_USERSPACE_SRC" => Some("/src/wireguard-go"),
             _ => None,
         }
         .map(String::from)
@@ -1029,6 +1286,10 @@ fn options_from_the_environment() {
     assert_eq!(o.bin_src, Path::new("/src/wg-cni"));
     assert_eq!(o.state_file, Path::new("/s/install.json"));
     assert_eq!(o.plugin["agentSocket"], "/run/wg/agent.sock");
+    assert_eq!(
+        o.userspace_src.as_deref(),
+        Some(Path::new("/src/wireguard-go"))
+    );
     // Empty means unset.
     assert_eq!(
         InstallOptions::from_lookup(|_| Some(String::new())).unwrap(),
@@ -1045,4 +1306,14 @@ fn options_from_the_environment() {
     assert!(bad("WG_CNI_PLUGIN", r#"{"managed":true}"#).contains("type"));
     assert!(bad("WG_CNI_PLUGIN", r#"{"type":"bridge"}"#).contains("binary"));
     assert!(bad("WG_CNI_STATE_FILE", "/host/etc/cni/net.d/state.json").contains("conf dir"));
+    let clash = InstallOptions {
+        plugin: json!({"type": USERSPACE_BINARY}),
+        binary_name: USERSPACE_BINARY.into(),
+        ..InstallOptions::default()
+    };
+    assert!(clash
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains(USERSPACE_BINARY));
 }
