@@ -927,6 +927,67 @@ pub struct UninstallReport {
     pub userspace: BinaryUninstall,
 }
 
+impl std::fmt::Display for BinaryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let done = if self.written {
+            "installed"
+        } else {
+            "already there"
+        };
+        write!(f, "{} {done}", self.path.display())?;
+        if let Some(b) = &self.backup {
+            write!(f, " (the file it replaced is saved as {})", b.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// One line for a person: `wg-agent install` logs it.
+impl std::fmt::Display for InstallReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "plugin: {}; userspace WireGuard: ", self.binary)?;
+        match &self.userspace {
+            Some(u) => write!(f, "{u}")?,
+            None => write!(f, "none (kernel WireGuard only)")?,
+        }
+        match (&self.conflist, self.conflist_changed) {
+            (Some(c), true) => write!(f, "; chained into {}", c.display()),
+            (Some(c), false) => write!(f, "; already chained in {}", c.display()),
+            (None, true) => write!(f, "; our entry taken out of the former primary conflist"),
+            (None, false) => write!(
+                f,
+                "; no conflist chained (secondary mode, or no primary conflist yet)"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for BinaryUninstall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BinaryUninstall::Removed => "removed",
+            BinaryUninstall::Restored => "the file it had replaced is back",
+            BinaryUninstall::LeftInPlace => "left in place (not the bytes we installed)",
+            BinaryUninstall::NotOurs => "not ours, untouched",
+        })
+    }
+}
+
+/// One line for a person: `wg-agent uninstall` logs it.
+impl std::fmt::Display for UninstallReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "plugin: {}; userspace WireGuard: {}; ",
+            self.binary, self.userspace
+        )?;
+        match &self.unchained {
+            Some(c) => write!(f, "our entry removed from {}", c.display()),
+            None => write!(f, "no conflist entry of ours"),
+        }
+    }
+}
+
 /// The binaries the installer manages.
 #[derive(Debug, Clone, Copy)]
 enum Managed {
@@ -1274,7 +1335,7 @@ impl Installer {
                 let _ = fs::remove_file(b);
             }
         }
-        tracing::info!(binary = what, path = %rec.path.display(), result = ?result, "uninstalled");
+        tracing::info!(binary = what, path = %rec.path.display(), result = %result, "uninstalled");
         // Done with it: a retry after a later failure does not redo it.
         *which.record(state) = None;
         self.save_state(state)?;

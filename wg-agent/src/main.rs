@@ -5,8 +5,10 @@
 //!   primary conflist, and removes what it installed when it stops
 //!   because its DaemonSet was deleted.
 //! - `wg-agent install`: install wg-cni on the node once (an init
-//!   container): the binary, and the entry in the primary conflist
-//!   (`wg_agent::install`).
+//!   container): the plugin binary, its userspace WireGuard companion
+//!   (`wg-cni-wireguard-go`, when the image ships wireguard-go), and the
+//!   entry in the primary conflist (`wg_agent::install`). It logs one line
+//!   saying what became of each.
 //! - `wg-agent uninstall`: remove exactly what `install` added.
 
 use std::process::ExitCode;
@@ -78,14 +80,14 @@ fn installer() -> Result<Installer, String> {
 }
 
 /// `wg-agent install` and `wg-agent uninstall`: one installer step, its
-/// report logged.
-fn install_step<R: std::fmt::Debug>(
+/// report logged (the plugin, the userspace WireGuard binary, the conflist).
+fn install_step<R: std::fmt::Display>(
     verb: &str,
     step: impl FnOnce(&Installer) -> wg_agent::install::Result<R>,
 ) -> ExitCode {
     match installer().and_then(|i| step(&i).map_err(|e| e.to_string())) {
         Ok(r) => {
-            info!(report = ?r, "wg-cni {verb}ed");
+            info!("wg-cni {verb}ed: {r}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -225,8 +227,9 @@ async fn agent() -> Result<(), String> {
         let _ = w.join();
         if daemonset_gone(agent.client()).await {
             info!("the DaemonSet is gone: uninstalling wg-cni from the node");
-            if let Err(e) = installer().and_then(|i| i.uninstall().map_err(|e| e.to_string())) {
-                error!(error = %e, "uninstall failed");
+            match installer().and_then(|i| i.uninstall().map_err(|e| e.to_string())) {
+                Ok(r) => info!("wg-cni uninstalled: {r}"),
+                Err(e) => error!(error = %e, "uninstall failed"),
             }
         }
     }

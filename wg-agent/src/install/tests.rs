@@ -816,6 +816,7 @@ fn a_kernel_only_image_installs_no_userspace_binary() {
     assert_eq!(r.userspace, None);
     assert_eq!(names(&n.bin), ["wg-cni"]);
     assert_eq!(inst.state().unwrap().userspace, None);
+    assert!(r.to_string().contains("userspace WireGuard: none"), "{r}");
     let u = inst.uninstall().unwrap();
     assert_eq!(u.userspace, BinaryUninstall::NotOurs);
     assert!(names(&n.bin).is_empty());
@@ -966,6 +967,24 @@ fn a_state_file_of_the_previous_version_loads_and_upgrades() {
         (BinaryUninstall::Removed, BinaryUninstall::Removed)
     );
     assert!(names(&n.bin).is_empty());
+}
+
+#[test]
+fn the_reports_name_the_userspace_binary() {
+    let n = node("report");
+    n.flannel();
+    let inst = n.installer(Mode::Chain);
+    let r = inst.install().unwrap().to_string();
+    assert!(
+        r.contains(&format!(
+            "userspace WireGuard: {} installed",
+            n.bin.join(USERSPACE_BINARY).display()
+        )),
+        "{r}"
+    );
+    assert!(r.contains("chained into"), "{r}");
+    let u = inst.uninstall().unwrap().to_string();
+    assert!(u.contains("userspace WireGuard: removed"), "{u}");
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
