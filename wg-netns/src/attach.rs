@@ -224,6 +224,25 @@ impl Birthplace {
         Self::new(birth, container, backend)
     }
 
+    /// The same place with another backend, keeping the netlink sockets
+    /// already opened. An agent that has one ADD's daemon started by a
+    /// [`crate::Launcher`] keeps the place without it afterwards:
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use wg_netns::{Backend, Birthplace, Netns, SocketNamespace, Userspace, Launcher};
+    /// # fn f(node: &Netns, pod: &Netns, userspace: Userspace, launcher: Arc<dyn Launcher>) -> wg_netns::Result<()> {
+    /// let once = Backend::Userspace(userspace.clone().with_launcher(launcher));
+    /// let place = Birthplace::for_container(node, pod, SocketNamespace::Container, &once)?;
+    /// // ... place.ensure(&spec)? ...
+    /// let kept = place.with_backend(Backend::Userspace(userspace));
+    /// # let _ = kept; Ok(()) }
+    /// ```
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
     /// Where interfaces are created and their UDP sockets live.
     pub fn birth(&self) -> &Netns {
         &self.birth

@@ -5,6 +5,12 @@
 //!
 //! Requests and replies that carry keys live in zeroizing buffers. Nothing is
 //! ever written to stdout: started daemons get `/dev/null` for stdio.
+//!
+//! Who starts a daemon is a seam: by default [`Userspace`] spawns it as a
+//! child of the calling process ([`Userspace::launch`]); with
+//! [`Userspace::with_launcher`] a [`Launcher`] starts it instead (for
+//! example another process outside the caller's container, so the daemon
+//! outlives the caller), and the caller only waits for its socket.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,7 +18,8 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
@@ -223,14 +230,101 @@ pub(crate) fn parse_get(device: &str, reply: &str) -> Result<Device> {
     }
 }
 
+/// What starting a userspace daemon takes: the command line
+/// [`Userspace::launch`] runs (`PROGRAM [args] [-f] NAME`), handed to a
+/// [`Launcher`] in its parts so that one running elsewhere can run its own
+/// copy of the program.
+///
+/// ```
+/// use wg_netns::Userspace;
+/// let cmd = Userspace::new("/usr/bin/wireguard-go").launch_command("wgb-1234");
+/// assert!(cmd.foreground);
+/// assert_eq!(cmd.argv(), ["-f", "wgb-1234"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LaunchCommand {
+    /// The program as configured ([`Userspace::program`], not resolved
+    /// against `PATH`): a launcher elsewhere may run another copy.
+    pub program: PathBuf,
+    /// Extra arguments placed before `-f` and the name
+    /// ([`Userspace::args`]).
+    pub args: Vec<String>,
+    /// The interface (and control socket) name.
+    pub name: String,
+    /// Whether the daemon is to stay in the foreground (`-f`,
+    /// [`Userspace::foreground`]).
+    pub foreground: bool,
+    /// Where the caller waits for the control socket `NAME.sock`
+    /// ([`Userspace::socket_dir`]). wireguard-go always binds
+    /// [`DEFAULT_SOCKET_DIR`]; a launcher in another mount namespace must
+    /// make sure that is the directory the caller sees here.
+    pub socket_dir: PathBuf,
+}
+
+impl LaunchCommand {
+    /// The arguments after the program: [`LaunchCommand::args`], `-f` when
+    /// [`LaunchCommand::foreground`], then the name.
+    pub fn argv(&self) -> Vec<String> {
+        let mut v = self.args.clone();
+        if self.foreground {
+            v.push("-f".to_string());
+        }
+        v.push(self.name.clone());
+        v
+    }
+}
+
+/// Starts userspace daemons on a [`Userspace`]'s behalf
+/// ([`Userspace::with_launcher`]).
+///
+/// When a [`Userspace`] with a launcher creates a device
+/// ([`crate::WgDevice::create`], [`crate::Birthplace::attach`]), it calls
+/// [`Launcher::launch`] in the namespace the device is born in (inside
+/// [`crate::Netns::run`]), after checking that no daemon of that name
+/// answers and removing a stale socket, and then waits for the socket
+/// [`LaunchCommand::socket_dir`]`/NAME.sock` to answer, up to
+/// [`Userspace::start_timeout`]. The launcher only has to get the daemon
+/// going: it is not asked for a process id, and a daemon that dies early is
+/// noticed only by its socket never answering.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use wg_netns::uapi::{LaunchCommand, Launcher};
+/// use wg_netns::Userspace;
+///
+/// /// Starts nothing; remembers what it was asked.
+/// #[derive(Debug, Default)]
+/// struct Recorder(Mutex<Vec<LaunchCommand>>);
+///
+/// impl Launcher for Recorder {
+///     fn launch(&self, cmd: &LaunchCommand) -> std::io::Result<()> {
+///         self.0.lock().unwrap().push(cmd.clone());
+///         Err(std::io::Error::other("this launcher starts nothing"))
+///     }
+/// }
+///
+/// let u = Userspace::new("wireguard-go").with_launcher(Arc::new(Recorder::default()));
+/// assert!(u.launcher().is_some());
+/// ```
+pub trait Launcher: Send + Sync + std::fmt::Debug {
+    /// Start the daemon `cmd` describes and return once it is started (not
+    /// once it is ready). An error fails the device's creation with
+    /// [`Error::Spawn`], its message included.
+    fn launch(&self, cmd: &LaunchCommand) -> std::io::Result<()>;
+}
+
 /// A userspace WireGuard implementation to start.
+///
+/// Two values are equal when their settings are and they have the same
+/// launcher: none, or clones of the same `Arc` ([`Userspace::with_launcher`]).
 ///
 /// ```
 /// use wg_netns::Userspace;
 /// let u = Userspace::new("wireguard-go");
 /// assert_eq!(u.socket_path("wgb-1234").to_str(), Some("/var/run/wireguard/wgb-1234.sock"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Userspace {
     /// Program to run as `PROGRAM [args] NAME`; it must daemonize or stay in
@@ -249,7 +343,35 @@ pub struct Userspace {
     /// It is started in its own session either way. [`Userspace::new`] sets
     /// it for wireguard-go.
     pub foreground: bool,
+    /// Who starts daemons: `None`, this process ([`Userspace::launch`]).
+    launcher: Option<Arc<dyn Launcher>>,
 }
+
+impl PartialEq for Userspace {
+    fn eq(&self, other: &Self) -> bool {
+        let Userspace {
+            program,
+            args,
+            socket_dir,
+            start_timeout,
+            foreground,
+            launcher,
+        } = self;
+        *program == other.program
+            && *args == other.args
+            && *socket_dir == other.socket_dir
+            && *start_timeout == other.start_timeout
+            && *foreground == other.foreground
+            && match (launcher, &other.launcher) {
+                (None, None) => true,
+                // Arc::ptr_eq compares the allocation, not the vtable.
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for Userspace {}
 
 impl Userspace {
     /// Run `program` (looked up in `PATH` if not a path).
@@ -273,6 +395,40 @@ impl Userspace {
             socket_dir: PathBuf::from(DEFAULT_SOCKET_DIR),
             start_timeout: Duration::from_secs(10),
             foreground,
+            launcher: None,
+        }
+    }
+
+    /// The same implementation, its daemons started by `launcher` instead
+    /// of as children of this process (see [`Launcher`]). Everything else
+    /// (the checks before, the wait for the socket, configuring, reading,
+    /// stopping) stays with this process.
+    pub fn with_launcher(mut self, launcher: Arc<dyn Launcher>) -> Self {
+        self.launcher = Some(launcher);
+        self
+    }
+
+    /// The same implementation, its daemons started as children of this
+    /// process again.
+    pub fn without_launcher(mut self) -> Self {
+        self.launcher = None;
+        self
+    }
+
+    /// The launcher set by [`Userspace::with_launcher`], if any.
+    pub fn launcher(&self) -> Option<&Arc<dyn Launcher>> {
+        self.launcher.as_ref()
+    }
+
+    /// What starting the daemon of interface `name` takes (what a
+    /// [`Launcher`] is given).
+    pub fn launch_command(&self, name: &str) -> LaunchCommand {
+        LaunchCommand {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            name: name.to_string(),
+            foreground: self.foreground,
+            socket_dir: self.socket_dir.clone(),
         }
     }
 
@@ -321,6 +477,13 @@ impl Userspace {
             .or_else(|| self.daemon_pids(name).first().copied())
     }
 
+    /// True when the control socket of device `name` answers: a daemon
+    /// serves it, whether or not its process is visible from here (see
+    /// [`Userspace::daemon_pid`]).
+    pub fn answers(&self, name: &str) -> bool {
+        UapiConn::connect(name, &self.socket_path(name)).is_ok()
+    }
+
     /// True when `pid` is alive, runs this implementation and serves `name`.
     fn serves(&self, pid: u32, name: &str) -> bool {
         std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -359,9 +522,63 @@ impl Userspace {
         }
     }
 
+    /// Spawn the implementation for interface `name` in the calling
+    /// thread's network namespace (call inside [`crate::Netns::run`] to
+    /// choose another) and return its process id without waiting for its
+    /// socket; the process is reaped on a small thread, or adopted by init
+    /// when this process exits first (a CNI plugin does). Ignores
+    /// [`Userspace::with_launcher`]: this is what the default launcher does,
+    /// and what a launcher in another process calls.
+    ///
+    /// The program is [`Userspace::resolve`]d and run as
+    /// `PROGRAM [args] [-f] NAME` in its own session (not signalled with
+    /// the caller's process group), with `WG_SUDO=true`, no `LOG_LEVEL`, and
+    /// `/dev/null` as stdin, stdout and stderr.
+    ///
+    /// ```no_run
+    /// use wg_netns::{Netns, Userspace};
+    /// let pod = Netns::from_path("/var/run/netns/cni-1234")?;
+    /// let pid = pod.run(|| Userspace::new("/opt/cni/bin/wg-cni-wireguard-go").launch("wgb-1234"))??;
+    /// # let _ = pid;
+    /// # Ok::<(), wg_netns::Error>(())
+    /// ```
+    pub fn launch(&self, name: &str) -> Result<u32> {
+        let child = self.spawn(name)?;
+        let pid = child.id();
+        reap(child, Duration::ZERO);
+        Ok(pid)
+    }
+
+    /// Spawn the daemon of `name` as this process's child.
+    fn spawn(&self, name: &str) -> Result<Child> {
+        let spawn_err = |reason: String| Error::Spawn {
+            program: self.program.display().to_string(),
+            device: name.to_string(),
+            reason,
+        };
+        let path = self
+            .resolve()
+            .ok_or_else(|| spawn_err("program not found".into()))?;
+        let mut cmd = Command::new(&path);
+        cmd.args(self.launch_command(name).argv())
+            .env("WG_SUDO", "true")
+            .env_remove("LOG_LEVEL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: runs in the forked child before exec and makes one raw
+        // system call; it allocates nothing and touches no lock.
+        unsafe {
+            // Its own session: not signalled with the caller's process group.
+            cmd.pre_exec(|| rustix::process::setsid().map(|_| ()).map_err(Into::into));
+        }
+        cmd.spawn().map_err(|e| spawn_err(e.to_string()))
+    }
+
     /// Start the implementation for interface `name` in the calling thread's
-    /// namespace (call inside [`crate::Netns::run`]) and wait, with bounded
-    /// back-off, until its control socket answers.
+    /// namespace (call inside [`crate::Netns::run`]): as a child
+    /// ([`Userspace::launch`]), or by the [`Launcher`] when one is set; then
+    /// wait until its control socket answers.
     pub(crate) fn start(&self, name: &str) -> Result<UapiConn> {
         let program = self.program.display().to_string();
         let spawn_err = |reason: String| Error::Spawn {
@@ -382,43 +599,34 @@ impl Userspace {
             }
             Err(_) => {}
         }
-        let path = self
-            .resolve()
-            .ok_or_else(|| spawn_err("program not found".into()))?;
         crate::fault::check("start userspace daemon")?;
-        let mut cmd = Command::new(&path);
-        cmd.args(&self.args);
-        if self.foreground {
-            cmd.arg("-f");
-        }
-        cmd.arg(name)
-            .env("WG_SUDO", "true")
-            .env_remove("LOG_LEVEL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: runs in the forked child before exec and makes one raw
-        // system call; it allocates nothing and touches no lock.
-        unsafe {
-            // Its own session: not signalled with the caller's process group.
-            cmd.pre_exec(|| rustix::process::setsid().map(|_| ()).map_err(Into::into));
-        }
-        let mut child = cmd.spawn().map_err(|e| spawn_err(e.to_string()))?;
+        // Without a child (a launcher started the daemon) only the socket
+        // tells whether it runs.
+        let mut child = match &self.launcher {
+            Some(l) => {
+                l.launch(&self.launch_command(name))
+                    .map_err(|e| spawn_err(format!("launcher {l:?} failed: {e}")))?;
+                None
+            }
+            None => Some(self.spawn(name)?),
+        };
         let deadline = Instant::now() + self.start_timeout;
         loop {
             // Ready means a full `get` exchange succeeds: the socket file can
             // exist (wireguard-go's parent binds it before forking) while the
             // daemon is still initializing the TUN, MTU included.
             if let Ok(conn) = UapiConn::connect(name, &socket).and_then(|c| c.get().map(|_| c)) {
-                let parent_exits = if self.foreground {
-                    Duration::ZERO
-                } else {
-                    Duration::from_millis(500)
-                };
-                reap(child, parent_exits);
+                if let Some(child) = child {
+                    let parent_exits = if self.foreground {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_millis(500)
+                    };
+                    reap(child, parent_exits);
+                }
                 return Ok(conn);
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(Ok(Some(status))) = child.as_mut().map(Child::try_wait) {
                 // A daemonizing parent exits successfully once its daemon
                 // runs; a foreground daemon that exits at all has failed.
                 if !status.success() || self.foreground {
@@ -428,12 +636,19 @@ impl Userspace {
                 }
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                if let Some(mut child) = child {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
                 return Err(spawn_err(format!(
-                    "socket {} did not appear within {:?}",
+                    "socket {} did not appear within {:?}{}",
                     socket.display(),
-                    self.start_timeout
+                    self.start_timeout,
+                    if self.launcher.is_some() {
+                        " after the launcher started the daemon"
+                    } else {
+                        ""
+                    }
                 )));
             }
             std::thread::sleep(POLL);
@@ -456,7 +671,7 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 /// is up (checked for `wait`); one that stays in the foreground is waited for
 /// on a small thread (in a short-lived caller such as a CNI plugin it is
 /// adopted by init when the caller exits).
-fn reap(mut child: std::process::Child, wait: Duration) {
+fn reap(mut child: Child, wait: Duration) {
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         match child.try_wait() {
@@ -699,6 +914,209 @@ mod tests {
         let err = u.start("wgtest0").unwrap_err().to_string();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(err.contains("exited with"), "{err}");
+    }
+
+    /// A launcher for the tests: records each command; fails, does
+    /// nothing, or binds a fake daemon's socket that answers `get`.
+    #[derive(Debug)]
+    struct FakeLauncher {
+        seen: std::sync::Mutex<Vec<LaunchCommand>>,
+        then: Then,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Then {
+        Fail,
+        Nothing,
+        Serve,
+    }
+
+    impl FakeLauncher {
+        fn new(then: Then) -> Arc<Self> {
+            Arc::new(FakeLauncher {
+                seen: std::sync::Mutex::new(Vec::new()),
+                then,
+            })
+        }
+    }
+
+    impl Launcher for FakeLauncher {
+        fn launch(&self, cmd: &LaunchCommand) -> std::io::Result<()> {
+            self.seen.lock().unwrap().push(cmd.clone());
+            match self.then {
+                Then::Fail => Err(std::io::Error::other("no daemons today")),
+                Then::Nothing => Ok(()),
+                Then::Serve => {
+                    let l = std::os::unix::net::UnixListener::bind(
+                        cmd.socket_dir.join(format!("{}.sock", cmd.name)),
+                    )?;
+                    std::thread::spawn(move || {
+                        for s in l.incoming().take(16) {
+                            let Ok(mut s) = s else { return };
+                            let mut line = String::new();
+                            let mut r = BufReader::new(&mut s);
+                            // Read the request up to its blank line; a
+                            // bare connect sends nothing.
+                            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                                if line == "\n" {
+                                    let _ = s.write_all(b"listen_port=7\nerrno=0\n\n");
+                                    break;
+                                }
+                                line.clear();
+                            }
+                        }
+                    });
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn temp_dir(what: &str) -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wg-netns-uapi-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn launched(then: Then, dir: &Path) -> (Userspace, Arc<FakeLauncher>) {
+        let l = FakeLauncher::new(then);
+        let mut u = Userspace::new("/nonexistent/wireguard-go").with_launcher(l.clone());
+        u.socket_dir = dir.to_path_buf();
+        u.start_timeout = Duration::from_millis(200);
+        (u, l)
+    }
+
+    /// A launcher that fails makes the start fail, naming the launcher,
+    /// its error and the device; it was given the command line a child
+    /// would have run, and the program need not exist here.
+    #[test]
+    fn a_failing_launcher_is_a_spawn_error() {
+        let dir = temp_dir("fail");
+        let (u, l) = launched(Then::Fail, &dir);
+        // A stale socket is removed before the launcher is asked.
+        std::fs::write(dir.join("wgtest0.sock"), b"").unwrap();
+        let err = u.start("wgtest0").unwrap_err();
+        assert!(
+            matches!(&err, Error::Spawn { device, .. } if device == "wgtest0"),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("FakeLauncher"), "{msg}");
+        assert!(msg.contains("no daemons today"), "{msg}");
+        assert!(!dir.join("wgtest0.sock").exists());
+        let seen = l.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [LaunchCommand {
+                program: "/nonexistent/wireguard-go".into(),
+                args: vec![],
+                name: "wgtest0".into(),
+                foreground: true,
+                socket_dir: dir.clone(),
+            }]
+        );
+        assert_eq!(seen[0].argv(), ["-f", "wgtest0"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Without a child to poll, a daemon whose socket never answers is
+    /// waited for until the start timeout, and no longer.
+    #[test]
+    fn a_launched_daemon_without_a_socket_times_out() {
+        let dir = temp_dir("silent");
+        let (u, l) = launched(Then::Nothing, &dir);
+        let started = Instant::now();
+        let err = u.start("wgtest1").unwrap_err().to_string();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(err.contains("did not appear"), "{err}");
+        assert!(err.contains("after the launcher started"), "{err}");
+        assert_eq!(l.seen.lock().unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A launched daemon is ready when its socket answers `get`; a second
+    /// start of the same name is refused before the launcher is asked.
+    #[test]
+    fn a_launched_daemon_is_ready_when_its_socket_answers() {
+        let dir = temp_dir("serve");
+        let (u, l) = launched(Then::Serve, &dir);
+        let conn = u.start("wgtest2").unwrap();
+        assert_eq!(conn.get().unwrap().listen_port, 7);
+        assert!(u.answers("wgtest2"));
+        assert!(!u.answers("wgtest3"));
+        let err = u.start("wgtest2").unwrap_err().to_string();
+        assert!(err.contains("already running"), "{err}");
+        assert_eq!(l.seen.lock().unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `launch` runs `PROGRAM [args] [-f] NAME` with `WG_SUDO=true` in its
+    /// own session and returns without waiting for a socket; a program
+    /// that is not there is a spawn error.
+    #[test]
+    fn launch_runs_the_command_line_detached() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("launch");
+        let program = dir.join("wireguard-go");
+        let out = dir.join("out");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\necho \"$* $WG_SUDO $(ps -o sid= -p $$ | tr -d ' ') $$\" > {}.tmp && mv {}.tmp {}\n",
+                out.display(),
+                out.display(),
+                out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut u = Userspace::new(&program);
+        u.args = vec!["--x".into()];
+        let pid = u.launch("wgtest5").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !out.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = std::fs::read_to_string(&out).unwrap();
+        let words: Vec<&str> = got.split_whitespace().collect();
+        assert_eq!(words[..4], ["--x", "-f", "wgtest5", "true"], "{got}");
+        if words.len() == 6 {
+            // ps may be missing; when it is there, the child leads its session.
+            assert_eq!(words[4], words[5], "{got}");
+        }
+        assert_eq!(words.last(), Some(&pid.to_string().as_str()), "{got}");
+        let err = Userspace::new(dir.join("missing"))
+            .launch("wgtest5")
+            .unwrap_err();
+        assert!(err.to_string().contains("program not found"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Equal settings and the same launcher (or none) are equal; another
+    /// launcher, even an identical one, is not.
+    #[test]
+    fn equality_compares_launchers_by_identity() {
+        let a = Userspace::new("wireguard-go");
+        assert_eq!(a, a.clone());
+        let l: Arc<dyn Launcher> = FakeLauncher::new(Then::Nothing);
+        let with = a.clone().with_launcher(Arc::clone(&l));
+        assert_eq!(with, with.clone());
+        assert_eq!(with, a.clone().with_launcher(l));
+        assert_ne!(with, a);
+        assert_ne!(
+            with,
+            a.clone().with_launcher(FakeLauncher::new(Then::Nothing))
+        );
+        assert_eq!(with.without_launcher(), a);
+        let mut other = a.clone();
+        other.foreground = !other.foreground;
+        assert_ne!(other, a);
     }
 
     #[test]
