@@ -458,12 +458,13 @@ impl Birthplace {
             Ok(rtnl) => {
                 if let Ok(l) = rtnl.link_by_name(name) {
                     // Only delete what is ours: a WireGuard link, or a TUN
-                    // served by a daemon of our birth name.
+                    // served by a daemon of our birth name (its socket
+                    // answers: the daemon may be in a PID namespace this
+                    // process cannot see, so its PID is not asked for).
                     let ours = match &self.backend {
                         Backend::Kernel => l.kind.as_deref() == Some("wireguard"),
                         Backend::Userspace(u) => {
-                            l.kind.as_deref() == Some("tun")
-                                && u.daemon_pid(birth_name.as_str()).is_some()
+                            l.kind.as_deref() == Some("tun") && u.answers(birth_name.as_str())
                         }
                     };
                     if ours {

@@ -452,11 +452,22 @@ pub(crate) fn wait_userspace_gone(
     if gone(Instant::now() + grace) {
         return Ok(());
     }
-    let stuck = userspace.daemon_pid(name).into_iter().chain(pids.clone());
-    for pid in stuck.filter(|p| process_alive(*p) && userspace.is_implementation(*p)) {
-        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+    let stuck: Vec<u32> = userspace
+        .daemon_pid(name)
+        .into_iter()
+        .chain(pids.clone())
+        .filter(|p| process_alive(*p) && userspace.is_implementation(*p))
+        .collect();
+    for pid in &stuck {
+        if let Some(p) = rustix::process::Pid::from_raw(*pid as i32) {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
         }
+    }
+    if stuck.is_empty() && socket.exists() {
+        // Nothing here to signal, yet the socket is there: a daemon outside
+        // this PID namespace (started by a `Launcher` on the host), or a
+        // stale file. A daemon whose socket is deleted exits.
+        let _ = std::fs::remove_file(&socket);
     }
     gone(Instant::now() + Duration::from_secs(3));
     // Nobody answers on it any more: a stale file.

@@ -161,6 +161,18 @@ impl AttachmentRecord {
                     Some(Ok(ns)) => Birthplace::new(&ns, &ns, &backend)?
                         .detach(&self.interface, &self.birth_name),
                     Some(Err(e)) if !e.is_not_found() => Err(e),
+                    // A daemon that answers but whose process this one
+                    // cannot see (started by a launcher outside this PID
+                    // namespace): deleting its socket ends it, and with it
+                    // the namespace and the interface.
+                    None if u.answers(self.birth_name.as_str()) => {
+                        crate::backend::wait_userspace_gone(
+                            u,
+                            self.birth_name.as_str(),
+                            std::time::Duration::ZERO,
+                        )
+                        .map(|()| true)
+                    }
                     _ => Ok(false),
                 }
             }

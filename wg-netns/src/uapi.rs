@@ -734,16 +734,49 @@ impl UapiConn {
 
     /// PID of the process that listens on the socket (`SO_PEERCRED`). For a
     /// daemonizing implementation that is the parent, which has exited;
-    /// [`Userspace::daemon_pid`] checks it.
+    /// [`Userspace::daemon_pid`] checks it. [`Error::NotFound`] when the
+    /// kernel reports no PID: the daemon is outside this process's PID
+    /// namespace (started by a [`Launcher`] on the host while this process
+    /// runs in a container).
     pub(crate) fn peer_pid(&self) -> Result<u32> {
+        use std::os::fd::AsRawFd;
         let s = self.stream()?;
-        let cred = rustix::net::sockopt::socket_peercred(&s).map_err(|e| {
-            Error::io(
-                format!("SO_PEERCRED on {}", self.socket.display()),
-                e.into(),
+        // Read with libc rather than rustix: rustix's `UCred` holds a
+        // non-zero PID, and the kernel answers 0 for a peer in a PID
+        // namespace this one cannot see.
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: `cred` and `len` are valid for writes of the sizes given,
+        // and the descriptor is open for the duration of the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
             )
-        })?;
-        Ok(cred.pid.as_raw_nonzero().get() as u32)
+        };
+        if rc != 0 {
+            return Err(Error::io(
+                format!("SO_PEERCRED on {}", self.socket.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        u32::try_from(cred.pid)
+            .ok()
+            .filter(|pid| *pid != 0)
+            .ok_or_else(|| Error::NotFound {
+                what: crate::error::Object::Device,
+                name: format!(
+                    "the process serving {} (not in this PID namespace)",
+                    self.socket.display()
+                ),
+            })
     }
 
     /// Send `request` and read the reply up to the blank line that ends it.
@@ -1053,6 +1086,34 @@ mod tests {
         let err = u.start("wgtest2").unwrap_err().to_string();
         assert!(err.contains("already running"), "{err}");
         assert_eq!(l.seen.lock().unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A socket that answers but whose process cannot be signalled (here:
+    /// not the implementation; in a cluster: outside this PID namespace) is
+    /// removed, which ends a real daemon.
+    #[test]
+    fn a_socket_whose_process_cannot_be_signalled_is_removed() {
+        let dir = temp_dir("gone");
+        let (u, _) = launched(Then::Serve, &dir);
+        u.start("wgtest4").unwrap();
+        assert_eq!(
+            u.daemon_pid("wgtest4"),
+            None,
+            "the test process serves no device"
+        );
+        crate::backend::wait_userspace_gone(&u, "wgtest4", Duration::ZERO).unwrap();
+        assert!(!u.socket_path("wgtest4").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn peer_pid_names_the_listening_process() {
+        let dir = temp_dir("peer");
+        let path = dir.join("x.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let c = UapiConn::connect("x", &path).unwrap();
+        assert_eq!(c.peer_pid().unwrap(), std::process::id());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
