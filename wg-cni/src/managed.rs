@@ -8,18 +8,35 @@
 //! runtime's mount namespace to reach it; the agent answers with what it
 //! made, and the plugin turns that into the CNI result.
 //!
-//! Framing: one request and one reply per connection, each a 4-byte
-//! big-endian length followed by that many bytes of JSON (at most
+//! Framing: per connection, one request, then zero or more
+//! [`Launch`]/[`Launched`] exchanges, then one reply. Each message is a
+//! 4-byte big-endian length followed by that many bytes of JSON (at most
 //! [`MAX_MESSAGE`]). The descriptor travels with the request's first byte.
 //!
+//! A [`Reply::Launch`] asks the plugin to start a userspace WireGuard
+//! daemon ([`USERSPACE_PROGRAM`], next to the plugin) and answer
+//! [`Launched`] before the agent goes on: the agent does so when it runs
+//! with `WG_AGENT_USERSPACE_LAUNCH=plugin`, so that the daemon is a child
+//! of the container runtime on the host rather than of the agent's
+//! container, and survives the agent's restart. Only an ADD of version 2
+//! or later is asked; the plugin answers at most [`MAX_LAUNCHES`] per
+//! request.
+//!
 //! ```
-//! use wg_cni::managed::{Reply, Request, Verb};
+//! use wg_cni::managed::{Launch, LaunchNamespace, Launched, Reply, Request, Verb};
 //!
 //! let req = Request::new(Verb::Add, "c1", "eth0", "/var/run/netns/cni-1");
 //! let json = serde_json::to_string(&req)?;
 //! assert!(json.contains(r#""verb":"ADD""#));
 //! let reply: Reply = serde_json::from_str(r#"{"skipped":{"reason":"the pod asks for no WireGuard network"}}"#)?;
 //! assert!(matches!(reply, Reply::Skipped { .. }));
+//!
+//! // The agent asks for a daemon in the pod's namespace; the plugin answers.
+//! let ask = Reply::Launch(Launch::new("wga1b2c3d4", LaunchNamespace::Pod, vec![], true, "/var/run/wireguard".into()));
+//! let json = serde_json::to_string(&ask)?;
+//! assert!(json.starts_with(r#"{"launch":{"name":"wga1b2c3d4","namespace":"pod""#), "{json}");
+//! assert_eq!(serde_json::to_string(&Launched::started(4242))?, r#"{"pid":4242}"#);
+//! assert_eq!(Launched::failed("no program").result(), Err("no program".to_string()));
 //! # Ok::<(), serde_json::Error>(())
 //! ```
 
@@ -27,7 +44,7 @@ use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustix::net::{
@@ -44,8 +61,32 @@ pub const DEFAULT_SOCKET: &str = "/run/wg-agent/cni.sock";
 /// the agent is unreachable (`NAME.json`: [`NetworkHint`]).
 pub const DEFAULT_HINT_DIR: &str = "/run/wg-agent/networks";
 
-/// The protocol's version; a request of another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol's version, the one [`Request::new`] sets. The agent serves
+/// requests from [`OLDEST_PROTOCOL_VERSION`] to this one and refuses the
+/// others.
+///
+/// - 1: one request, one reply.
+/// - 2: the agent may ask an ADD's plugin to start a daemon
+///   ([`Reply::Launch`]) before it replies.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest request version the agent serves. A plugin of version 1
+/// cannot start daemons: the agent starts them itself.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
+
+/// The first request version whose plugin answers [`Reply::Launch`].
+pub const LAUNCH_PROTOCOL_VERSION: u32 = 2;
+
+/// The userspace WireGuard implementation the plugin starts for the agent:
+/// this file next to the plugin's own executable (the installer copies
+/// wireguard-go into the CNI bin directory under this name).
+pub const USERSPACE_PROGRAM: &str = "wg-cni-wireguard-go";
+
+/// The most [`Reply::Launch`] messages a plugin answers for one request
+/// (a pod has one interface per network; a retried start is a second):
+/// an agent that asks for more is broken, and the plugin gives up rather
+/// than loop.
+pub const MAX_LAUNCHES: usize = 4;
 
 /// Largest request or reply, bytes.
 pub const MAX_MESSAGE: usize = 1 << 20;
@@ -183,6 +224,102 @@ pub struct Failure {
     pub details: String,
 }
 
+/// Which network namespace a [`Launch`]ed daemon runs in (where its UDP
+/// socket lives).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum LaunchNamespace {
+    /// The plugin's own: the node's (the network's `socketNamespace` is
+    /// `host`).
+    Node,
+    /// The container's, whose descriptor came with the request (the
+    /// network's `socketNamespace` is `container`).
+    Pod,
+}
+
+/// The agent asks the plugin to start a userspace WireGuard daemon:
+/// [`USERSPACE_PROGRAM`] `[args] [-f] NAME`, in its own session, with
+/// `WG_SUDO=true` and `/dev/null` for stdio
+/// ([`wg_netns::Userspace::launch`]). The agent then waits for the daemon's
+/// socket `SOCKET_DIR/NAME.sock` itself.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Launch {
+    /// The interface's birth name (its TUN, and its socket's name). The
+    /// plugin refuses one that is not an interface name.
+    pub name: String,
+    /// Where the daemon runs.
+    pub namespace: LaunchNamespace,
+    /// Arguments before `-f` and the name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Keep the daemon in the foreground (`-f`).
+    #[serde(default)]
+    pub foreground: bool,
+    /// Where the agent waits for the daemon's socket (wireguard-go always
+    /// binds `/var/run/wireguard`).
+    pub socket_dir: PathBuf,
+}
+
+impl Launch {
+    /// A launch of `name`'s daemon in `namespace`.
+    pub fn new(
+        name: &str,
+        namespace: LaunchNamespace,
+        args: Vec<String>,
+        foreground: bool,
+        socket_dir: PathBuf,
+    ) -> Self {
+        Launch {
+            name: name.to_string(),
+            namespace,
+            args,
+            foreground,
+            socket_dir,
+        }
+    }
+}
+
+/// The plugin's answer to a [`Launch`]: the daemon's process id (in the
+/// host's PID namespace), or why it could not be started.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Launched {
+    /// The started process (it may still fail before its socket answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Why nothing was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Launched {
+    /// Process `pid` was started.
+    pub fn started(pid: u32) -> Self {
+        Launched {
+            pid: Some(pid),
+            error: None,
+        }
+    }
+
+    /// Nothing was started, because of `error`.
+    pub fn failed(error: impl Into<String>) -> Self {
+        Launched {
+            pid: None,
+            error: Some(error.into()),
+        }
+    }
+
+    /// The process id (`None` if the plugin named none), or the error.
+    pub fn result(&self) -> Result<Option<u32>, String> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(self.pid),
+        }
+    }
+}
+
 /// What the agent answers.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -199,6 +336,9 @@ pub enum Reply {
     Done,
     /// The request failed.
     Failed(Failure),
+    /// Not a reply yet: start this daemon and answer [`Launched`], then
+    /// read on (protocol version 2, ADD only).
+    Launch(Launch),
 }
 
 /// What the plugin reads when it cannot reach the agent: how the network
@@ -351,7 +491,9 @@ pub fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, ProtoErro
 
 /// The plugin's side: connect to `socket`, send `req` with the namespace's
 /// descriptor, wait up to `timeout` for the reply (for each step: connecting,
-/// sending, each read).
+/// sending, each read). The first message back is the reply, whatever it
+/// is: a [`Reply::Launch`] is returned unanswered (the connection closes,
+/// and the agent's launch fails); see [`call_launching`] to answer it.
 pub fn call(
     socket: &Path,
     req: &Request,
@@ -359,9 +501,71 @@ pub fn call(
     timeout: Duration,
 ) -> Result<Reply, ProtoError> {
     let stream = connect(socket, timeout)?;
-    send(&stream, req, netns)?;
-    let (reply, _) = recv::<Reply>(&stream)?;
-    Ok(reply)
+    converse(&stream, req, netns, None)
+}
+
+/// [`call`], answering each [`Reply::Launch`] with what `on_launch` says
+/// (the started process's id, or why it could not start) until the agent
+/// replies. [`ProtoError::Malformed`] after [`MAX_LAUNCHES`] launches.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use wg_cni::managed::{call_launching, Request, Verb};
+/// let req = Request::new(Verb::Add, "c1", "eth0", "/var/run/netns/cni-1");
+/// let ns = std::fs::File::open("/var/run/netns/cni-1")?.into();
+/// let reply = call_launching(
+///     "/run/wg-agent/cni.sock".as_ref(),
+///     &req,
+///     Some(&ns),
+///     Duration::from_secs(60),
+///     |launch| Err(format!("not starting {}", launch.name)),
+/// )?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn call_launching(
+    socket: &Path,
+    req: &Request,
+    netns: Option<&OwnedFd>,
+    timeout: Duration,
+    mut on_launch: impl FnMut(&Launch) -> Result<u32, String>,
+) -> Result<Reply, ProtoError> {
+    let stream = connect(socket, timeout)?;
+    converse(&stream, req, netns, Some(&mut on_launch))
+}
+
+/// What answers a [`Launch`]: the started process's id, or why it could
+/// not start (sent to the agent as [`Launched`]).
+pub type OnLaunch<'a> = &'a mut dyn FnMut(&Launch) -> Result<u32, String>;
+
+/// One request on a connected stream, then the agent's answer: with
+/// `on_launch`, each [`Reply::Launch`] is answered (at most
+/// [`MAX_LAUNCHES`]) and the next message read; without, the first message
+/// is the answer.
+pub fn converse(
+    stream: &UnixStream,
+    req: &Request,
+    netns: Option<&OwnedFd>,
+    mut on_launch: Option<OnLaunch<'_>>,
+) -> Result<Reply, ProtoError> {
+    send(stream, req, netns)?;
+    let mut launches = 0;
+    loop {
+        let (reply, _) = recv::<Reply>(stream)?;
+        let (Reply::Launch(launch), Some(on_launch)) = (&reply, on_launch.as_mut()) else {
+            return Ok(reply);
+        };
+        if launches == MAX_LAUNCHES {
+            return Err(ProtoError::Malformed(format!(
+                "the agent asked for more than {MAX_LAUNCHES} daemons in one request"
+            )));
+        }
+        launches += 1;
+        let answer = match on_launch(launch) {
+            Ok(pid) => Launched::started(pid),
+            Err(e) => Launched::failed(e),
+        };
+        send(stream, &answer, None)?;
+    }
 }
 
 #[cfg(test)]
@@ -445,6 +649,128 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A fake agent on the other end of a pair: reads the request, sends
+    /// each of `asks`, reads each answer, then sends `Done`.
+    fn fake_agent(
+        agent: UnixStream,
+        asks: Vec<Launch>,
+    ) -> std::thread::JoinHandle<Result<(Request, Vec<Launched>), ProtoError>> {
+        std::thread::spawn(move || {
+            let (req, _) = recv::<Request>(&agent)?;
+            let mut answers = Vec::new();
+            for l in asks {
+                send(&agent, &Reply::Launch(l), None)?;
+                answers.push(recv::<Launched>(&agent)?.0);
+            }
+            send(&agent, &Reply::Done, None)?;
+            Ok((req, answers))
+        })
+    }
+
+    fn launch(name: &str) -> Launch {
+        Launch::new(
+            name,
+            LaunchNamespace::Pod,
+            vec!["--x".into()],
+            true,
+            "/var/run/wireguard".into(),
+        )
+    }
+
+    #[test]
+    fn launches_are_answered_before_the_reply() {
+        let (plugin, agent) = UnixStream::pair().unwrap();
+        let fake = fake_agent(agent, vec![launch("wga1"), launch("bad/name")]);
+        let req = Request::new(Verb::Add, "c1", "eth0", "/x");
+        let mut asked = Vec::new();
+        let mut on_launch = |l: &Launch| {
+            asked.push(l.clone());
+            if l.name.contains('/') {
+                Err(format!("{:?} is not an interface name", l.name))
+            } else {
+                Ok(4242)
+            }
+        };
+        let reply = converse(&plugin, &req, None, Some(&mut on_launch)).unwrap();
+        assert_eq!(reply, Reply::Done);
+        assert_eq!(asked, [launch("wga1"), launch("bad/name")]);
+        let (got, answers) = fake.join().unwrap().unwrap();
+        assert_eq!(got, req);
+        assert_eq!(answers[0], Launched::started(4242));
+        assert_eq!(answers[0].result(), Ok(Some(4242)));
+        assert!(answers[1]
+            .result()
+            .unwrap_err()
+            .contains("not an interface"));
+    }
+
+    #[test]
+    fn without_a_launcher_a_launch_is_the_reply() {
+        let (plugin, agent) = UnixStream::pair().unwrap();
+        let fake = fake_agent(agent, vec![launch("wga1")]);
+        let reply = converse(
+            &plugin,
+            &Request::new(Verb::Del, "c1", "eth0", "/x"),
+            None,
+            None,
+        );
+        assert_eq!(reply.unwrap(), Reply::Launch(launch("wga1")));
+        drop(plugin);
+        // The agent's wait for an answer ends with the connection.
+        assert!(fake.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn an_agent_that_asks_too_often_is_cut_off() {
+        let (plugin, agent) = UnixStream::pair().unwrap();
+        let asks = (0..=MAX_LAUNCHES)
+            .map(|i| launch(&format!("wga{i}")))
+            .collect();
+        let fake = fake_agent(agent, asks);
+        let mut n = 0;
+        let mut on_launch = |_: &Launch| {
+            n += 1;
+            Ok(1)
+        };
+        let err = converse(
+            &plugin,
+            &Request::new(Verb::Add, "c1", "eth0", "/x"),
+            None,
+            Some(&mut on_launch),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ProtoError::Malformed(_)), "{err}");
+        assert_eq!(n, MAX_LAUNCHES);
+        drop(plugin);
+        assert!(fake.join().unwrap().is_err());
+    }
+
+    /// The socket path entry point: `call_launching` connects and answers.
+    #[test]
+    fn call_launching_answers_over_a_socket() {
+        let dir = std::env::temp_dir().join(format!("wgcni-launch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let fake = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            fake_agent(s, vec![launch("wga7")]).join().unwrap()
+        });
+        let reply = call_launching(
+            &path,
+            &Request::new(Verb::Add, "c1", "eth0", "/x"),
+            None,
+            Duration::from_secs(5),
+            |l| Err(format!("will not start {}", l.name)),
+        )
+        .unwrap();
+        assert_eq!(reply, Reply::Done);
+        let (_, answers) = fake.join().unwrap().unwrap();
+        assert_eq!(answers, [Launched::failed("will not start wga7")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn reply_shapes() {
         let k = wg_netns::PrivateKey::generate().unwrap().public_key();
@@ -460,5 +786,28 @@ mod tests {
         assert_eq!(v["attached"]["addresses"][0], "10.244.0.2/16");
         assert_eq!(v["attached"]["publicKey"], k.to_base64().as_str());
         assert_eq!(serde_json::to_value(Reply::Done).unwrap(), "done");
+        let l = serde_json::to_value(Reply::Launch(launch("wga1"))).unwrap();
+        assert_eq!(
+            l,
+            serde_json::json!({"launch": {"name": "wga1", "namespace": "pod", "args": ["--x"],
+                "foreground": true, "socketDir": "/var/run/wireguard"}})
+        );
+        let node: Reply = serde_json::from_value(
+            serde_json::json!({"launch": {"name": "wga1", "namespace": "node", "socketDir": "/s"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            node,
+            Reply::Launch(Launch::new(
+                "wga1",
+                LaunchNamespace::Node,
+                vec![],
+                false,
+                "/s".into()
+            ))
+        );
+        let both: Launched = serde_json::from_str(r#"{"pid":1,"error":"e"}"#).unwrap();
+        assert_eq!(both.result(), Err("e".into()), "an error wins");
+        assert_eq!(Launched::default().result(), Ok(None));
     }
 }

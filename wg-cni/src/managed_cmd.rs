@@ -14,20 +14,31 @@
 //!   that exist when it returns.
 //! - CHECK fails with code 11; STATUS with code 50.
 //! - GC has nothing to do in any case: the agent reclaims.
+//!
+//! During an ADD the agent may ask the plugin to start the interface's
+//! userspace WireGuard daemon ([`crate::managed::Reply::Launch`], when the
+//! agent runs with `WG_AGENT_USERSPACE_LAUNCH=plugin`): the plugin starts
+//! [`USERSPACE_PROGRAM`] from its own directory, detached, in the node's or
+//! the container's network namespace as asked, logs it and answers with
+//! its process id. Started by the plugin, the daemon belongs to the
+//! container runtime's side of the node, not to the agent's container, and
+//! outlives the agent's restarts. DEL and CHECK start nothing: a launch
+//! asked for then is an unexpected reply.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use wg_netns::{IfName, IpNetwork};
+use wg_netns::{IfName, IpNetwork, Netns, Userspace};
 
 use crate::cni::{CniError, Code, Env, ResultInterface, ResultIp, ResultRoute};
 use crate::config::{ManagedConf, NetConf};
 use crate::log::Log;
 use crate::managed::{
-    self, Attached, Failure, NetworkHint, PodRef, ProtoError, Reply, Request, Verb,
+    self, Attached, Failure, Launch, LaunchNamespace, NetworkHint, OnLaunch, PodRef, ProtoError,
+    Reply, Request, Verb, USERSPACE_PROGRAM,
 };
 use crate::plan;
 
@@ -40,7 +51,11 @@ const MAX_HINT: u64 = 64 << 10;
 /// ADD: ask the agent to attach the pod, answer with what it made.
 pub fn add(env: &Env, conf: &NetConf, m: &ManagedConf, log: &mut Log) -> Result<Value, CniError> {
     let netns = container_netns(env)?;
-    match ask(Verb::Add, env, m, Some(&netns)) {
+    let asked = {
+        let mut on_launch = |l: &Launch| launch(l, &netns, &env.netns, log);
+        ask(Verb::Add, env, m, Some(&netns), Some(&mut on_launch))
+    };
+    match asked {
         Ok(Reply::Attached(a)) => {
             log.line(&format!(
                 "the agent attached {} (network {}, addresses {}, mtu {}) public key {}",
@@ -71,7 +86,7 @@ pub fn del(env: &Env, m: &ManagedConf, log: &mut Log) -> Result<(), CniError> {
             .inspect_err(|e| log.line(&format!("the namespace {path} is gone ({e})")))
             .ok(),
     };
-    let line = match ask(Verb::Del, env, m, netns.as_ref()) {
+    let line = match ask(Verb::Del, env, m, netns.as_ref(), None) {
         Ok(Reply::Done) => "the agent removed the attachment".to_string(),
         Ok(Reply::Skipped { reason }) => format!("the agent had nothing to remove: {reason}"),
         Ok(Reply::Failed(f)) => return Err(refused(f)),
@@ -92,7 +107,7 @@ pub fn del(env: &Env, m: &ManagedConf, log: &mut Log) -> Result<(), CniError> {
 pub fn check(env: &Env, conf: &NetConf, m: &ManagedConf, log: &mut Log) -> Result<(), CniError> {
     crate::cmd::check_version(conf)?;
     let netns = container_netns(env)?;
-    match ask(Verb::Check, env, m, Some(&netns)) {
+    match ask(Verb::Check, env, m, Some(&netns), None) {
         Ok(Reply::Done) => Ok(()),
         Ok(Reply::Skipped { reason }) => {
             log.line(&format!("nothing to check: {reason}"));
@@ -169,24 +184,96 @@ fn container_netns(env: &Env) -> Result<OwnedFd, CniError> {
     })
 }
 
-/// One request and its reply. An `Attached` whose interface name is not
-/// one is a protocol error, as a malformed message is.
+/// One request and its reply, answering the agent's launches with
+/// `on_launch` (without it, a launch is the reply, an unexpected one). An
+/// `Attached` whose interface name is not one is a protocol error, as a
+/// malformed message is.
 fn ask(
     verb: Verb,
     env: &Env,
     m: &ManagedConf,
     netns: Option<&OwnedFd>,
+    on_launch: Option<OnLaunch<'_>>,
 ) -> Result<Reply, ProtoError> {
     let req = Request::new(verb, &env.container_id, &env.ifname, &env.netns)
         .network(m.network.clone())
         .pod(pod(env));
-    let reply = managed::call(&m.socket, &req, netns, m.timeout)?;
+    let stream = managed::connect(&m.socket, m.timeout)?;
+    let reply = managed::converse(&stream, &req, netns, on_launch)?;
     if let Reply::Attached(a) = &reply {
         IfName::new(a.interface.as_str()).map_err(|e| {
             ProtoError::Malformed(format!("attached interface {:?}: {e}", a.interface))
         })?;
     }
     Ok(reply)
+}
+
+/// The daemon program the plugin starts for the agent: [`USERSPACE_PROGRAM`]
+/// in the directory of the plugin's own executable.
+fn userspace_program() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot tell where the plugin's executable is: {e}"))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| format!("the plugin's executable {} has no directory", exe.display()))?;
+    let program = dir.join(USERSPACE_PROGRAM);
+    if !program.is_file() {
+        return Err(format!(
+            "{} is missing: the installer puts wireguard-go there, next to the plugin, \
+             for the agent's WG_AGENT_USERSPACE_LAUNCH=plugin",
+            program.display()
+        ));
+    }
+    Ok(program)
+}
+
+/// Start the daemon the agent asks for, detached, in the node's network
+/// namespace (the plugin's own) or the container's (`netns`, opened from
+/// `netns_path`); log what was done or why not. The answer is the
+/// daemon's process id, or the reason as the agent will report it.
+fn launch(l: &Launch, netns: &OwnedFd, netns_path: &str, log: &mut Log) -> Result<u32, String> {
+    let started = (|| {
+        let name = IfName::new(l.name.as_str())
+            .map_err(|e| format!("the agent asked for interface {:?}: {e}", l.name))?;
+        let mut u = Userspace::new(userspace_program()?);
+        u.args = l.args.clone();
+        u.foreground = l.foreground;
+        u.socket_dir = l.socket_dir.clone();
+        let pid = match l.namespace {
+            LaunchNamespace::Node => u.launch(name.as_str()),
+            LaunchNamespace::Pod => {
+                let fd = netns
+                    .try_clone()
+                    .map_err(|e| format!("cannot duplicate the container's namespace: {e}"))?;
+                let ns = Netns::from_fd(fd, netns_path).map_err(|e| e.to_string())?;
+                ns.run(|| u.launch(name.as_str()))
+                    .and_then(|started| started)
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>((u.program, pid))
+    })();
+    let place = match l.namespace {
+        LaunchNamespace::Node => "the node's network namespace".to_string(),
+        LaunchNamespace::Pod => format!("the container's network namespace {netns_path}"),
+    };
+    match started {
+        Ok((program, pid)) => {
+            log.line(&format!(
+                "started {} for the agent: process {pid}, device {}, in {place}",
+                program.display(),
+                l.name
+            ));
+            Ok(pid)
+        }
+        Err(e) => {
+            log.line(&format!(
+                "cannot start the agent's daemon for {:?} in {place}: {e}",
+                l.name
+            ));
+            Err(e)
+        }
+    }
 }
 
 /// A reply that does not answer the verb asked.

@@ -568,3 +568,72 @@ mod property {
         }
     }
 }
+
+/// The agent asks an ADD's plugin to start daemons: a bad name is refused,
+/// and without `wg-cni-wireguard-go` next to the plugin (as here: nothing
+/// is ever started by this test) the answer names the missing file. DEL
+/// answers no launch.
+#[test]
+fn add_answers_the_agents_launches_and_del_does_not() {
+    use crate::managed::{Launch, LaunchNamespace, Launched, PROTOCOL_VERSION};
+    let dir = Dir::new();
+    let listener = UnixListener::bind(dir.socket()).unwrap();
+    let ask = |name: &str, ns| Launch::new(name, ns, vec![], true, "/var/run/wireguard".into());
+    let fake = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let (req, fd): (Request, _) = recv(&s).unwrap();
+        assert_eq!(req.version, PROTOCOL_VERSION);
+        assert!(fd.is_some());
+        let mut answers = Vec::new();
+        for (name, ns) in [
+            ("bad/name", LaunchNamespace::Pod),
+            ("wgatest0", LaunchNamespace::Node),
+        ] {
+            send(&s, &Reply::Launch(ask(name, ns)), None).unwrap();
+            answers.push(recv::<Launched>(&s).unwrap().0);
+        }
+        send(&s, &attached(), None).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        let (req, _): (Request, _) = recv(&s).unwrap();
+        assert_eq!(req.verb, Verb::Del);
+        send(
+            &s,
+            &Reply::Launch(ask("wgatest1", LaunchNamespace::Node)),
+            None,
+        )
+        .unwrap();
+        let unanswered = recv::<Launched>(&s).is_err();
+        (answers, unanswered)
+    });
+    let r = run("ADD", &dir.conf("1.0.0", json!({}))).unwrap().unwrap();
+    assert_eq!(r["interfaces"][0]["name"], "wg0", "{r}");
+    run("DEL", &dir.conf("1.0.0", json!({}))).unwrap();
+    let (answers, unanswered) = fake.join().unwrap();
+    let bad = answers[0].result().unwrap_err();
+    assert!(bad.contains("bad/name"), "{bad}");
+    let missing = answers[1].result().unwrap_err();
+    let want = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(USERSPACE_PROGRAM);
+    assert!(missing.contains(&want.display().to_string()), "{missing}");
+    assert!(missing.contains("installer"), "{missing}");
+    assert!(unanswered, "DEL hangs up on a launch");
+    let log = dir.log();
+    assert!(
+        log.contains(
+            "cannot start the agent's daemon for \"wgatest0\" in the node's network namespace"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("the container's network namespace /proc/self/ns/net"),
+        "{log}"
+    );
+    assert!(log.contains("the agent attached wg0"), "{log}");
+    assert!(
+        log.contains("a reply that does not answer the request"),
+        "{log}"
+    );
+}
