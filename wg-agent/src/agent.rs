@@ -27,14 +27,14 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Client;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-use wg_cni::managed::{Attached, Failure, PodRef, Reply, Request, Verb};
+use wg_cni::managed::{Attached, Failure, LaunchNamespace, PodRef, Reply, Request, Verb};
 use wg_k8s_types::{
     AttachmentPeerStatus, EndpointString, FailurePolicy, Mtu, NetworkConfig, WireGuardAddressBlock,
     WireGuardAttachment, WireGuardAttachmentSpec, WireGuardAttachmentStatus, LABEL_NODE,
 };
 use wg_netns::{
     Attachment, Backend, Birthplace, Device, DeviceConfig, DeviceStats, IfName, InterfaceSpec,
-    IpNetwork, Netns, PresharedKey, PrivateKey, Route, Rtnl, Userspace, WgDevice,
+    IpNetwork, Netns, PresharedKey, PrivateKey, Route, Rtnl, SocketNamespace, Userspace, WgDevice,
 };
 
 use crate::desired::{self, ExternalPeer};
@@ -43,7 +43,8 @@ use crate::ipam::{Ipam, IpamError};
 use crate::keys::{KeyId, KeyStore};
 use crate::local::{Key, LocalRecord, Records};
 use crate::metrics::Metrics;
-use crate::settings::Settings;
+use crate::server::PluginConn;
+use crate::settings::{Settings, UserspaceLaunch};
 
 /// CNI error codes the agent answers with.
 mod code {
@@ -137,6 +138,8 @@ pub struct Agent {
     dirty: mpsc::UnboundedSender<Dirty>,
     publish: mpsc::UnboundedSender<Publish>,
     synced: AtomicBool,
+    /// Whether the warning that a plugin cannot start daemons was logged.
+    warned_old_plugin: AtomicBool,
     /// The metrics.
     pub metrics: Metrics,
 }
@@ -213,6 +216,7 @@ impl Agent {
             dirty,
             publish,
             synced: AtomicBool::new(false),
+            warned_old_plugin: AtomicBool::new(false),
             metrics,
         })
     }
@@ -331,12 +335,25 @@ impl Agent {
 
     // ------------------------------------------------------------ CNI
 
-    /// Answer one request of the plugin.
+    /// Answer one request of the plugin, starting any daemon itself.
     pub async fn handle(self: &Arc<Self>, req: Request, netns: Option<OwnedFd>) -> Reply {
+        self.handle_with(req, netns, None).await
+    }
+
+    /// Answer one request of the plugin; `plugin`, the request's
+    /// connection when its plugin can start daemons (an ADD of protocol
+    /// version 2 or later), is asked to when the settings say so
+    /// ([`UserspaceLaunch::Plugin`]).
+    pub async fn handle_with(
+        self: &Arc<Self>,
+        req: Request,
+        netns: Option<OwnedFd>,
+        plugin: Option<Arc<PluginConn>>,
+    ) -> Reply {
         let started = Instant::now();
         let verb = req.verb;
         let reply = match verb {
-            Verb::Add => self.add(req, netns).await,
+            Verb::Add => self.add(req, netns, plugin).await,
             Verb::Del => self.del(req).await,
             Verb::Check => self.check(req).await,
         };
@@ -388,8 +405,50 @@ impl Agent {
         }
     }
 
+    /// The backend an ADD makes its device with: the agent's, or, for a
+    /// userspace device when the settings say `plugin` and the request's
+    /// plugin can, the agent's with its daemon started by the plugin, in
+    /// the namespace the device is born in (`socket`: the node's or the
+    /// pod's, as [`Birthplace::for_container`] chooses). A request whose
+    /// plugin cannot (protocol 1) gets the agent's, with one warning.
+    fn launch_backend(
+        &self,
+        socket: SocketNamespace,
+        plugin: Option<&Arc<PluginConn>>,
+        req: &Request,
+    ) -> Backend {
+        let Backend::Userspace(u) = &self.backend else {
+            return self.backend.clone();
+        };
+        if self.settings.userspace_launch != UserspaceLaunch::Plugin {
+            return self.backend.clone();
+        }
+        let Some(plugin) = plugin else {
+            if !self.warned_old_plugin.swap(true, Ordering::AcqRel) {
+                warn!(
+                    version = req.version,
+                    container = %req.container_id,
+                    "WG_AGENT_USERSPACE_LAUNCH=plugin, but this plugin's protocol cannot start \
+                     daemons: the agent starts them as its children until wg-cni is upgraded \
+                     (they stop with the agent's container); logged once"
+                );
+            }
+            return self.backend.clone();
+        };
+        let namespace = match socket {
+            SocketNamespace::Host => LaunchNamespace::Node,
+            SocketNamespace::Container => LaunchNamespace::Pod,
+        };
+        Backend::Userspace(u.clone().with_launcher(plugin.launcher(namespace)))
+    }
+
     /// ADD.
-    async fn add(self: &Arc<Self>, req: Request, netns: Option<OwnedFd>) -> Reply {
+    async fn add(
+        self: &Arc<Self>,
+        req: Request,
+        netns: Option<OwnedFd>,
+        plugin: Option<Arc<PluginConn>>,
+    ) -> Reply {
         let Some(pod_ref) = req.pod.clone() else {
             return failed(
                 code::INVALID_CONFIG,
@@ -430,7 +489,17 @@ impl Agent {
         };
         let mut guard = slot.lock().await;
         match self
-            .add_locked(&mut guard, &key, &req, &pod_ref, &pod, &network, &net, fd)
+            .add_locked(
+                &mut guard,
+                &key,
+                &req,
+                &pod_ref,
+                &pod,
+                &network,
+                &net,
+                fd,
+                plugin.as_ref(),
+            )
             .await
         {
             Ok(a) => {
@@ -459,6 +528,7 @@ impl Agent {
         network: &str,
         net: &NetworkConfig,
         fd: OwnedFd,
+        plugin: Option<&Arc<PluginConn>>,
     ) -> Result<Attached, Failure> {
         // Addresses and a port: the existing ones on a repeated ADD.
         let (addresses, port, fresh) = match slot.as_ref() {
@@ -543,18 +613,24 @@ impl Agent {
         }
         let me = Arc::clone(self);
         let socket_ns = net.socket_namespace;
+        let backend = self.launch_backend(socket_ns, plugin, req);
         let mtu = net.mtu;
         let netns_path = req.netns_path.clone();
         let node_ip = self.settings.node_ip;
         let made = tokio::task::spawn_blocking(move || {
             let pod_ns = Netns::from_fd(fd, &netns_path)?;
-            let place = Birthplace::for_container(&me.node, &pod_ns, socket_ns, &me.backend)?;
+            let place = Birthplace::for_container(&me.node, &pod_ns, socket_ns, &backend)?;
             if let Mtu::Bytes(b) = mtu {
                 spec = spec.mtu(u32::from(b));
             } else if let Ok(m) = place.underlay_mtu(node_ip) {
                 spec = spec.mtu(m.saturating_sub(80).max(1280));
             }
             let done = place.ensure(&spec)?;
+            // The place is kept for reconciles and repairs, which happen
+            // outside any CNI request: with the agent's own backend, so a
+            // daemon a repair recreates is the agent's child (until the
+            // pod's next ADD), and the plugin's connection is not held.
+            let place = place.with_backend(me.backend.clone());
             let dev = place.device(&done.attachment)?;
             // The device's state is read by the first reconcile, off the
             // pod's critical path.

@@ -129,7 +129,12 @@ async fn agent() -> Result<(), String> {
     let userspace = Userspace::from_env();
     let backend =
         Backend::choose(settings.backend, userspace.clone()).map_err(|e| e.to_string())?;
-    info!(node = %settings.node_name, backend = %backend.kind(), "starting");
+    info!(
+        node = %settings.node_name,
+        backend = %backend.kind(),
+        userspace_launch = %settings.userspace_launch,
+        "starting"
+    );
     if backend.kind() == wg_netns::BackendKind::Userspace {
         // Every wireguard-go daemon holds an inotify instance (it watches
         // its control socket): the per-user limit caps the node's devices.

@@ -1,11 +1,17 @@
 //! The agent's two doors: the CNI socket (root-only, one request per
 //! connection, the pod's namespace passed as a descriptor) and HTTP
 //! (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! An ADD of protocol version 2 or later keeps its connection open to the
+//! agent while it is served ([`PluginConn`]): with
+//! `WG_AGENT_USERSPACE_LAUNCH=plugin` the agent asks the plugin on it to
+//! start the pod's userspace daemon ([`PluginLauncher`]).
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
@@ -14,7 +20,11 @@ use hyper::{Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{debug, info, warn};
-use wg_cni::managed::{self, Failure, Reply, Request, PROTOCOL_VERSION};
+use wg_cni::managed::{
+    self, Failure, Launch, LaunchNamespace, Launched, Reply, Request, Verb,
+    LAUNCH_PROTOCOL_VERSION, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use wg_netns::{LaunchCommand, Launcher};
 
 use crate::agent::Agent;
 
@@ -34,6 +44,95 @@ pub fn bind_cni(path: &Path) -> std::io::Result<UnixListener> {
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
+}
+
+/// The connection of a CNI request whose plugin can start daemons (an ADD
+/// of protocol version 2 or later), while the request is served: after
+/// [`PluginConn::close`] (the reply is about to be sent) it starts nothing.
+#[derive(Debug)]
+pub struct PluginConn {
+    stream: Mutex<Option<Arc<UnixStream>>>,
+    version: u32,
+}
+
+impl PluginConn {
+    /// The connection of a request of protocol `version`.
+    pub fn new(stream: Arc<UnixStream>, version: u32) -> Arc<Self> {
+        Arc::new(PluginConn {
+            stream: Mutex::new(Some(stream)),
+            version,
+        })
+    }
+
+    /// The request's protocol version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// A launcher that asks this request's plugin to start daemons in
+    /// `namespace`.
+    pub fn launcher(self: &Arc<Self>, namespace: LaunchNamespace) -> Arc<dyn Launcher> {
+        Arc::new(PluginLauncher {
+            conn: Arc::clone(self),
+            namespace,
+        })
+    }
+
+    /// The request is answered: no more launches on it (a device kept
+    /// past its ADD must not hold the connection or write to it).
+    pub fn close(&self) {
+        self.stream.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Starts a userspace daemon by asking the plugin of the CNI request being
+/// served: sends [`Reply::Launch`] and reads [`Launched`]. Used only during
+/// that request; a daemon recreated later (a repair) is the agent's child.
+pub struct PluginLauncher {
+    conn: Arc<PluginConn>,
+    namespace: LaunchNamespace,
+}
+
+impl std::fmt::Debug for PluginLauncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginLauncher")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Launcher for PluginLauncher {
+    fn launch(&self, cmd: &LaunchCommand) -> std::io::Result<()> {
+        use std::io::{Error, ErrorKind};
+        // Held for the whole exchange: one launch at a time per connection.
+        let guard = self.conn.stream.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(stream) = guard.as_ref() else {
+            return Err(Error::new(
+                ErrorKind::NotConnected,
+                "the CNI request whose plugin could start daemons has been answered",
+            ));
+        };
+        let ask = Launch::new(
+            &cmd.name,
+            self.namespace,
+            cmd.args.clone(),
+            cmd.foreground,
+            cmd.socket_dir.clone(),
+        );
+        managed::send(stream, &Reply::Launch(ask), None)
+            .map_err(|e| Error::other(format!("asking the plugin to start it: {e}")))?;
+        let (answer, _) = managed::recv::<Launched>(stream)
+            .map_err(|e| Error::other(format!("waiting for the plugin to start it: {e}")))?;
+        match answer.result() {
+            Ok(pid) => {
+                info!(device = %cmd.name, namespace = ?self.namespace, pid, "the plugin started a userspace daemon");
+                Ok(())
+            }
+            Err(why) => Err(Error::other(format!(
+                "the plugin could not start it: {why}"
+            ))),
+        }
+    }
 }
 
 /// Serve the CNI socket until the task is dropped.
@@ -82,11 +181,14 @@ pub async fn serve_cni(listener: UnixListener, agent: Arc<Agent>) {
                 Err(_) => return,
             };
             let started = Instant::now();
-            let reply = if req.version != PROTOCOL_VERSION {
+            let reply = if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&req.version) {
                 Reply::Failed(Failure {
                     code: 2,
                     msg: "the plugin and the agent speak different protocol versions".into(),
-                    details: format!("plugin {}, agent {PROTOCOL_VERSION}", req.version),
+                    details: format!(
+                        "plugin {}, agent {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
+                        req.version
+                    ),
                 })
             } else {
                 let verb = req.verb;
@@ -96,7 +198,13 @@ pub async fn serve_cni(listener: UnixListener, agent: Arc<Agent>) {
                     .map(|p| format!("{}/{}", p.namespace, p.name))
                     .unwrap_or_default();
                 let container = req.container_id.clone();
-                let reply = agent.handle(req, fd).await;
+                // Only an ADD's plugin answers launches (protocol 2 on).
+                let plugin = (verb == Verb::Add && req.version >= LAUNCH_PROTOCOL_VERSION)
+                    .then(|| PluginConn::new(Arc::clone(&std_stream), req.version));
+                let reply = agent.handle_with(req, fd, plugin.clone()).await;
+                if let Some(p) = &plugin {
+                    p.close();
+                }
                 match &reply {
                     Reply::Failed(f) => {
                         warn!(?verb, pod, container, code = f.code, msg = %f.msg, details = %f.details, "CNI request failed")

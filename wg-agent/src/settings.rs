@@ -10,6 +10,7 @@
 //! | `WG_AGENT_LISTEN` | `0.0.0.0:9586` | `/metrics`, `/healthz`, `/readyz` |
 //! | `WG_AGENT_BACKEND` | `auto` | `auto`, `kernel` or `userspace` |
 //! | `WG_USERSPACE_IMPLEMENTATION` | `wireguard-go` | the userspace implementation |
+//! | `WG_AGENT_USERSPACE_LAUNCH` | `agent` | who starts a pod's userspace daemon on ADD: `agent` (as the agent's child: it dies when the agent's container stops) or `plugin` (wg-cni starts `wg-cni-wireguard-go` from its own directory on the host, so daemons outlive the agent; plugins of protocol 1 cannot, and the agent starts theirs). Daemons recreated by a repair are always the agent's |
 //! | `WG_AGENT_VERIFY_INTERVAL` | `30s` | how often every device is read back and repaired |
 //! | `WG_AGENT_STATS_INTERVAL` | `5s` | how often counters are read (metrics, status) |
 //! | `WG_AGENT_STATUS_MIN_INTERVAL` | `15s` | the fewest seconds between two counter-only status writes of one attachment |
@@ -21,6 +22,54 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use wg_netns::BackendChoice;
+
+/// Who starts a pod's userspace WireGuard daemon during a CNI ADD
+/// (`WG_AGENT_USERSPACE_LAUNCH`). Written and parsed as `agent` / `plugin`.
+///
+/// ```
+/// use wg_agent::settings::UserspaceLaunch;
+/// assert_eq!("plugin".parse::<UserspaceLaunch>(), Ok(UserspaceLaunch::Plugin));
+/// assert_eq!(UserspaceLaunch::default().to_string(), "agent");
+/// assert!("host".parse::<UserspaceLaunch>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserspaceLaunch {
+    /// The agent, as its child: simple, but every daemon ends when the
+    /// agent's container stops (an upgrade cuts the pods' traffic).
+    #[default]
+    Agent,
+    /// The CNI plugin (protocol 2), a child of the container runtime on the
+    /// host: the daemon outlives the agent. The agent still waits for its
+    /// socket, configures it and moves its interface.
+    Plugin,
+}
+
+impl UserspaceLaunch {
+    /// The word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserspaceLaunch::Agent => "agent",
+            UserspaceLaunch::Plugin => "plugin",
+        }
+    }
+}
+
+impl std::fmt::Display for UserspaceLaunch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for UserspaceLaunch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "agent" => Ok(UserspaceLaunch::Agent),
+            "plugin" => Ok(UserspaceLaunch::Plugin),
+            other => Err(format!("{other:?} is not \"agent\" or \"plugin\"")),
+        }
+    }
+}
 
 /// A setting that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +97,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Backend choice.
     pub backend: BackendChoice,
+    /// Who starts userspace daemons on ADD.
+    pub userspace_launch: UserspaceLaunch,
     /// Read-back period.
     pub verify_interval: Duration,
     /// Counters period.
@@ -105,6 +156,14 @@ impl Settings {
                 name: "WG_AGENT_BACKEND",
                 why: e.to_string(),
             })?;
+        // Empty is the default, as a ConfigMap's blank value means.
+        let userspace_launch = get("WG_AGENT_USERSPACE_LAUNCH")
+            .filter(|v| !v.is_empty())
+            .map_or(Ok(UserspaceLaunch::default()), |v| v.parse())
+            .map_err(|why| SettingError {
+                name: "WG_AGENT_USERSPACE_LAUNCH",
+                why,
+            })?;
         Ok(Settings {
             node_name,
             node_ip,
@@ -112,6 +171,7 @@ impl Settings {
             run_dir: or("WG_AGENT_RUN_DIR", "/run/wg-agent").into(),
             listen,
             backend,
+            userspace_launch,
             verify_interval: duration(
                 "WG_AGENT_VERIFY_INTERVAL",
                 &or("WG_AGENT_VERIFY_INTERVAL", "30s"),
@@ -168,5 +228,37 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.name, "WG_AGENT_BACKEND");
+    }
+
+    #[test]
+    fn userspace_launch() {
+        let with = |v: Option<&str>| {
+            Settings::from_vars(|k| match k {
+                "NODE_NAME" => Some("n1".to_string()),
+                "NODE_IP" => Some("10.250.0.11".to_string()),
+                "WG_AGENT_USERSPACE_LAUNCH" => v.map(str::to_string),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            with(None).unwrap().userspace_launch,
+            UserspaceLaunch::Agent,
+            "the agent starts daemons unless told otherwise"
+        );
+        for agent in ["agent", ""] {
+            assert_eq!(
+                with(Some(agent)).unwrap().userspace_launch,
+                UserspaceLaunch::Agent
+            );
+        }
+        assert_eq!(
+            with(Some("plugin")).unwrap().userspace_launch,
+            UserspaceLaunch::Plugin
+        );
+        for bad in ["Plugin", "host", "wg-cni"] {
+            let e = with(Some(bad)).unwrap_err();
+            assert_eq!(e.name, "WG_AGENT_USERSPACE_LAUNCH");
+            assert!(e.to_string().contains("\"agent\" or \"plugin\""), "{e}");
+        }
     }
 }

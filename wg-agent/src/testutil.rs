@@ -193,6 +193,14 @@ impl TestAgent {
 /// not exist, control sockets in the temp dir), its state and run
 /// directories in a temp dir, talking to `script`.
 pub fn test_agent(script: impl FnMut(&Seen) -> (u16, Value) + Send + 'static) -> TestAgent {
+    test_agent_with(&[], script)
+}
+
+/// [`test_agent`] with more settings (`(variable, value)`).
+pub fn test_agent_with(
+    extra: &[(&str, &str)],
+    script: impl FnMut(&Seen) -> (u16, Value) + Send + 'static,
+) -> TestAgent {
     let dir = TempDir::new("agent");
     let state = dir.path().join("state");
     let run = dir.path().join("run");
@@ -206,9 +214,15 @@ pub fn test_agent(script: impl FnMut(&Seen) -> (u16, Value) + Send + 'static) ->
         ("WG_AGENT_BACKEND", "userspace".to_string()),
     ];
     let settings = Settings::from_vars(|k| {
-        vars.iter()
+        extra
+            .iter()
             .find(|(name, _)| *name == k)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.to_string())
+            .or_else(|| {
+                vars.iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v.clone())
+            })
     })
     .unwrap();
     let mut userspace = Userspace::new("/nonexistent/wireguard-go");

@@ -6,7 +6,8 @@
 
 use super::*;
 use crate::testutil::{
-    metric, netns_fd, pod_json, status, test_agent, FakeUapi, Seen, TestAgent, NODE, NODE_IP,
+    metric, netns_fd, pod_json, status, test_agent, test_agent_with, FakeUapi, Seen, TestAgent,
+    NODE, NODE_IP,
 };
 use http::Method;
 use serde_json::{json, Value};
@@ -962,4 +963,74 @@ fn a_port_another_program_holds_is_skipped() {
     assert!(!port_free(port));
     drop(held);
     assert!(port_free(port));
+}
+
+/// Which backend an ADD makes its device with: the agent's own unless the
+/// settings say `plugin` and the request's plugin can start daemons; then
+/// the plugin is asked, in the namespace the device is born in.
+#[tokio::test]
+async fn an_add_launches_through_the_plugin_only_when_told_and_able() {
+    use crate::server::PluginConn;
+    use std::os::unix::net::UnixStream;
+    use wg_cni::managed::{Launched, LAUNCH_PROTOCOL_VERSION, OLDEST_PROTOCOL_VERSION};
+    let launcher_of = |b: &Backend| match b {
+        Backend::Userspace(u) => u.launcher().cloned(),
+        Backend::Kernel => panic!("the test agent is userspace"),
+    };
+    let (agent_end, plugin_end) = UnixStream::pair().unwrap();
+    plugin_end
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let conn = PluginConn::new(Arc::new(agent_end), LAUNCH_PROTOCOL_VERSION);
+    let v2 = add("web");
+    let mut v1 = add("web");
+    v1.version = OLDEST_PROTOCOL_VERSION;
+
+    // The default: the agent starts daemons, whoever asks.
+    let t = test_agent(|_| status(404, "NotFound"));
+    let b = t
+        .agent
+        .launch_backend(SocketNamespace::Container, Some(&conn), &v2);
+    assert_eq!(b, t.agent.backend);
+    assert!(launcher_of(&b).is_none());
+
+    let t = test_agent_with(&[("WG_AGENT_USERSPACE_LAUNCH", "plugin")], |_| {
+        status(404, "NotFound")
+    });
+    for (socket, want) in [
+        (SocketNamespace::Container, LaunchNamespace::Pod),
+        (SocketNamespace::Host, LaunchNamespace::Node),
+    ] {
+        let b = t.agent.launch_backend(socket, Some(&conn), &v2);
+        assert_ne!(b, t.agent.backend, "a launcher is set");
+        let l = launcher_of(&b).expect("the plugin launches");
+        let fake = {
+            let p = plugin_end.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let (r, _) = wg_cni::managed::recv::<Reply>(&p).unwrap();
+                wg_cni::managed::send(&p, &Launched::started(7), None).unwrap();
+                r
+            })
+        };
+        l.launch(&Userspace::new("wireguard-go").launch_command("wgatest0"))
+            .unwrap();
+        match fake.join().unwrap() {
+            Reply::Launch(asked) => {
+                assert_eq!(asked.namespace, want, "{socket:?}");
+                assert_eq!(asked.name, "wgatest0");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A plugin of protocol 1 (the server passes no connection): the agent
+    // starts the daemon, and says so once.
+    assert!(!t.agent.warned_old_plugin.load(Ordering::Acquire));
+    for _ in 0..2 {
+        let b = t
+            .agent
+            .launch_backend(SocketNamespace::Container, None, &v1);
+        assert!(launcher_of(&b).is_none());
+        assert_eq!(b, t.agent.backend);
+    }
+    assert!(t.agent.warned_old_plugin.load(Ordering::Acquire));
 }

@@ -5,8 +5,10 @@
 use super::*;
 use crate::testutil::{metric, netns_fd, pod_json, status, test_agent, TempDir};
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wg_cni::managed::{PodRef, Verb};
+use wg_cni::managed::PodRef;
+use wg_netns::Userspace;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -74,6 +76,11 @@ async fn requests_over_the_socket() {
         Reply::Skipped { reason } => assert!(reason.contains("ns1/web"), "{reason}"),
         other => panic!("{other:?}"),
     }
+    // Protocol 1 (a plugin that cannot start daemons) is still served.
+    assert!(matches!(
+        call(&path, OLDEST_PROTOCOL_VERSION).await.unwrap(),
+        Reply::Skipped { .. }
+    ));
     // Another protocol version is refused before the agent is asked.
     let before = t.log.all().len();
     match call(&path, PROTOCOL_VERSION + 1).await.unwrap() {
@@ -116,10 +123,95 @@ async fn requests_over_the_socket() {
             &t.agent,
             "wg_agent_cni_request_duration_seconds_count{verb=\"ADD\",outcome=\"skipped\"}"
         ),
-        2.0,
+        3.0,
         "the refused version never reached the agent"
     );
     server.abort();
+}
+
+fn launch_command(name: &str) -> LaunchCommand {
+    Userspace::new("/usr/bin/wireguard-go").launch_command(name)
+}
+
+/// The fake plugin's end: reads one `Launch`, answers `answer` (`None`:
+/// hangs up).
+fn fake_plugin(plugin: UnixStream, answer: Option<Launched>) -> std::thread::JoinHandle<Reply> {
+    std::thread::spawn(move || {
+        let (asked, _) = managed::recv::<Reply>(&plugin).unwrap();
+        if let Some(a) = answer {
+            managed::send(&plugin, &a, None).unwrap();
+        }
+        asked
+    })
+}
+
+/// The agent's side of a launch over a socket pair: `Launch` out with the
+/// command and namespace, `Launched` back, Ok or the plugin's reason.
+#[test]
+fn the_plugin_launcher_asks_and_reports_the_answer() {
+    let (agent, plugin) = UnixStream::pair().unwrap();
+    agent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let conn = PluginConn::new(Arc::new(agent), LAUNCH_PROTOCOL_VERSION);
+    assert_eq!(conn.version(), LAUNCH_PROTOCOL_VERSION);
+    let (p1, p2) = {
+        let p = plugin.try_clone().unwrap();
+        (plugin, p)
+    };
+
+    let fake = fake_plugin(p1, Some(Launched::started(4242)));
+    let pod = conn.launcher(LaunchNamespace::Pod);
+    assert!(format!("{pod:?}").contains("Pod"));
+    pod.launch(&launch_command("wgatest0")).unwrap();
+    assert_eq!(
+        fake.join().unwrap(),
+        Reply::Launch(Launch::new(
+            "wgatest0",
+            LaunchNamespace::Pod,
+            vec![],
+            true,
+            wg_netns::DEFAULT_SOCKET_DIR.into()
+        ))
+    );
+
+    let fake = fake_plugin(
+        p2.try_clone().unwrap(),
+        Some(Launched::failed(
+            "/opt/cni/bin/wg-cni-wireguard-go is missing",
+        )),
+    );
+    let err = conn
+        .launcher(LaunchNamespace::Node)
+        .launch(&launch_command("wgatest1"))
+        .unwrap_err();
+    assert!(err.to_string().contains("could not start it"), "{err}");
+    assert!(err.to_string().contains("is missing"), "{err}");
+    match fake.join().unwrap() {
+        Reply::Launch(l) => assert_eq!(l.namespace, LaunchNamespace::Node),
+        other => panic!("{other:?}"),
+    }
+
+    // Once the request is answered, nothing more is sent on it.
+    conn.close();
+    let err = pod.launch(&launch_command("wgatest2")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected, "{err}");
+    // Nothing was written, and the launchers no longer hold the
+    // connection: the plugin reads the end of the stream.
+    p2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut &p2, &mut buf).unwrap(), 0);
+
+    // A plugin that hangs up fails the launch.
+    let (agent, plugin) = UnixStream::pair().unwrap();
+    let conn = PluginConn::new(Arc::new(agent), LAUNCH_PROTOCOL_VERSION);
+    let fake = fake_plugin(plugin, None);
+    let err = conn
+        .launcher(LaunchNamespace::Pod)
+        .launch(&launch_command("wgatest3"))
+        .unwrap_err();
+    assert!(err.to_string().contains("waiting for the plugin"), "{err}");
+    fake.join().unwrap();
 }
 
 async fn get(port: u16, path: &str) -> (u16, String, String) {
