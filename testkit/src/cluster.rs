@@ -439,14 +439,30 @@ impl Cluster {
     pub fn pod_sandbox_pid(&self, i: usize, name: &str) -> Option<u32> {
         let ids = text(&self.crictl(
             i,
-            &["pods", "--name", name, "--namespace", "default", "--state", "ready", "-q"],
+            &[
+                "pods",
+                "--name",
+                name,
+                "--namespace",
+                "default",
+                "--state",
+                "ready",
+                "-q",
+            ],
         ));
         let id = ids.lines().next()?.trim().to_string();
-        let out = text(&self.crictl(i, &["inspectp", &id]));
-        // `"pid": 1234,` in the sandbox's info.
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix("\"pid\": "))
-            .and_then(|v| v.trim_end_matches(',').parse().ok())
+        let out = text(&self.crictl(
+            i,
+            &[
+                "inspectp",
+                "-o",
+                "go-template",
+                "--template",
+                "{{.info.pid}}",
+                &id,
+            ],
+        ));
+        out.trim().parse().ok().filter(|pid| *pid > 1)
     }
 
     /// Node `i`'s Ready condition is `True`.
