@@ -108,7 +108,9 @@ pub const PLUGIN_TYPE: &str = "wg-cni";
 /// (wireguard-go) the installer puts next to the plugin: wg-cni starts it
 /// on the host for nodes without kernel WireGuard. A name of our own, so
 /// it never collides with a `wireguard-go` someone else installed there.
-pub const USERSPACE_BINARY: &str = "wg-cni-wireguard-go";
+/// The plugin looks for it under the same name
+/// ([`wg_cni::managed::USERSPACE_PROGRAM`]).
+pub const USERSPACE_BINARY: &str = wg_cni::managed::USERSPACE_PROGRAM;
 
 /// The extensions libcni's loaders read from a conf dir.
 const CNI_EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
