@@ -506,3 +506,29 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A long-running BusyBox pod `name` in namespace `default`, pinned to
+/// `node` (`nodeName`), labelled `app: APP`, and, with `network`, annotated
+/// to join that WireGuardNetwork (`wireguard.wg-netns.io/network`).
+pub fn pod_yaml(name: &str, node: &str, app: &str, network: Option<&str>) -> String {
+    let ann = network
+        .map(|n| format!(", annotations: {{wireguard.wg-netns.io/network: {n}}}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}}}{ann}}}\n\
+         spec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    \
+         image: wgk8s.local/busybox:1\n    imagePullPolicy: Never\n    \
+         command: [sh, -c, \"trap 'exit 0' TERM; while :; do sleep 1; done\"]\n"
+    )
+}
+
+/// The mesh WireGuardNetwork `pods`: addresses from `pool` in blocks of 16
+/// (/28), listen ports `ports` (inclusive).
+pub fn mesh_network_yaml(pool: &str, ports: (u16, u16)) -> String {
+    format!(
+        "apiVersion: wireguard.wg-netns.io/v1alpha1\nkind: WireGuardNetwork\nmetadata: {{name: pods}}\n\
+         spec:\n  addressPools: [{{cidr: \"{pool}\", blockSize: 28}}]\n  \
+         listenPorts: {{from: {}, to: {}}}\n  mesh: true\n",
+        ports.0, ports.1
+    )
+}

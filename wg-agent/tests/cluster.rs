@@ -19,7 +19,7 @@ use wg_netns::{
     Backend, Birthplace, DeviceConfig, InterfaceSpec, IpNetwork, Netns, PeerConfig, PrivateKey,
     Userspace,
 };
-use wg_netns_testkit::cluster::Cluster;
+use wg_netns_testkit::cluster::{mesh_network_yaml, pod_yaml, Cluster};
 use wg_netns_testkit::{eventually, must, TestNs};
 
 const CONF: &str = "00-wgk8s-managed.conflist";
@@ -327,27 +327,6 @@ fn wg_cni_bin() -> PathBuf {
     profile_dir.join("wg-cni")
 }
 
-fn pod_yaml(name: &str, node: &str, app: &str, network: Option<&str>) -> String {
-    let ann = network
-        .map(|n| format!(", annotations: {{wireguard.wg-netns.io/network: {n}}}"))
-        .unwrap_or_default();
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}}}{ann}}}\n\
-         spec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    \
-         image: wgk8s.local/busybox:1\n    imagePullPolicy: Never\n    \
-         command: [sh, -c, \"trap 'exit 0' TERM; while :; do sleep 1; done\"]\n"
-    )
-}
-
-const NETWORK: &str = r#"apiVersion: wireguard.wg-netns.io/v1alpha1
-kind: WireGuardNetwork
-metadata: {name: pods}
-spec:
-  addressPools: [{cidr: "10.77.0.0/16", blockSize: 28}]
-  listenPorts: {from: 52000, to: 52199}
-  mesh: true
-"#;
-
 fn peer_yaml(key: &str, nets: &[&str]) -> String {
     format!(
         "apiVersion: wireguard.wg-netns.io/v1alpha1\nkind: WireGuardPeer\nmetadata: {{name: gateway, namespace: default}}\n\
@@ -538,7 +517,7 @@ fn setup(ctx: &mut Ctx) {
         Some("apiVersion: wireguard.wg-netns.io/v1alpha1\nkind: WireGuardPeer\nmetadata: {name: bad, namespace: default}\nspec: {network: pods, publicKey: nope, endpoint: \"10.0.0.1:99999\"}\n"),
     );
     assert!(!bad.status.success(), "a bad peer was accepted");
-    c.apply(NETWORK);
+    c.apply(&mesh_network_yaml(POOL, (52000, 52199)));
     for i in 1..=2 {
         ctx.write_kubeconfig(i);
         c.install_cni_plugin(i, &wg_cni_bin(), "wg-cni");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wg_netns::PrivateKey;
-use wg_netns_testkit::cluster::Cluster;
+use wg_netns_testkit::cluster::{pod_yaml, Cluster};
 use wg_netns_testkit::eventually;
 
 /// The conflist file wg-cni's tests write: lexicographically before the
@@ -119,15 +119,6 @@ impl Ctx<'_> {
         self.times.push((what.to_string(), d));
         r
     }
-}
-
-fn pod_yaml(name: &str, node: &str, app: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}\n\
-         spec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    \
-         image: wgk8s.local/busybox:1\n    imagePullPolicy: Never\n    \
-         command: [sh, -c, \"trap 'exit 0' TERM; while :; do sleep 1; done\"]\n"
-    )
 }
 
 fn out_text(o: &std::process::Output) -> String {
@@ -246,7 +237,12 @@ fn install(ctx: &mut Ctx) {
 fn pods_and_tunnel(ctx: &mut Ctx) {
     let c = ctx.c;
     for i in 1..=2 {
-        c.apply(&pod_yaml(&format!("wg{i}"), &c.node_netns(i), "wgk8s-wg"));
+        c.apply(&pod_yaml(
+            &format!("wg{i}"),
+            &c.node_netns(i),
+            "wgk8s-wg",
+            None,
+        ));
     }
     for i in 1..=2 {
         let d = c
@@ -375,7 +371,7 @@ fn version_110(ctx: &mut Ctx) {
         t.elapsed().as_secs_f64(),
         status_lines[0]
     );
-    c.apply(&pod_yaml("wg110", &c.node_netns(i), "wgk8s-wg110"));
+    c.apply(&pod_yaml("wg110", &c.node_netns(i), "wgk8s-wg110", None));
     c.wait_pod_running("wg110", Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
     let addrs = out_text(&c.exec("wg110", &["ip", "-o", "addr", "show", "wg0"]));
@@ -427,7 +423,7 @@ fn many_pods(ctx: &mut Ctx) {
     let text = ctx.conflist(i, "1.0.0", NET_MANY, json!({}));
     ctx.use_conf(i, NET_MANY, &text);
     let yaml: Vec<String> = (0..N)
-        .map(|k| pod_yaml(&format!("many{k}"), &c.node_netns(i), "wgk8s-many"))
+        .map(|k| pod_yaml(&format!("many{k}"), &c.node_netns(i), "wgk8s-many", None))
         .collect();
     let t = Instant::now();
     c.apply(&yaml.join("---\n"));
@@ -493,7 +489,7 @@ fn kubelet_down_delete(ctx: &mut Ctx) {
     let i = 2;
     let text = ctx.conflist(i, "1.0.0", NET_MANY, json!({}));
     ctx.use_conf(i, NET_MANY, &text);
-    c.apply(&pod_yaml("orphan", &c.node_netns(i), "wgk8s-orphan"));
+    c.apply(&pod_yaml("orphan", &c.node_netns(i), "wgk8s-orphan", None));
     c.wait_pod_running("orphan", Duration::from_secs(90))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(records(&ctx.state_dir(i)).len(), 1, "one attachment");
@@ -630,7 +626,7 @@ fn bench(ctx: &mut Ctx) {
         }
         let name = format!("bench-{}-{k}", if wg { "wg" } else { "plain" });
         let t = Instant::now();
-        c.apply(&pod_yaml(&name, &c.node_netns(i), "wgk8s-bench"));
+        c.apply(&pod_yaml(&name, &c.node_netns(i), "wgk8s-bench", None));
         c.wait_pod_running(&name, Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{e}"));
         let wall = t.elapsed().as_secs_f64();
