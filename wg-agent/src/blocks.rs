@@ -318,12 +318,9 @@ pub async fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{Method, Request, Response, StatusCode};
-    use http_body_util::BodyExt;
-    use kube::client::Body;
+    use crate::testutil::{apiserver, status, Log, Seen};
+    use http::Method;
     use serde_json::{json, Value};
-    use std::time::Duration;
-    use tower_test::mock;
 
     const PATH: &str = "/apis/wireguard.wg-netns.io/v1alpha1/wireguardaddressblocks";
 
@@ -331,67 +328,20 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// One request as the scripted apiserver saw it.
-    #[derive(Debug, Clone)]
-    struct Seen {
-        method: Method,
-        path: String,
-        query: String,
-        body: Value,
-    }
-
-    /// A scripted apiserver: `script` answers each request with a status
-    /// and a JSON body. Returns the client's Api and the log of requests
-    /// (complete once the Api is dropped).
+    /// The scripted apiserver of the agent's tests, with the block API on
+    /// its client. Returns the Api and the log of requests.
     fn server(
-        mut script: impl FnMut(&Seen) -> (u16, Value) + Send + 'static,
-    ) -> (
-        Api<WireGuardAddressBlock>,
-        tokio::task::JoinHandle<Vec<Seen>>,
-    ) {
-        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let task = tokio::spawn(async move {
-            let mut log = Vec::new();
-            while let Some((request, send)) = handle.next_request().await {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect().await.unwrap().to_bytes();
-                let seen = Seen {
-                    method: parts.method,
-                    path: parts.uri.path().to_string(),
-                    query: parts.uri.query().unwrap_or_default().to_string(),
-                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                };
-                let (code, reply) = script(&seen);
-                log.push(seen);
-                let response = Response::builder()
-                    .status(StatusCode::from_u16(code).unwrap())
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                    .unwrap();
-                send.send_response(response);
-            }
-            log
-        });
-        (Api::all(kube::Client::new(service, "default")), task)
+        script: impl FnMut(&Seen) -> (u16, Value) + Send + 'static,
+    ) -> (Api<WireGuardAddressBlock>, Log) {
+        let (client, log) = apiserver(script);
+        (Api::all(client), log)
     }
 
-    async fn finish(
-        api: Api<WireGuardAddressBlock>,
-        task: tokio::task::JoinHandle<Vec<Seen>>,
-    ) -> Vec<Seen> {
+    /// The requests seen: every call made through `api` has been answered
+    /// (and a request is logged before it is answered).
+    async fn finish(api: Api<WireGuardAddressBlock>, log: Log) -> Vec<Seen> {
         drop(api);
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("the scripted apiserver did not finish")
-            .unwrap()
-    }
-
-    fn status(code: u16, reason: &str) -> (u16, Value) {
-        (
-            code,
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                   "message": format!("scripted {reason}"), "reason": reason, "code": code}),
-        )
+        log.all()
     }
 
     fn object(network: &str, block: IpNetwork, node: &str, uid: &str) -> Value {
