@@ -82,6 +82,23 @@ pub struct Entry {
     pub written: Option<(WireGuardAttachmentStatus, Instant)>,
 }
 
+impl Entry {
+    /// A kept interface as made or reopened: nothing read, routed or
+    /// written through it yet.
+    fn new(rec: LocalRecord, place: Birthplace, attachment: Attachment) -> Entry {
+        Entry {
+            rec,
+            place: Arc::new(place),
+            attachment,
+            dev: None,
+            last: None,
+            routes: BTreeSet::new(),
+            stats: None,
+            written: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Entry")
@@ -284,16 +301,7 @@ impl Agent {
                     // Its addresses are re-reserved when the network's
                     // allocator is built (from the slots: build_ipam).
                     self.ports_lock().insert(rec.listen_port);
-                    let entry = Entry {
-                        rec: rec.clone(),
-                        place: Arc::new(place),
-                        attachment,
-                        dev: None,
-                        last: None,
-                        routes: BTreeSet::new(),
-                        stats: None,
-                        written: None,
-                    };
+                    let entry = Entry::new(rec.clone(), place, attachment);
                     self.slots()
                         .insert(key.clone(), Arc::new(tokio::sync::Mutex::new(Some(entry))));
                     info!(attachment = %key, pod = %format!("{}/{}", rec.namespace, rec.pod), "restored");
@@ -696,14 +704,9 @@ impl Agent {
             "attached"
         );
         *slot = Some(Entry {
-            rec: record,
-            place: Arc::new(place),
-            attachment: attachment.clone(),
             dev: Some(Arc::new(dev)),
-            last: None,
             routes,
-            stats: None,
-            written: None,
+            ..Entry::new(record, place, attachment.clone())
         });
         Ok(Attached::new(
             network.to_string(),

@@ -413,16 +413,11 @@ pub(crate) fn hold(agent: &Agent, rec: LocalRecord) -> Key {
     .unwrap();
     agent.records.save(&rec).unwrap();
     agent.ports_lock().insert(rec.listen_port);
-    let entry = Entry {
-        place: Arc::new(Birthplace::new(&agent.node, &agent.node, &agent.backend).unwrap()),
-        attachment,
-        dev: None,
-        last: None,
-        routes: BTreeSet::new(),
-        stats: None,
-        written: None,
+    let entry = Entry::new(
         rec,
-    };
+        Birthplace::new(&agent.node, &agent.node, &agent.backend).unwrap(),
+        attachment,
+    );
     agent
         .slots()
         .insert(key.clone(), Arc::new(tokio::sync::Mutex::new(Some(entry))));
