@@ -268,6 +268,17 @@ pub fn metric(agent: &Agent, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How many CNI requests of `verb` ended with `outcome`, by the request
+/// duration histogram's count.
+pub fn cni_requests(agent: &Agent, verb: &str, outcome: &str) -> f64 {
+    metric(
+        agent,
+        &format!(
+            "wg_agent_cni_request_duration_seconds_count{{verb=\"{verb}\",outcome=\"{outcome}\"}}"
+        ),
+    )
+}
+
 /// A fake userspace WireGuard device: a control socket that answers
 /// `get=1` with a private key and port, `set=1` with success, and records
 /// every request. Stops when dropped.

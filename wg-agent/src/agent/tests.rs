@@ -6,8 +6,8 @@
 
 use super::*;
 use crate::testutil::{
-    metric, netns_fd, pod_json, status, test_agent, test_agent_with, FakeUapi, Seen, TestAgent,
-    NODE, NODE_IP,
+    cni_requests, metric, netns_fd, pod_json, status, test_agent, test_agent_with, FakeUapi, Seen,
+    TestAgent, NODE, NODE_IP,
 };
 use http::Method;
 use serde_json::{json, Value};
@@ -76,13 +76,7 @@ async fn add_without_the_pods_identity_is_invalid_config() {
     assert_eq!(f.code, 7, "{f:?}");
     assert!(f.details.contains("K8S_POD_NAME"), "{f:?}");
     assert!(t.log.all().is_empty(), "nothing to ask the apiserver");
-    assert_eq!(
-        metric(
-            &t.agent,
-            "wg_agent_cni_request_duration_seconds_count{verb=\"ADD\",outcome=\"error\"}"
-        ),
-        1.0
-    );
+    assert_eq!(cni_requests(&t.agent, "ADD", "error"), 1.0);
 }
 
 #[tokio::test]
@@ -109,13 +103,7 @@ async fn add_of_a_pod_that_asks_for_no_network_is_skipped() {
     assert_eq!(t.log.lines(), vec![format!("GET {PODS}/web")]);
     assert!(t.published().is_empty());
     assert!(t.agent.keys().is_empty());
-    assert_eq!(
-        metric(
-            &t.agent,
-            "wg_agent_cni_request_duration_seconds_count{verb=\"ADD\",outcome=\"skipped\"}"
-        ),
-        1.0
-    );
+    assert_eq!(cni_requests(&t.agent, "ADD", "skipped"), 1.0);
 }
 
 #[tokio::test]
@@ -307,13 +295,7 @@ async fn del_of_what_was_never_added_is_done() {
     }
     assert!(t.log.all().is_empty());
     assert!(t.published().is_empty());
-    assert_eq!(
-        metric(
-            &t.agent,
-            "wg_agent_cni_request_duration_seconds_count{verb=\"DEL\",outcome=\"ok\"}"
-        ),
-        2.0
-    );
+    assert_eq!(cni_requests(&t.agent, "DEL", "ok"), 2.0);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! and the HTTP endpoints on a loopback port.
 
 use super::*;
-use crate::testutil::{metric, netns_fd, pod_json, status, test_agent, TempDir};
+use crate::testutil::{cni_requests, netns_fd, pod_json, status, test_agent, TempDir};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -119,10 +119,7 @@ async fn requests_over_the_socket() {
     );
     drop(silent);
     assert_eq!(
-        metric(
-            &t.agent,
-            "wg_agent_cni_request_duration_seconds_count{verb=\"ADD\",outcome=\"skipped\"}"
-        ),
+        cni_requests(&t.agent, "ADD", "skipped"),
         3.0,
         "the refused version never reached the agent"
     );
