@@ -465,6 +465,37 @@ impl Cluster {
         out.trim().parse().ok().filter(|pid| *pid > 1)
     }
 
+    /// Pod `pod`'s WireGuard address, without its prefix length: the first
+    /// of `status.addresses` of its WireGuardAttachment `POD-wg0` (namespace
+    /// `default`), once the node agent has written it; `None` if it has not
+    /// within `within`.
+    pub fn wg_address(&self, pod: &str, within: Duration) -> Option<String> {
+        let name = format!("{pod}-wg0");
+        let mut addr = String::new();
+        let found = crate::eventually(within, || {
+            let out = self.kubectl(&[
+                "get",
+                "wgatt",
+                &name,
+                "-o",
+                "jsonpath={.status.addresses[0]}",
+            ]);
+            addr = text(&out).trim().to_string();
+            out.status.success() && !addr.is_empty()
+        });
+        found.then(|| addr.split('/').next().unwrap_or_default().to_string())
+    }
+
+    /// `ping -c 1 -W 1 IP` inside pod `pod` (namespace `default`), again
+    /// until it is answered or `within` has passed.
+    pub fn pod_pings(&self, pod: &str, ip: &str, within: Duration) -> bool {
+        crate::eventually(within, || {
+            self.exec(pod, &["ping", "-c", "1", "-W", "1", ip])
+                .status
+                .success()
+        })
+    }
+
     /// Node `i`'s Ready condition is `True`.
     pub fn node_ready(&self, i: usize) -> bool {
         text(&self.kubectl(&[

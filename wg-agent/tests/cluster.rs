@@ -256,16 +256,9 @@ impl Ctx<'_> {
 
     /// The pod's WireGuard address once its attachment shows it.
     fn wg_addr(&self, pod: &str) -> String {
-        let mut addr = String::new();
-        let ok = eventually(Duration::from_secs(30), || {
-            addr = self
-                .attachment(pod)
-                .and_then(|a| a["status"]["addresses"][0].as_str().map(str::to_string))
-                .unwrap_or_default();
-            !addr.is_empty()
-        });
-        assert!(ok, "no attachment status for {pod}");
-        addr.split('/').next().expect("address").to_string()
+        self.c
+            .wg_address(pod, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no attachment status for {pod}"))
     }
 
     fn public_key(&self, pod: &str) -> String {
@@ -299,12 +292,7 @@ impl Ctx<'_> {
     }
 
     fn ping(&self, pod: &str, ip: &str) -> bool {
-        eventually(Duration::from_secs(15), || {
-            self.c
-                .exec(pod, &["ping", "-c", "1", "-W", "1", ip])
-                .status
-                .success()
-        })
+        self.c.pod_pings(pod, ip, Duration::from_secs(15))
     }
 }
 

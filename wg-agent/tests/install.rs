@@ -140,14 +140,10 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        self.c.kubectl_ok(args)
-    }
-
     fn json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl_ok(&a)).expect("kubectl json")
+        serde_json::from_str(&self.c.kubectl_ok(&a)).expect("kubectl json")
     }
 
     fn conflist(&self, i: usize) -> Vec<u8> {
@@ -197,28 +193,13 @@ impl Ctx<'_> {
 
     /// The pod's WireGuard address, from its attachment's status.
     fn wg_addr(&self, pod: &str) -> String {
-        let mut addr = String::new();
-        let ok = eventually(Duration::from_secs(30), || {
-            let out = self
-                .c
-                .kubectl(&["get", "wgatt", &format!("{pod}-wg0"), "-o", "json"]);
-            addr = serde_json::from_slice::<Value>(&out.stdout)
-                .ok()
-                .and_then(|a| a["status"]["addresses"][0].as_str().map(str::to_string))
-                .unwrap_or_default();
-            !addr.is_empty()
-        });
-        assert!(ok, "no attachment status for {pod}\n{}", self.describe());
-        addr.split('/').next().expect("address").to_string()
+        self.c
+            .wg_address(pod, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no attachment status for {pod}\n{}", self.describe()))
     }
 
     fn ping(&self, pod: &str, ip: &str) -> bool {
-        eventually(Duration::from_secs(20), || {
-            self.c
-                .exec(pod, &["ping", "-c", "1", "-W", "1", ip])
-                .status
-                .success()
-        })
+        self.c.pod_pings(pod, ip, Duration::from_secs(20))
     }
 
     /// PIDs of the userspace WireGuard daemons on node `i`.
@@ -303,7 +284,7 @@ fn install_upgrade_uninstall_with_kubectl() {
     let t = Instant::now();
     let manifests = repo().join("manifests");
     let manifests = manifests.to_str().expect("path");
-    ctx.kubectl_ok(&["apply", "-f", manifests]);
+    c.kubectl_ok(&["apply", "-f", manifests]);
     let ready = eventually(Duration::from_secs(240), || {
         std::thread::sleep(Duration::from_millis(250));
         ctx.rolled_out()
@@ -392,7 +373,7 @@ fn install_upgrade_uninstall_with_kubectl() {
     std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();
     let img = format!("{IMAGE}:{next}");
-    ctx.kubectl_ok(&[
+    c.kubectl_ok(&[
         "-n",
         NS,
         "set",
@@ -481,13 +462,13 @@ fn install_upgrade_uninstall_with_kubectl() {
     );
 
     // 7. kubectl delete -f manifests/: the nodes as they were.
-    ctx.kubectl_ok(&["delete", "pod", "ia", "ib", "--wait=true", "--timeout=60s"]);
+    c.kubectl_ok(&["delete", "pod", "ia", "ib", "--wait=true", "--timeout=60s"]);
     let gone = eventually(Duration::from_secs(30), || {
         (1..=c.nodes()).all(|i| ctx.daemons(i).is_empty())
     });
     assert!(gone, "userspace daemons left after the pods' deletion");
     let t = Instant::now();
-    ctx.kubectl_ok(&["delete", "-f", manifests, "--wait=true", "--timeout=180s"]);
+    c.kubectl_ok(&["delete", "-f", manifests, "--wait=true", "--timeout=180s"]);
     let clean = eventually(Duration::from_secs(120), || {
         (1..=c.nodes()).all(|i| {
             ctx.conflist(i) == before[&i]
