@@ -42,6 +42,22 @@ use crate::netns::Netns;
 use crate::record::SocketNamespace;
 use crate::rtnl::{IfName, Route, Rtnl};
 
+/// The alias (`IFLA_IFALIAS`) wg-netns gives every interface it creates:
+/// `wg-netns:` and the birth name. The kernel keeps an alias across renames
+/// and moves between namespaces, so it still says whose the interface is
+/// after the move into the target under its final name, which anyone may
+/// use too (`wg0`, `eth0`). [`Birthplace::detach`] deletes a link of that
+/// name only when it carries this mark.
+///
+/// ```
+/// use wg_netns::{owner_alias, IfName};
+/// assert_eq!(owner_alias(&IfName::new("wgb0a1b2c3d4e5")?), "wg-netns:wgb0a1b2c3d4e5");
+/// # Ok::<(), wg_netns::Error>(())
+/// ```
+pub fn owner_alias(birth_name: &IfName) -> String {
+    format!("wg-netns:{birth_name}")
+}
+
 /// What [`Birthplace::attach`] creates and [`Birthplace::ensure`] keeps.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -325,8 +341,9 @@ impl Birthplace {
         let link = rtnl.link_by_name(&spec.name).inspect_err(|_| {
             let _ = rtnl.delete_link_by_name(&spec.name);
         })?;
-        let result = self
-            .target_genl()
+        let result = rtnl
+            .set_alias(link.index, &owner_alias(&spec.birth_name))
+            .and_then(|()| self.target_genl())
             .and_then(|conn| {
                 WgDevice::from_kernel(conn, DevRef::Index(link.index)).set(&spec.device)
             })
@@ -344,18 +361,21 @@ impl Birthplace {
         let (dev, link) =
             WgDevice::create_with(&self.birth, birth_rtnl, &spec.birth_name, &self.backend)?;
         let mut moved = false;
-        let result = dev.set(&spec.device).and_then(|()| {
-            if same {
-                if spec.name != spec.birth_name {
-                    birth_rtnl.rename(link.index, &spec.name)?;
+        let result = birth_rtnl
+            .set_alias(link.index, &owner_alias(&spec.birth_name))
+            .and_then(|()| dev.set(&spec.device))
+            .and_then(|()| {
+                if same {
+                    if spec.name != spec.birth_name {
+                        birth_rtnl.rename(link.index, &spec.name)?;
+                    }
+                } else {
+                    birth_rtnl.move_to_netns(link.index, &self.target, Some(&spec.name))?;
                 }
-            } else {
-                birth_rtnl.move_to_netns(link.index, &self.target, Some(&spec.name))?;
-            }
-            moved = true;
-            let index = rtnl.link_by_name(&spec.name)?.index;
-            self.finish_attach(spec, rtnl, index)
-        });
+                moved = true;
+                let index = rtnl.link_by_name(&spec.name)?.index;
+                self.finish_attach(spec, rtnl, index)
+            });
         if result.is_err() {
             // Roll back: the link is in the target (after the move) or still
             // at its birthplace; deleting it ends the daemon.
@@ -399,6 +419,15 @@ impl Birthplace {
     /// with its device reachable (kernel: a `wireguard` link; userspace: the
     /// control socket of `birth_name` answers). `Ok(None)` when absent.
     pub fn find(&self, name: &IfName, birth_name: &IfName) -> Result<Option<Attachment>> {
+        Ok(self.find_link(name, birth_name)?.map(|(a, _)| a))
+    }
+
+    /// [`Birthplace::find`], with the link as the kernel reported it.
+    pub(crate) fn find_link(
+        &self,
+        name: &IfName,
+        birth_name: &IfName,
+    ) -> Result<Option<(Attachment, crate::rtnl::Link)>> {
         let rtnl = self.target_rtnl()?;
         let link = match rtnl.link_by_name(name) {
             Ok(l) => l,
@@ -418,7 +447,7 @@ impl Birthplace {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(Some(Attachment {
+        let found = Attachment {
             index: link.index,
             name: name.clone(),
             birth_name: birth_name.clone(),
@@ -426,7 +455,8 @@ impl Birthplace {
             public_key: state.public_key,
             mtu: link.mtu,
             up: link.up,
-        }))
+        };
+        Ok(Some((found, link)))
     }
 
     /// A control handle on an attached interface: by interface index for a
@@ -451,23 +481,25 @@ impl Birthplace {
     /// userspace daemon and its socket. Idempotent; returns whether anything
     /// was removed. Every step is attempted; failures are reported together
     /// ([`Error::Teardown`] when more than one).
+    ///
+    /// The link called `name` in the target is deleted only when it is
+    /// this attachment's: of the backend's kind (`wireguard`; a userspace
+    /// device's `tun`) and marked with [`owner_alias`] of `birth_name`,
+    /// which [`Birthplace::attach`] (and [`Birthplace::ensure`], for an
+    /// interface it keeps) sets. Any other link of that name (one the
+    /// container, its runtime or the host made) is left alone.
     pub fn detach(&self, name: &IfName, birth_name: &IfName) -> Result<bool> {
         let mut removed = false;
         let mut errors = Vec::new();
         match self.target_rtnl() {
             Ok(rtnl) => {
                 if let Ok(l) = rtnl.link_by_name(name) {
-                    // Only delete what is ours: a WireGuard link, or a TUN
-                    // served by a daemon of our birth name (its socket
-                    // answers: the daemon may be in a PID namespace this
-                    // process cannot see, so its PID is not asked for).
-                    let ours = match &self.backend {
-                        Backend::Kernel => l.kind.as_deref() == Some("wireguard"),
-                        Backend::Userspace(u) => {
-                            l.kind.as_deref() == Some("tun") && u.answers(birth_name.as_str())
-                        }
-                    };
-                    if ours {
+                    // Only delete what is ours: the backend's kind of link,
+                    // with our mark. The name alone says nothing (anyone
+                    // may call a WireGuard link wg0), nor does a daemon of
+                    // our birth name answering (its TUN may be gone and
+                    // another in its place).
+                    if self.is_ours(&l, birth_name) {
                         match rtnl.delete_link(l.index) {
                             Ok(()) => removed = true,
                             Err(e) if e.is_not_found() => {}
@@ -483,6 +515,21 @@ impl Birthplace {
             Err(e) => errors.push(e),
         }
         Error::all(errors).map(|()| removed)
+    }
+
+    /// Whether `link` is the interface of the attachment born as
+    /// `birth_name`: the backend's kind of link, marked [`owner_alias`].
+    fn is_ours(&self, link: &crate::rtnl::Link, birth_name: &IfName) -> bool {
+        self.is_our_kind(link) && link.alias.as_deref() == Some(owner_alias(birth_name).as_str())
+    }
+
+    /// Whether `link` is of the kind this backend makes.
+    pub(crate) fn is_our_kind(&self, link: &crate::rtnl::Link) -> bool {
+        let kind = match &self.backend {
+            Backend::Kernel => "wireguard",
+            Backend::Userspace(_) => "tun",
+        };
+        link.kind.as_deref() == Some(kind)
     }
 
     /// Remove what an attachment may have left at the birthplace (a crashed

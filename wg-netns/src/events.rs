@@ -730,7 +730,8 @@ mod tests {
                 name: "wg0".into(),
                 kind: Some("wireguard".into()),
                 mtu: 1420,
-                up: false
+                up: false,
+                alias: None,
             }
         );
         assert_eq!((a.lower_up, a.nsid), (false, Some(3)));

@@ -72,7 +72,7 @@ pub mod stats;
 pub mod uapi;
 
 pub use attach::{
-    cleanup_birth, list_devices, Attachment, Birthplace, InterfaceSpec, ListedDevice,
+    cleanup_birth, list_devices, owner_alias, Attachment, Birthplace, InterfaceSpec, ListedDevice,
 };
 pub use backend::{Backend, BackendChoice, BackendKind, WgDevice};
 pub use device::{Device, DeviceConfig, Peer, PeerConfig};

@@ -21,7 +21,7 @@
 
 use ipnetwork::IpNetwork;
 
-use crate::attach::{route_through, Attachment, Birthplace, InterfaceSpec};
+use crate::attach::{owner_alias, route_through, Attachment, Birthplace, InterfaceSpec};
 use crate::device::DeviceConfig;
 use crate::drift::Drift;
 use crate::error::Result;
@@ -99,8 +99,13 @@ impl Birthplace {
     /// of `spec.device` read as a complete desired state), set a differing
     /// MTU, add missing and remove extra addresses, bring the link up and
     /// install missing routes. Idempotent; returns what it changed.
+    ///
+    /// An interface it keeps is marked as this attachment's
+    /// ([`crate::owner_alias`]) when it is not yet (one made before
+    /// wg-netns marked its interfaces), so that [`Birthplace::detach`]
+    /// removes it later.
     pub fn ensure(&self, spec: &InterfaceSpec) -> Result<Ensured> {
-        let Some(found) = self.find(&spec.name, &spec.birth_name)? else {
+        let Some((found, link)) = self.find_link(&spec.name, &spec.birth_name)? else {
             self.cleanup_birth(&spec.birth_name)?;
             let attachment = self.attach(spec)?;
             return Ok(Ensured {
@@ -117,6 +122,10 @@ impl Birthplace {
         let device = self.device(&found)?.update(&spec.desired_device())?;
         let rtnl = self.target_rtnl()?;
         let index = found.index;
+        let mark = owner_alias(&spec.birth_name);
+        if self.is_our_kind(&link) && link.alias.as_deref() != Some(mark.as_str()) {
+            rtnl.set_alias(index, &mark)?;
+        }
         let mtu = spec.mtu.filter(|m| *m != found.mtu);
         if let Some(m) = mtu {
             rtnl.set_mtu(index, m)?;

@@ -268,6 +268,24 @@ impl Rtnl {
         )
     }
 
+    /// Set a link's alias (`IFLA_IFALIAS`, up to 255 bytes; `ip link set
+    /// NAME alias TEXT`). The kernel keeps it across renames and moves
+    /// between namespaces.
+    pub fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        if alias.len() > 255 {
+            return Err(Error::invalid(
+                "link alias",
+                format!("{} bytes, more than 255", alias.len()),
+            ));
+        }
+        self.set_link(
+            "RTM_NEWLINK (alias)",
+            index,
+            IfinfomsgBuilder::default(),
+            vec![attr(Ifla::Ifalias, cstr(alias))?],
+        )
+    }
+
     /// Rename a link (it must be down for most kinds).
     pub fn rename(&self, index: u32, name: &IfName) -> Result<()> {
         self.set_link(
@@ -310,6 +328,7 @@ pub(crate) fn parse_link(p: &[u8]) -> Result<Link> {
         kind: None,
         mtu: 0,
         up: m.ifi_flags().contains(Iff::UP),
+        alias: None,
     };
     for a in m.rtattrs().iter() {
         let payload = a.rta_payload().as_ref();
@@ -320,6 +339,11 @@ pub(crate) fn parse_link(p: &[u8]) -> Result<Link> {
                     .to_string()
             }
             Ifla::Mtu => link.mtu = crate::netlink::read_u32(payload).unwrap_or(0),
+            Ifla::Ifalias => {
+                link.alias = crate::netlink::read_str(payload)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+            }
             Ifla::Linkinfo => {
                 for inner in crate::netlink::AttrIter::new(payload).flatten() {
                     if inner.0 == u16::from(IflaInfo::Kind) {

@@ -60,6 +60,10 @@ pub struct Link {
     pub mtu: u32,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
+    /// `IFLA_IFALIAS`, when the link has one: the mark wg-netns leaves on
+    /// every interface it creates (`wg-netns:BIRTH_NAME`), which says whose
+    /// it is.
+    pub alias: Option<String>,
 }
 
 fn family_of(ip: &IpAddr) -> RtAddrFamily {
