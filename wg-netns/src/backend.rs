@@ -324,7 +324,11 @@ impl WgDevice {
     /// Open the userspace device whose control socket is `socket_name`
     /// (the interface's birth name). [`Error::NotFound`] if nothing answers.
     pub fn open_userspace(userspace: &Userspace, socket_name: &str) -> Result<WgDevice> {
-        let conn = UapiConn::connect(socket_name, &userspace.socket_path(socket_name))?;
+        let conn = UapiConn::connect(
+            socket_name,
+            &userspace.socket_path(socket_name),
+            userspace.io_timeout,
+        )?;
         Ok(WgDevice {
             control: Control::Userspace {
                 conn,

@@ -88,7 +88,7 @@ pub use record::{AttachmentRecord, SocketNamespace};
 pub use rtnl::{normalize, IfName, Link, Route, RouteScope, Rtnl, TABLE_MAIN};
 pub use spec::PeerSpec;
 pub use stats::{DeviceStats, PeerStats};
-pub use uapi::{LaunchCommand, Launcher, Userspace, DEFAULT_SOCKET_DIR};
+pub use uapi::{LaunchCommand, Launcher, Userspace, DEFAULT_IO_TIMEOUT, DEFAULT_SOCKET_DIR};
 
 /// Decoders exposed for fuzzing only; not a stable API.
 #[doc(hidden)]

@@ -38,8 +38,9 @@ pub const DEFAULT_SOCKET_DIR: &str = "/var/run/wireguard";
 /// to add 5-15 ms to a 9 ms wireguard-go start).
 pub(crate) const POLL: Duration = Duration::from_millis(1);
 
-/// How long a UAPI exchange may take before it is abandoned.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a UAPI exchange may take before it is abandoned, unless the
+/// [`Userspace`] says otherwise ([`Userspace::io_timeout`]).
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn hex(bytes: &[u8], out: &mut String) {
     const H: &[u8; 16] = b"0123456789abcdef";
@@ -336,6 +337,12 @@ pub struct Userspace {
     pub socket_dir: PathBuf,
     /// How long to wait for the socket to appear.
     pub start_timeout: Duration,
+    /// How long one exchange with a daemon (a read or a write on its
+    /// socket) may block before it fails ([`DEFAULT_IO_TIMEOUT`]): a
+    /// long-lived caller keeping many devices (a node agent) sets it short,
+    /// so that one stopped or wedged daemon fails its own write soon, to be
+    /// retried, instead of holding the caller for half a minute.
+    pub io_timeout: Duration,
     /// Run the program in the foreground (`-f` before the name) instead of
     /// letting it daemonize: wireguard-go's daemonizing parent re-executes
     /// itself, so this is one process start instead of two, and the process
@@ -354,6 +361,7 @@ impl PartialEq for Userspace {
             args,
             socket_dir,
             start_timeout,
+            io_timeout,
             foreground,
             launcher,
         } = self;
@@ -361,6 +369,7 @@ impl PartialEq for Userspace {
             && *args == other.args
             && *socket_dir == other.socket_dir
             && *start_timeout == other.start_timeout
+            && *io_timeout == other.io_timeout
             && *foreground == other.foreground
             && match (launcher, &other.launcher) {
                 (None, None) => true,
@@ -394,6 +403,7 @@ impl Userspace {
             args,
             socket_dir: PathBuf::from(DEFAULT_SOCKET_DIR),
             start_timeout: Duration::from_secs(10),
+            io_timeout: DEFAULT_IO_TIMEOUT,
             foreground,
             launcher: None,
         }
@@ -470,7 +480,7 @@ impl Userspace {
         if !socket.exists() {
             return None;
         }
-        UapiConn::connect(name, &socket)
+        UapiConn::connect(name, &socket, self.io_timeout)
             .and_then(|c| c.peer_pid())
             .ok()
             .filter(|pid| self.serves(*pid, name))
@@ -481,7 +491,7 @@ impl Userspace {
     /// serves it, whether or not its process is visible from here (see
     /// [`Userspace::daemon_pid`]).
     pub fn answers(&self, name: &str) -> bool {
-        UapiConn::connect(name, &self.socket_path(name)).is_ok()
+        UapiConn::connect(name, &self.socket_path(name), self.io_timeout).is_ok()
     }
 
     /// True when `pid` is alive, runs this implementation and serves `name`.
@@ -587,7 +597,7 @@ impl Userspace {
             reason,
         };
         let socket = self.socket_path(name);
-        match UapiConn::connect(name, &socket) {
+        match UapiConn::connect(name, &socket, self.io_timeout) {
             Ok(_) => {
                 return Err(spawn_err(
                     "a userspace device with this name is already running".into(),
@@ -615,7 +625,9 @@ impl Userspace {
             // Ready means a full `get` exchange succeeds: the socket file can
             // exist (wireguard-go's parent binds it before forking) while the
             // daemon is still initializing the TUN, MTU included.
-            if let Ok(conn) = UapiConn::connect(name, &socket).and_then(|c| c.get().map(|_| c)) {
+            if let Ok(conn) =
+                UapiConn::connect(name, &socket, self.io_timeout).and_then(|c| c.get().map(|_| c))
+            {
                 if let Some(child) = child {
                     let parent_exits = if self.foreground {
                         Duration::ZERO
@@ -695,14 +707,16 @@ impl Default for Userspace {
 pub(crate) struct UapiConn {
     name: String,
     socket: PathBuf,
+    io_timeout: Duration,
 }
 
 impl UapiConn {
     /// Check that `socket` answers and return a handle.
-    pub(crate) fn connect(name: &str, socket: &Path) -> Result<Self> {
+    pub(crate) fn connect(name: &str, socket: &Path, io_timeout: Duration) -> Result<Self> {
         let c = UapiConn {
             name: name.to_string(),
             socket: socket.to_path_buf(),
+            io_timeout,
         };
         c.stream()?;
         Ok(c)
@@ -722,8 +736,8 @@ impl UapiConn {
                 Error::io(format!("connecting to {}", self.socket.display()), e)
             }
         })?;
-        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+        let _ = s.set_read_timeout(Some(self.io_timeout));
+        let _ = s.set_write_timeout(Some(self.io_timeout));
         Ok(s)
     }
 
@@ -1112,7 +1126,7 @@ mod tests {
         let dir = temp_dir("peer");
         let path = dir.join("x.sock");
         let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let c = UapiConn::connect("x", &path).unwrap();
+        let c = UapiConn::connect("x", &path, DEFAULT_IO_TIMEOUT).unwrap();
         assert_eq!(c.peer_pid().unwrap(), std::process::id());
         let _ = std::fs::remove_dir_all(&dir);
     }
