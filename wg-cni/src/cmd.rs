@@ -24,7 +24,13 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut Log) -> Result<Option<Value>, CniE
     if env.command == Command::Version {
         return Ok(Some(version_reply(stdin)));
     }
-    let conf = NetConf::parse(stdin)?;
+    // DEL and GC validate only what they use (the names, the record's
+    // place), so that a configuration ADD refuses cannot keep a runtime
+    // from removing a sandbox.
+    let conf = match env.command {
+        Command::Del | Command::Gc => NetConf::parse_teardown(stdin)?,
+        _ => NetConf::parse(stdin)?,
+    };
     *log = Log::open(
         &conf.log_file,
         format!(
@@ -42,7 +48,7 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut Log) -> Result<Option<Value>, CniE
         (Mode::Managed(m), Command::Add) => managed_cmd::add(env, &conf, m, log).map(Some),
         (Mode::Managed(m), Command::Del) => managed_cmd::del(env, m, log).map(|_| None),
         (Mode::Managed(m), Command::Check) => managed_cmd::check(env, &conf, m, log).map(|_| None),
-        (Mode::Managed(m), Command::Status) => managed_cmd::status(m).map(|_| None),
+        (Mode::Managed(m), Command::Status) => managed_cmd::status(m, log).map(|_| None),
         (Mode::Managed(_), Command::Gc) => managed_cmd::gc(log).map(|_| None),
     };
     match &outcome {

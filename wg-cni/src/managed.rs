@@ -61,6 +61,16 @@ pub const DEFAULT_SOCKET: &str = "/run/wg-agent/cni.sock";
 /// the agent is unreachable (`NAME.json`: [`NetworkHint`]).
 pub const DEFAULT_HINT_DIR: &str = "/run/wg-agent/networks";
 
+/// The runtime capability that carries the pod's annotations into the
+/// plugin's `runtimeConfig` (containerd's and CRI-O's name; libcni passes
+/// it only to an entry that declares it in `"capabilities"`).
+pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
+
+/// The pod annotation naming the network a pod joins in annotation mode
+/// (the agent reads the same one from the apiserver:
+/// `wg_k8s_types::ANNOTATION_NETWORK`).
+pub const ANNOTATION_NETWORK: &str = "wireguard.wg-netns.io/network";
+
 /// The protocol's version, the one [`Request::new`] sets. The agent serves
 /// requests from [`OLDEST_PROTOCOL_VERSION`] to this one and refuses the
 /// others.
@@ -365,6 +375,10 @@ pub enum ProtoError {
     /// The peer sent something that is not the protocol.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// The socket, its directory or the process listening on it is not
+    /// one the plugin trusts to be the agent ([`connect_agent`]).
+    #[error("not trusted as the node agent: {0}")]
+    Untrusted(String),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ProtoError {
@@ -486,6 +500,78 @@ pub fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, ProtoErro
     stream
         .set_read_timeout(Some(timeout))
         .map_err(io_err("setting a timeout"))?;
+    Ok(stream)
+}
+
+/// Whether `uid` may be the agent: root, or the plugin's own user (the
+/// runtime runs the plugin as root; a plugin run as another user gains
+/// nothing by distrusting that user, who could run it anyway).
+pub fn trusted_uid(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
+/// Check the directory of the agent's socket: a directory (symbolic links
+/// followed), owned by a [trusted](trusted_uid) user, with no permission
+/// for group or others (mode 0700, as the agent makes it). Nobody else can
+/// then put a socket, or a hint, in it.
+pub fn check_socket_dir(dir: &Path) -> Result<(), ProtoError> {
+    let st = rustix::fs::stat(dir).map_err(|e| ProtoError::Io {
+        what: "reading the agent socket's directory",
+        source: e.into(),
+    })?;
+    let untrusted = |why: String| Err(ProtoError::Untrusted(format!("{}: {why}", dir.display())));
+    let mode = st.st_mode & 0o7777;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+        return untrusted("not a directory".into());
+    }
+    if !trusted_uid(st.st_uid) {
+        return untrusted(format!(
+            "owned by uid {}, not root: anyone with that uid could listen in the agent's place",
+            st.st_uid
+        ));
+    }
+    if mode & 0o077 != 0 {
+        return untrusted(format!(
+            "mode {mode:04o} gives group or others access; the agent's directory is 0700"
+        ));
+    }
+    Ok(())
+}
+
+/// Check the process at the other end of a connected stream is
+/// [trusted](trusted_uid) (`SO_PEERCRED`: the user that made the listening
+/// socket). This holds even if the socket's path was swapped after
+/// [`check_socket_dir`].
+pub fn check_peer(stream: &UnixStream) -> Result<(), ProtoError> {
+    let cred = rustix::net::sockopt::socket_peercred(stream).map_err(|e| ProtoError::Io {
+        what: "reading the agent's credentials",
+        source: e.into(),
+    })?;
+    let uid = cred.uid.as_raw();
+    if trusted_uid(uid) {
+        Ok(())
+    } else {
+        Err(ProtoError::Untrusted(format!(
+            "the process listening (pid {}) runs as uid {uid}, not root",
+            cred.pid.as_raw_nonzero()
+        )))
+    }
+}
+
+/// Connect to the agent, trusting only what the agent can be:
+/// [`check_socket_dir`] on the socket's directory, [`connect`], then
+/// [`check_peer`]. What wg-cni uses; [`connect`] alone trusts any
+/// listener.
+pub fn connect_agent(socket: &Path, timeout: Duration) -> Result<UnixStream, ProtoError> {
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| {
+            ProtoError::Untrusted(format!("{} is not in a directory", socket.display()))
+        })?;
+    check_socket_dir(dir)?;
+    let stream = connect(socket, timeout)?;
+    check_peer(&stream)?;
     Ok(stream)
 }
 

@@ -5,14 +5,37 @@
 //! network namespace as a descriptor ([`crate::managed`]) and turns the
 //! reply into the CNI answer.
 //!
-//! When the agent cannot be reached (no socket, nobody listening, no reply
-//! within `agentTimeout`, or a reply that is not the protocol):
-//! - ADD fails with code 11 (try again later), unless the network is named
-//!   and its hint (`AGENTHINTDIR/NETWORK.json`) says `failurePolicy:
-//!   ignore`; then the chain's result passes through unchanged.
+//! Pods that did not opt in never depend on the agent. In annotation mode
+//! (`"managed": true` without `network`) the runtime passes the pod's
+//! annotations in `runtimeConfig` ([`PodAnnotations`], the capability
+//! `io.kubernetes.cri.pod-annotations`): a pod without the
+//! `wireguard.wg-netns.io/network` annotation is passed through by every
+//! verb without a word to the agent.
+//!
+//! The agent is trusted only as what it can be
+//! ([`managed::connect_agent`]): its socket's directory is root's and mode
+//! 0700, and the process listening runs as root. Anything else is treated
+//! as an agent that cannot be reached.
+//!
+//! When the agent cannot be reached (no socket, nobody listening, not
+//! trusted, no reply within `agentTimeout`, or a reply that is not the
+//! protocol):
+//! - ADD applies the failure policy of the pod's network: the one the
+//!   configuration names, else the one the pod's annotation names. Its
+//!   hint (`AGENTHINTDIR/NETWORK.json`, written by the agent) saying
+//!   `failurePolicy: ignore` passes the chain's result through unchanged
+//!   (the pod starts without the interface); `fail`, no hint or an
+//!   untrusted one is code 11 (try again later) naming the agent. When the
+//!   runtime passed no annotations, wg-cni cannot tell whether the pod
+//!   opted in: it passes the result through (a pod that opted in starts
+//!   without its interface, and the agent reports it when it returns)
+//!   rather than make every pod of the node wait for the agent.
 //! - DEL succeeds: the agent reconciles its attachments against the pods
 //!   that exist when it returns.
-//! - CHECK fails with code 11; STATUS with code 50.
+//! - CHECK fails with code 11.
+//! - STATUS fails with code 50 only when every pod depends on the agent:
+//!   a named network whose policy is not `ignore`. In annotation mode the
+//!   plugin can always answer ADD, so the runtime's network stays ready.
 //! - GC has nothing to do in any case: the agent reclaims.
 //!
 //! During an ADD the agent may ask the plugin to start the interface's
@@ -34,7 +57,7 @@ use serde_json::Value;
 use wg_netns::{IfName, IpNetwork, Netns, Userspace};
 
 use crate::cni::{CniError, Code, Env, ResultInterface, ResultIp, ResultRoute};
-use crate::config::{ManagedConf, NetConf};
+use crate::config::{is_dns_label, ManagedConf, NetConf, PodAnnotations};
 use crate::log::Log;
 use crate::managed::{
     self, Attached, Failure, Launch, LaunchNamespace, NetworkHint, OnLaunch, PodRef, ProtoError,
@@ -48,8 +71,19 @@ mod tests;
 /// Largest hint file read.
 const MAX_HINT: u64 = 64 << 10;
 
+/// Why the pod did not opt in, when the runtime said so: the verbs then
+/// pass it through without asking the agent.
+fn not_opted_in(m: &ManagedConf) -> Option<&'static str> {
+    (m.network.is_none() && m.annotations == PodAnnotations::NoNetwork)
+        .then_some("the pod has no wireguard.wg-netns.io/network annotation")
+}
+
 /// ADD: ask the agent to attach the pod, answer with what it made.
 pub fn add(env: &Env, conf: &NetConf, m: &ManagedConf, log: &mut Log) -> Result<Value, CniError> {
+    if let Some(why) = not_opted_in(m) {
+        log.line(&format!("{why}: passing the result through"));
+        return Ok(plan::unchanged(conf));
+    }
     let netns = container_netns(env)?;
     let asked = {
         let mut on_launch = |l: &Launch| launch(l, &netns, &env.netns, log);
@@ -80,6 +114,10 @@ pub fn add(env: &Env, conf: &NetConf, m: &ManagedConf, log: &mut Log) -> Result<
 /// DEL: ask the agent to remove the pod's interface. Never fails because
 /// something is gone: not the namespace, not the agent.
 pub fn del(env: &Env, m: &ManagedConf, log: &mut Log) -> Result<(), CniError> {
+    if let Some(why) = not_opted_in(m) {
+        log.line(&format!("{why}: nothing to remove"));
+        return Ok(());
+    }
     let netns = match env.netns.as_str() {
         "" => None,
         path => open_netns(path)
@@ -106,6 +144,10 @@ pub fn del(env: &Env, m: &ManagedConf, log: &mut Log) -> Result<(), CniError> {
 /// CHECK: ask the agent to compare the pod's interface with the resources.
 pub fn check(env: &Env, conf: &NetConf, m: &ManagedConf, log: &mut Log) -> Result<(), CniError> {
     crate::cmd::check_version(conf)?;
+    if let Some(why) = not_opted_in(m) {
+        log.line(&format!("{why}: nothing to check"));
+        return Ok(());
+    }
     let netns = container_netns(env)?;
     match ask(Verb::Check, env, m, Some(&netns), None) {
         Ok(Reply::Done) => Ok(()),
@@ -119,17 +161,38 @@ pub fn check(env: &Env, conf: &NetConf, m: &ManagedConf, log: &mut Log) -> Resul
     }
 }
 
-/// STATUS: ready when the agent accepts a connection (code 50 otherwise).
-pub fn status(m: &ManagedConf) -> Result<(), CniError> {
-    managed::connect(&m.socket, m.timeout)
-        .map(drop)
-        .map_err(|e| {
-            CniError::new(
-                Code::NotAvailable,
-                format!("the node agent is not available at {}", m.socket.display()),
-                e.to_string(),
-            )
-        })
+/// STATUS: ready when the agent accepts a connection, or when ADD can
+/// answer without it: in annotation mode (pods that did not opt in pass
+/// through, the others follow their network's policy), or for a named
+/// network whose policy is `ignore`. Code 50 otherwise.
+pub fn status(m: &ManagedConf, log: &mut Log) -> Result<(), CniError> {
+    let Err(e) = managed::connect_agent(&m.socket, m.timeout) else {
+        return Ok(());
+    };
+    let unavailable = |e: &dyn std::fmt::Display| {
+        CniError::new(
+            Code::NotAvailable,
+            format!("the node agent is not available at {}", m.socket.display()),
+            e.to_string(),
+        )
+    };
+    let Some(network) = &m.network else {
+        log.line(&format!(
+            "STATUS: the agent is not available at {} ({e}); ready all the same: pods that did not opt in do not need it",
+            m.socket.display()
+        ));
+        return Ok(());
+    };
+    match read_hint(&m.hint_dir, network) {
+        Ok(h) if h.failure_policy == "ignore" => {
+            log.line(&format!(
+                "STATUS: the agent is not available at {} ({e}); ready all the same: network {network} has failurePolicy ignore",
+                m.socket.display()
+            ));
+            Ok(())
+        }
+        _ => Err(unavailable(&e)),
+    }
 }
 
 /// GC: nothing here; the agent reclaims the attachments of pods that no
@@ -198,7 +261,7 @@ fn ask(
     let req = Request::new(verb, &env.container_id, &env.ifname, &env.netns)
         .network(m.network.clone())
         .pod(pod(env));
-    let stream = managed::connect(&m.socket, m.timeout)?;
+    let stream = managed::connect_agent(&m.socket, m.timeout)?;
     let reply = managed::converse(&stream, &req, netns, on_launch)?;
     if let Reply::Attached(a) = &reply {
         IfName::new(a.interface.as_str()).map_err(|e| {
@@ -309,16 +372,41 @@ fn try_again(m: &ManagedConf, e: ProtoError, note: Option<String>) -> CniError {
     )
 }
 
-/// ADD without the agent: the network's failure policy decides.
+/// ADD without the agent: the failure policy of the pod's network decides
+/// (the configuration's network, else the pod's annotation's). When the
+/// runtime passed no annotations, the result passes through: whether the
+/// pod opted in is unknown, and a pod that did not must not wait for the
+/// agent.
 fn add_without_agent(
     conf: &NetConf,
     m: &ManagedConf,
     e: ProtoError,
     log: &mut Log,
 ) -> Result<Value, CniError> {
-    let Some(network) = &m.network else {
-        return Err(try_again(m, e, None));
+    let network = match (&m.network, &m.annotations) {
+        (Some(n), _) | (None, PodAnnotations::Network(n)) => n,
+        (None, PodAnnotations::NoNetwork) => return Ok(plan::unchanged(conf)),
+        (None, PodAnnotations::Unknown) => {
+            log.line(&format!(
+                "cannot reach the agent at {}: {e}; the runtime passed no pod annotations \
+                 (runtimeConfig {:?}: declare it in the entry's \"capabilities\"), so whether the pod \
+                 asks for a network is unknown: passing the result through (a pod that asked \
+                 starts without its interface, and the agent reports it when it returns)",
+                m.socket.display(),
+                managed::POD_ANNOTATIONS_CAPABILITY
+            ));
+            return Ok(plan::unchanged(conf));
+        }
     };
+    if !is_dns_label(network) {
+        return Err(try_again(
+            m,
+            e,
+            Some(format!(
+                "the pod's annotation names {network:?}, which is not a network name"
+            )),
+        ));
+    }
     match read_hint(&m.hint_dir, network) {
         Ok(h) if h.failure_policy == "ignore" => {
             log.line(&format!(
@@ -327,7 +415,11 @@ fn add_without_agent(
             ));
             Ok(plan::unchanged(conf))
         }
-        Ok(_) => Err(try_again(m, e, None)),
+        Ok(_) => Err(try_again(
+            m,
+            e,
+            Some(format!("network {network} has failurePolicy fail")),
+        )),
         Err(why) => Err(try_again(
             m,
             e,
@@ -338,12 +430,44 @@ fn add_without_agent(
     }
 }
 
-/// `DIR/NETWORK.json`.
+/// `DIR/NETWORK.json`, if only the agent could have written it: a regular
+/// file of a [trusted](managed::trusted_uid) user that group and others
+/// cannot write, in a directory they cannot write either (a hint is what
+/// lets pods start without their interface).
 fn read_hint(dir: &Path, network: &str) -> Result<NetworkHint, String> {
+    use std::os::unix::fs::MetadataExt;
     let path = dir.join(format!("{network}.json"));
+    let untrusted = |what: &Path, md: &std::fs::Metadata| {
+        if !managed::trusted_uid(md.uid()) {
+            Some(format!(
+                "{} is owned by uid {}, not root",
+                what.display(),
+                md.uid()
+            ))
+        } else if md.mode() & 0o022 != 0 {
+            Some(format!(
+                "{} is writable by group or others (mode {:04o})",
+                what.display(),
+                md.mode() & 0o7777
+            ))
+        } else {
+            None
+        }
+    };
+    let d = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let md = f
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !md.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if let Some(why) = untrusted(dir, &d).or_else(|| untrusted(&path, &md)) {
+        return Err(format!("not trusted: {why}"));
+    }
     let mut bytes = Vec::new();
-    File::open(&path)
-        .and_then(|f| f.take(MAX_HINT).read_to_end(&mut bytes))
+    f.take(MAX_HINT)
+        .read_to_end(&mut bytes)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }

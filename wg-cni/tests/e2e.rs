@@ -530,3 +530,93 @@ fn gc_removes_only_what_is_not_listed_and_container_socket_namespace() {
         leftovers(&n1, &["keep", "drop"])
     );
 }
+
+/// A configuration that ADD refuses (here a peer carrying the interface's
+/// own public key, written into the file after the pod was added) must not
+/// keep the runtime from removing the pod: DEL and GC validate only what
+/// they use, remove the attachment and its record, and exit 0; ADD still
+/// refuses the file with code 7.
+#[test]
+fn del_and_gc_remove_what_a_now_refused_configuration_added() {
+    let Some(backend) = environment("del_and_gc_remove_what_a_now_refused_configuration_added")
+    else {
+        return;
+    };
+    let b = backend_name(&backend);
+    let (n, other) = (Node::new("v"), Node::new("u"));
+    let state = StateDir::new(&format!("v{}", tag()));
+    let peer = PrivateKey::generate().unwrap();
+    let mut c = conf(
+        "1.1.0",
+        &state,
+        b,
+        &n.key,
+        "10.12.1.2/24",
+        &peer,
+        "127.0.0.1:51999",
+        &["10.12.1.0/24"],
+    );
+    c["listenPort"] = json!(51840);
+    let mut c2 = c.clone();
+    c2["listenPort"] = json!(51841);
+    Call::new("ADD")
+        .container("bad-del", &n.netns(), "eth0")
+        .run_in(&n.node.ns, &c.to_string())
+        .ok();
+    // Both "nodes" are n.node's namespace: GC walks one state directory.
+    Call::new("ADD")
+        .container("bad-gc", &other.netns(), "eth0")
+        .run_in(&n.node.ns, &c2.to_string())
+        .ok();
+    assert!(n.pod.link_names().contains(&"eth0".to_string()));
+    assert!(other.pod.link_names().contains(&"eth0".to_string()));
+
+    // The file now names the interface's own key as a peer.
+    let mut broken = c.clone();
+    broken["peers"][0]["publicKey"] = json!(&*n.key.public_key().to_base64());
+    let j = Call::new("ADD")
+        .container("bad-del", &n.netns(), "eth0")
+        .run_in(&n.node.ns, &broken.to_string())
+        .err(7);
+    assert!(
+        j["details"].as_str().unwrap().contains("own public key"),
+        "{j}"
+    );
+
+    assert!(Call::new("DEL")
+        .container("bad-del", &n.netns(), "eth0")
+        .run_in(&n.node.ns, &broken.to_string())
+        .ok()
+        .is_null());
+    assert!(
+        eventually(Duration::from_secs(5), || leftovers(&n, &["bad-del"])
+            .is_empty()),
+        "{:?}",
+        leftovers(&n, &["bad-del"])
+    );
+    assert!(!state.0.join("wgnet/bad-del-eth0.json").exists());
+
+    let mut gc = broken.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    Call::new("GC")
+        .container("", "", "")
+        .run_in(&n.node.ns, &gc.to_string())
+        .ok();
+    assert!(
+        eventually(Duration::from_secs(5), || !other
+            .pod
+            .link_names()
+            .contains(&"eth0".to_string())),
+        "GC removed the unlisted attachment"
+    );
+    assert!(!state.0.join("wgnet/bad-gc-eth0.json").exists());
+    let birth_gc = birth("bad-gc", "eth0");
+    assert!(
+        eventually(Duration::from_secs(5), || !std::path::Path::new(&format!(
+            "/var/run/wireguard/{birth_gc}.sock"
+        ))
+        .exists()
+            && !n.node.link_names().contains(&birth_gc)),
+        "nothing of it left at the birthplace"
+    );
+}

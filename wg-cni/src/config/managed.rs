@@ -1,7 +1,8 @@
 //! Managed mode's fields: `network`, `managed`, `agentSocket`,
-//! `agentHintDir`, `agentTimeout`. In managed mode the node agent owns the
-//! interface (addresses, keys, peers, MTU...), so the static fields that
-//! describe one are refused rather than silently ignored.
+//! `agentHintDir`, `agentTimeout`, and what the runtime passes in
+//! `runtimeConfig` of the pod's annotations. In managed mode the node
+//! agent owns the interface (addresses, keys, peers, MTU...), so the static
+//! fields that describe one are refused rather than silently ignored.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,14 +12,16 @@ use serde_json::{Map, Value};
 use super::duration::parse_go_duration;
 use super::fields::{bool_field, invalid, str_field};
 use crate::cni::CniError;
-use crate::managed::{DEFAULT_HINT_DIR, DEFAULT_SOCKET};
+use crate::managed::{
+    ANNOTATION_NETWORK, DEFAULT_HINT_DIR, DEFAULT_SOCKET, POD_ANNOTATIONS_CAPABILITY,
+};
 
 /// How long the plugin waits for the agent unless `agentTimeout` says.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Static fields that describe the interface itself: in managed mode the
 /// network's resources own all of them.
-const STATIC_ONLY: [&str; 16] = [
+pub(super) const STATIC_ONLY: [&str; 16] = [
     "address",
     "addresses",
     "privateKey",
@@ -64,6 +67,50 @@ pub struct ManagedConf {
     pub hint_dir: PathBuf,
     /// `agentTimeout`: how long to wait for the agent.
     pub timeout: Duration,
+    /// What the runtime said of the pod's annotations
+    /// (`runtimeConfig["io.kubernetes.cri.pod-annotations"]`).
+    pub annotations: PodAnnotations,
+}
+
+/// The pod's opt-in as the runtime passed it, without asking the agent:
+/// the capability [`POD_ANNOTATIONS_CAPABILITY`] (containerd and CRI-O
+/// fill it with every annotation of the pod when the conflist entry
+/// declares `"capabilities": {"io.kubernetes.cri.pod-annotations": true}`;
+/// libcni passes a capability only to the plugins that declare it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodAnnotations {
+    /// The runtime passed no annotations (the entry does not declare the
+    /// capability, the runtime does not support it, or passed something
+    /// that is not a map of strings): the plugin cannot tell whether the
+    /// pod opted in.
+    Unknown,
+    /// The pod has no [`ANNOTATION_NETWORK`] annotation: it did not opt in.
+    NoNetwork,
+    /// The pod's [`ANNOTATION_NETWORK`] annotation, as written (not yet
+    /// checked to be a network name).
+    Network(String),
+}
+
+impl PodAnnotations {
+    /// From the configuration's `runtimeConfig`. A map without the
+    /// annotation, or `null` (what containerd passes for a pod without
+    /// annotations), is [`PodAnnotations::NoNetwork`]. The runtime, not the
+    /// user, writes this field: something malformed is
+    /// [`PodAnnotations::Unknown`], never an error that would stop the pod.
+    pub fn from_runtime_config(o: &Map<String, Value>) -> PodAnnotations {
+        let Some(rc) = o.get("runtimeConfig").and_then(Value::as_object) else {
+            return PodAnnotations::Unknown;
+        };
+        match rc.get(POD_ANNOTATIONS_CAPABILITY) {
+            Some(Value::Null) => PodAnnotations::NoNetwork,
+            Some(Value::Object(a)) => match a.get(ANNOTATION_NETWORK) {
+                None => PodAnnotations::NoNetwork,
+                Some(Value::String(n)) => PodAnnotations::Network(n.clone()),
+                Some(_) => PodAnnotations::Unknown,
+            },
+            _ => PodAnnotations::Unknown,
+        }
+    }
 }
 
 /// Read the mode. A managed configuration that also names a static field,
@@ -122,6 +169,7 @@ pub(super) fn parse_mode(o: &Map<String, Value>) -> Result<Mode, CniError> {
         socket: path("agentSocket", DEFAULT_SOCKET)?,
         hint_dir: path("agentHintDir", DEFAULT_HINT_DIR)?,
         timeout: timeout(o)?,
+        annotations: PodAnnotations::from_runtime_config(o),
     }))
 }
 
@@ -146,7 +194,7 @@ fn timeout(o: &Map<String, Value>) -> Result<Duration, CniError> {
 }
 
 /// A DNS label (RFC 1123), as Kubernetes names a WireGuardNetwork.
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     (1..=63).contains(&b.len())

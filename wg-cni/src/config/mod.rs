@@ -29,12 +29,14 @@ mod duration;
 mod fields;
 mod managed;
 mod peers;
+mod teardown;
 #[cfg(test)]
 mod tests;
 
 pub use duration::{parse_go_duration, parse_keepalive};
 use fields::{bool_field, invalid, parse_net, str_field, take_secret, uint_field, wipe_secrets};
-pub use managed::{ManagedConf, Mode, DEFAULT_AGENT_TIMEOUT};
+pub(crate) use managed::is_dns_label;
+pub use managed::{ManagedConf, Mode, PodAnnotations, DEFAULT_AGENT_TIMEOUT};
 
 /// The interface MTU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,12 @@
 //! Managed mode end to end through `cmd::run`, against an in-process fake
-//! agent on a unix socket in a temporary directory. No root needed: the
-//! namespace sent is the test's own (`/proc/self/ns/net`).
+//! agent on a unix socket in a temporary directory (mode 0700, the test's
+//! own: the plugin trusts root and its own user). No root needed: the
+//! namespace sent is the test's own (`/proc/self/ns/net`); only the tests
+//! of an agent socket or hint of another user need root, to make one.
 
 use std::io::Read;
 use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +37,10 @@ impl Dir {
         ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(p.join("hints")).unwrap();
+        // As the agent makes them: its socket's directory 0700, the hints
+        // readable.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(p.join("hints"), std::fs::Permissions::from_mode(0o755)).unwrap();
         Dir(p)
     }
 
@@ -42,7 +49,9 @@ impl Dir {
     }
 
     fn hint(&self, network: &str, body: &str) {
-        std::fs::write(self.0.join("hints").join(format!("{network}.json")), body).unwrap();
+        let path = self.0.join("hints").join(format!("{network}.json"));
+        std::fs::write(&path, body).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 
     fn log(&self) -> String {
@@ -384,12 +393,6 @@ fn add_without_the_agent_follows_the_networks_failure_policy() {
         run("ADD", &standalone).unwrap().unwrap(),
         json!({"cniVersion": "1.1.0"})
     );
-    // Annotation mode names no network, so no hint applies.
-    let annotation = dir.conf("1.0.0", json!({"network": null, "managed": true}));
-    assert_eq!(
-        run("ADD", &annotation).unwrap_err().code,
-        Code::TryAgainLater
-    );
     // "fail", a malformed hint, and no hint: try again later.
     dir.hint("pods", r#"{"failurePolicy": "fail"}"#);
     assert_eq!(run("ADD", &chained).unwrap_err().code, Code::TryAgainLater);
@@ -473,10 +476,298 @@ fn status_is_whether_the_agent_listens_and_gc_is_the_agents() {
     let e = run_with("STATUS", "", "", &conf).unwrap_err();
     assert_eq!(e.code, Code::NotAvailable);
     assert!(e.msg.contains(&dir.socket().display().to_string()), "{e}");
+    // A named network that fails without the agent: still not available.
+    dir.hint("pods", r#"{"failurePolicy": "fail"}"#);
+    assert_eq!(
+        run_with("STATUS", "", "", &conf).unwrap_err().code,
+        Code::NotAvailable
+    );
     let listener = UnixListener::bind(dir.socket()).unwrap();
     assert_eq!(run_with("STATUS", "", "", &conf).unwrap(), None);
     drop(listener);
     assert_eq!(run_with("GC", "", "", &conf).unwrap(), None);
+}
+
+/// STATUS does not make the runtime's network depend on the agent when
+/// ADD can answer without it: annotation mode (pods that did not opt in
+/// pass through), or a named network whose policy is `ignore`.
+#[test]
+fn status_is_ready_without_the_agent_when_add_can_answer() {
+    let dir = Dir::new();
+    let annotation = dir.conf("1.1.0", json!({"network": null, "managed": true}));
+    assert_eq!(run_with("STATUS", "", "", &annotation).unwrap(), None);
+    assert!(dir.log().contains("did not opt in"), "{}", dir.log());
+    dir.hint("pods", r#"{"failurePolicy": "ignore"}"#);
+    assert_eq!(
+        run_with("STATUS", "", "", &dir.conf("1.1.0", json!({}))).unwrap(),
+        None
+    );
+    assert!(dir.log().contains("failurePolicy ignore"), "{}", dir.log());
+}
+
+/// The annotations as containerd passes them: `runtimeConfig` with the
+/// capability the conflist entry declares.
+fn with_annotations(annotations: Value) -> Value {
+    json!({"network": null, "managed": true,
+        "capabilities": {(crate::managed::POD_ANNOTATIONS_CAPABILITY): true},
+        "runtimeConfig": {(crate::managed::POD_ANNOTATIONS_CAPABILITY): annotations}})
+}
+
+/// Nobody has connected to `listener` (set non-blocking here).
+fn never_asked(listener: &UnixListener) -> bool {
+    listener.set_nonblocking(true).unwrap();
+    matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// A pod without the annotation (the runtime says so) is passed through
+/// by ADD, DEL and CHECK without a word to the agent: not when none
+/// listens, not when one listens but never answers.
+#[test]
+fn pods_that_did_not_opt_in_never_reach_the_agent() {
+    let dir = Dir::new();
+    for annotations in [
+        json!({"kubernetes.io/config.seen": "2026-01-01T00:00:00Z", "other/x": "y"}),
+        Value::Null,
+        json!({}),
+    ] {
+        let mut chained = dir.conf("1.0.0", with_annotations(annotations.clone()));
+        chained["prevResult"] = prev("1.0.0");
+        // No agent at all.
+        assert_eq!(run("ADD", &chained).unwrap().unwrap(), prev("1.0.0"));
+        // An agent that accepts and never answers: it is never asked.
+        let listener = UnixListener::bind(dir.socket()).unwrap();
+        assert_eq!(run("ADD", &chained).unwrap().unwrap(), prev("1.0.0"));
+        let standalone = dir.conf("1.1.0", with_annotations(annotations));
+        assert_eq!(
+            run("ADD", &standalone).unwrap().unwrap(),
+            json!({"cniVersion": "1.1.0"})
+        );
+        assert_eq!(run("DEL", &chained).unwrap(), None);
+        assert_eq!(run("CHECK", &chained).unwrap(), None);
+        assert!(never_asked(&listener), "the agent was asked");
+        drop(listener);
+        std::fs::remove_file(dir.socket()).unwrap();
+    }
+    assert!(
+        dir.log()
+            .contains("no wireguard.wg-netns.io/network annotation: passing the result through"),
+        "{}",
+        dir.log()
+    );
+}
+
+/// A pod whose annotation names a network: asked of the agent; without
+/// the agent, that network's failure policy applies.
+#[test]
+fn annotated_pods_follow_their_networks_policy_without_the_agent() {
+    let dir = Dir::new();
+    let ann = |n: &str| with_annotations(json!({"wireguard.wg-netns.io/network": n}));
+    let mut chained = dir.conf("1.0.0", ann("pods"));
+    chained["prevResult"] = prev("1.0.0");
+    // With the agent: asked (it decides from the pod, as before).
+    let fake = agent(&dir, vec![Some(attached())]);
+    let r = run("ADD", &chained).unwrap().unwrap();
+    assert_eq!(r["interfaces"][2]["name"], "wg0", "{r}");
+    let seen = fake.join().unwrap();
+    assert_eq!(seen[0].req.network, None);
+    std::fs::remove_file(dir.socket()).unwrap();
+    let socket = dir.socket().display().to_string();
+    // No hint yet: try again later, naming the agent and why.
+    let e = run("ADD", &chained).unwrap_err();
+    assert_eq!(e.code, Code::TryAgainLater);
+    assert!(
+        e.msg.contains("node agent") && e.msg.contains(&socket),
+        "{e}"
+    );
+    assert!(e.details.contains("failure policy is unknown"), "{e}");
+    dir.hint("pods", r#"{"failurePolicy": "fail"}"#);
+    let e = run("ADD", &chained).unwrap_err();
+    assert_eq!(e.code, Code::TryAgainLater);
+    assert!(e.details.contains("failurePolicy fail"), "{e}");
+    dir.hint("pods", r#"{"failurePolicy": "ignore"}"#);
+    assert_eq!(run("ADD", &chained).unwrap().unwrap(), prev("1.0.0"));
+    assert!(
+        dir.log()
+            .contains("network pods has failurePolicy ignore: passing the result through"),
+        "{}",
+        dir.log()
+    );
+    // Another network's hint does not apply; a name that is no network
+    // name never reads a file.
+    let mut other = dir.conf("1.0.0", ann("other"));
+    other["prevResult"] = prev("1.0.0");
+    assert_eq!(run("ADD", &other).unwrap_err().code, Code::TryAgainLater);
+    dir.hint("x", r#"{"failurePolicy": "ignore"}"#);
+    let mut bad = dir.conf("1.0.0", ann("../hints/x"));
+    bad["prevResult"] = prev("1.0.0");
+    let e = run("ADD", &bad).unwrap_err();
+    assert_eq!(e.code, Code::TryAgainLater);
+    assert!(e.details.contains("not a network name"), "{e}");
+    // DEL without the agent still succeeds.
+    assert_eq!(run("DEL", &chained).unwrap(), None);
+}
+
+/// The runtime passed no annotations (the entry does not declare the
+/// capability, or the runtime lacks it): the agent decides when it
+/// answers; without it, whether the pod opted in is unknown and the
+/// result passes through, so that no pod waits for the agent.
+#[test]
+fn without_annotations_the_agent_decides_and_its_absence_stops_no_pod() {
+    let dir = Dir::new();
+    for extra in [
+        json!({"network": null, "managed": true}),
+        // Malformed (the runtime's, not the user's): the same.
+        json!({"network": null, "managed": true, "runtimeConfig": {(crate::managed::POD_ANNOTATIONS_CAPABILITY): "x"}}),
+        json!({"network": null, "managed": true, "runtimeConfig": {(crate::managed::POD_ANNOTATIONS_CAPABILITY): {"wireguard.wg-netns.io/network": 7}}}),
+    ] {
+        let mut chained = dir.conf("1.0.0", extra);
+        chained["prevResult"] = prev("1.0.0");
+        let fake = agent(&dir, vec![Some(attached())]);
+        let r = run("ADD", &chained).unwrap().unwrap();
+        assert_eq!(r["interfaces"][2]["name"], "wg0", "{r}");
+        fake.join().unwrap();
+        std::fs::remove_file(dir.socket()).unwrap();
+        assert_eq!(run("ADD", &chained).unwrap().unwrap(), prev("1.0.0"));
+    }
+    let log = dir.log();
+    assert!(
+        log.contains("the runtime passed no pod annotations")
+            && log.contains("io.kubernetes.cri.pod-annotations"),
+        "{log}"
+    );
+}
+
+/// Whether this test can make files and sockets of another user (root);
+/// otherwise it is skipped, unless `WG_NETNS_REQUIRE_ALL=1`.
+fn can_play_another_user(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        !wg_netns_testkit::require_all(),
+        "{test}: needs root to make a file of another user"
+    );
+    eprintln!("SKIP {test}: needs root to make a file of another user");
+    false
+}
+
+/// Someone else's uid (nobody).
+const OTHER_UID: u32 = 65534;
+
+/// The agent's socket is trusted only in a 0700 directory of root's: a
+/// directory others can enter or one of another user is refused before
+/// connecting, as an agent that cannot be reached (a named network that
+/// fails without it: code 11 naming why; STATUS 50).
+#[test]
+fn an_agent_socket_in_an_open_or_foreign_directory_is_not_trusted() {
+    let dir = Dir::new();
+    let conf = dir.conf("1.0.0", json!({}));
+    let listener = UnixListener::bind(dir.socket()).unwrap();
+    for mode in [0o755, 0o750, 0o701] {
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = run("ADD", &conf).unwrap_err();
+        assert_eq!(e.code, Code::TryAgainLater);
+        assert!(
+            e.details.contains("not trusted") && e.details.contains(&format!("{mode:04o}")),
+            "{e}"
+        );
+        let e = run_with("STATUS", "", "", &conf).unwrap_err();
+        assert_eq!(e.code, Code::NotAvailable);
+        assert!(e.details.contains("not trusted"), "{e}");
+    }
+    assert!(never_asked(&listener), "connected to an untrusted socket");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if !can_play_another_user("an_agent_socket_in_an_open_or_foreign_directory_is_not_trusted") {
+        return;
+    }
+    let other = rustix::fs::Uid::from_raw(OTHER_UID);
+    rustix::fs::chown(&dir.0, Some(other), None).unwrap();
+    let e = run("ADD", &conf).unwrap_err();
+    assert_eq!(e.code, Code::TryAgainLater);
+    assert!(e.details.contains("owned by uid 65534, not root"), "{e}");
+    assert!(never_asked(&listener), "connected to an untrusted socket");
+    rustix::fs::chown(&dir.0, Some(rustix::fs::Uid::ROOT), None).unwrap();
+}
+
+/// A listener of another user at the agent's path (the path swapped after
+/// the directory was checked, or a directory made root's by mistake) is
+/// refused after connecting: `SO_PEERCRED` names who listens. The fake
+/// agent's thread drops to another uid (its own credentials only) before
+/// `listen`, which is what the kernel reports.
+#[test]
+fn an_agent_that_is_not_root_is_not_trusted() {
+    if !can_play_another_user("an_agent_that_is_not_root_is_not_trusted") {
+        return;
+    }
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let dir = Dir::new();
+    let path = dir.socket();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let fake = std::thread::spawn(move || {
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&fd, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        let other = rustix::process::Uid::from_raw(OTHER_UID);
+        rustix::thread::set_thread_res_uid(other, other, other).unwrap();
+        rustix::net::listen(&fd, 8).unwrap();
+        let listener = UnixListener::from(fd);
+        ready_tx.send(()).unwrap();
+        // Answer like an agent, to show the answer is not what decides.
+        let (s, _) = listener.accept().unwrap();
+        let got = recv::<Request>(&s).map(|(r, _)| r.verb);
+        let _ = send(&s, &attached(), None);
+        got.ok()
+    });
+    ready_rx.recv().unwrap();
+    let conf = dir.conf("1.0.0", json!({"prevResult": prev("1.0.0")}));
+    let e = run("ADD", &conf).unwrap_err();
+    assert_eq!(e.code, Code::TryAgainLater);
+    assert!(
+        e.details.contains("not trusted") && e.details.contains("runs as uid 65534, not root"),
+        "{e}"
+    );
+    // Nothing was sent to it: it read no request.
+    assert_eq!(fake.join().unwrap(), None);
+}
+
+/// A hint lets pods start without their interface: one that someone other
+/// than the agent could have written is not read (the policy is unknown:
+/// code 11).
+#[test]
+fn a_hint_others_could_write_is_not_trusted() {
+    let dir = Dir::new();
+    let chained = dir.conf("1.0.0", json!({"prevResult": prev("1.0.0")}));
+    dir.hint("pods", r#"{"failurePolicy": "ignore"}"#);
+    assert_eq!(run("ADD", &chained).unwrap().unwrap(), prev("1.0.0"));
+    let hint = dir.0.join("hints/pods.json");
+    for (what, mode) in [
+        (&hint, 0o666),
+        (&hint, 0o620),
+        (&dir.0.join("hints"), 0o777),
+    ] {
+        std::fs::set_permissions(what, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = run("ADD", &chained).unwrap_err();
+        assert_eq!(e.code, Code::TryAgainLater);
+        assert!(
+            e.details.contains("not trusted") && e.details.contains("writable by group or others"),
+            "{e}"
+        );
+        dir.hint("pods", r#"{"failurePolicy": "ignore"}"#);
+        std::fs::set_permissions(dir.0.join("hints"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+    assert_eq!(run("ADD", &chained).unwrap().unwrap(), prev("1.0.0"));
+    if !can_play_another_user("a_hint_others_could_write_is_not_trusted") {
+        return;
+    }
+    rustix::fs::chown(&hint, Some(rustix::fs::Uid::from_raw(OTHER_UID)), None).unwrap();
+    let e = run("ADD", &chained).unwrap_err();
+    assert!(e.details.contains("owned by uid 65534"), "{e}");
 }
 
 #[test]
