@@ -8,6 +8,12 @@
 //! It comes from an annotation: [`ANNOTATION_CONFIG`] (inline JSON) or
 //! [`ANNOTATION_CONFIG_FILE`] (the path of a root-owned file that neither
 //! group nor others may write).
+//!
+//! The hook runs as root, and whoever sets a container's annotations may be
+//! trusted less than root: inline configuration may not name what root
+//! would run, read or write on its behalf ([`INLINE_REFUSED`]: the
+//! userspace program, any `*File` path, `stateDir`). A root-owned
+//! configuration file may.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -36,6 +42,14 @@ pub const DEFAULT_NAME: &str = "oci";
 /// `PATH` is never consulted.
 pub const USERSPACE_CANDIDATES: [&str; 2] =
     ["/usr/bin/wireguard-go", "/usr/local/bin/wireguard-go"];
+
+/// Fields that inline configuration ([`ANNOTATION_CONFIG`]) may not set:
+/// the program run as root (`userspaceImplementation`) and the directory
+/// written as root (`stateDir`). Neither may any field whose name ends in
+/// `File` (`privateKeyFile`, `logFile`, a peer's `presharedKeyFile`), the
+/// paths read or written as root. A root-owned configuration file
+/// ([`ANNOTATION_CONFIG_FILE`]) may set them all.
+pub const INLINE_REFUSED: [&str; 2] = ["userspaceImplementation", "stateDir"];
 
 /// Largest configuration (inline or file) accepted.
 const MAX_CONFIG: u64 = 1 << 20;
@@ -139,6 +153,7 @@ impl Config {
                         reason: format!("larger than {MAX_CONFIG} bytes"),
                     });
                 }
+                refuse_privileged_inline(inline.as_bytes())?;
                 Self::parse(inline.as_bytes()).map(Some)
             }
             (None, Some(path)) => Self::from_file(Path::new(path)).map(Some),
@@ -147,13 +162,15 @@ impl Config {
 
     /// The state directory named by the annotations, without validating the
     /// rest of the configuration: what a teardown needs when the
-    /// configuration no longer parses (or its file is gone).
+    /// configuration no longer parses (or its file is gone). Inline
+    /// configuration cannot name one ([`INLINE_REFUSED`]): always
+    /// [`DEFAULT_STATE_DIR`] for it.
     pub fn state_dir_of(annotations: &BTreeMap<String, String>) -> PathBuf {
         let raw = match (
             annotations.get(ANNOTATION_CONFIG),
             annotations.get(ANNOTATION_CONFIG_FILE),
         ) {
-            (Some(inline), _) => Some(Zeroizing::new(inline.clone().into_bytes())),
+            (Some(_), _) => None,
             (None, Some(path)) => {
                 let path = Path::new(path);
                 let mut buf = Zeroizing::new(Vec::new());
@@ -236,6 +253,49 @@ pub(crate) fn default_userspace() -> Option<Userspace> {
         .map(Path::new)
         .find(|p| p.is_file())
         .map(Userspace::new)
+}
+
+/// Refuse inline configuration that names a program, a file or the state
+/// directory ([`INLINE_REFUSED`]), naming the field. Set to `null` counts
+/// as absent, as everywhere in the schema. JSON that does not parse is
+/// left to [`Config::parse`] to report.
+fn refuse_privileged_inline(json: &[u8]) -> Result<()> {
+    let Ok(mut v) = serde_json::from_slice::<Value>(json) else {
+        return Ok(());
+    };
+    let refused = |o: &serde_json::Map<String, Value>| {
+        o.iter()
+            .filter(|(_, val)| !val.is_null())
+            .map(|(k, _)| k)
+            .find(|k| INLINE_REFUSED.contains(&k.as_str()) || k.ends_with("File"))
+            .cloned()
+    };
+    let found = v.as_object().and_then(|o| {
+        refused(o).or_else(|| {
+            o.get("peers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .find_map(|(i, p)| {
+                    p.as_object()
+                        .and_then(refused)
+                        .map(|k| format!("peers[{i}].{k}"))
+                })
+        })
+    });
+    wipe_secrets(&mut v);
+    match found {
+        None => Ok(()),
+        Some(field) => Err(Error::Annotation {
+            annotation: ANNOTATION_CONFIG,
+            reason: format!(
+                "{field} may not be set inline: inline configuration cannot name a program, \
+                 a file or the state directory the hook uses as root; put it in a root-owned \
+                 file and give {ANNOTATION_CONFIG_FILE}"
+            ),
+        }),
+    }
 }
 
 /// A regular file owned by root, writable by nobody else.
@@ -389,12 +449,13 @@ mod tests {
 
     #[test]
     fn state_dir_of_survives_a_broken_configuration() {
+        // Inline configuration cannot move the state directory, broken or not.
         assert_eq!(
             Config::state_dir_of(&ann(
                 ANNOTATION_CONFIG,
                 r#"{"stateDir":"/x/y","peers":"garbage"}"#
             )),
-            Path::new("/x/y")
+            Path::new(DEFAULT_STATE_DIR)
         );
         assert_eq!(
             Config::state_dir_of(&ann(ANNOTATION_CONFIG, "not json")),
@@ -404,6 +465,89 @@ mod tests {
             Config::state_dir_of(&ann(ANNOTATION_CONFIG_FILE, "/nonexistent/wgoci.json")),
             Path::new(DEFAULT_STATE_DIR)
         );
+    }
+
+    /// Each field that names a program, a file or the state directory is
+    /// refused inline, naming it, with nothing secret in the message.
+    #[test]
+    fn inline_configuration_may_not_name_programs_files_or_the_state_dir() {
+        let secret = "c2VjcmV0LXZhbHVlLW5vdC1hLWtleQ==";
+        for (json, field) in [
+            (
+                r#"{"userspaceImplementation":"/usr/bin/id"}"#.to_string(),
+                "userspaceImplementation",
+            ),
+            (r#"{"stateDir":"/etc"}"#.to_string(), "stateDir"),
+            (
+                r#"{"privateKeyFile":"/etc/shadow"}"#.to_string(),
+                "privateKeyFile",
+            ),
+            (r#"{"logFile":"/etc/ld.so.preload"}"#.to_string(), "logFile"),
+            (
+                format!(
+                    r#"{{"privateKey":"{secret}","peers":[{{"publicKey":"{P1}","allowedIPs":["10.77.0.1/32"]}},{{"publicKey":"{P1}","presharedKeyFile":"/root/psk"}}]}}"#
+                ),
+                "peers[1].presharedKeyFile",
+            ),
+            // Any field named *File, also one the schema may add later.
+            (r#"{"fooFile":"/x"}"#.to_string(), "fooFile"),
+        ] {
+            let e = Config::from_annotations(&ann(ANNOTATION_CONFIG, &json))
+                .expect_err(field)
+                .to_string();
+            assert!(
+                e.contains(&format!("{field} may not be set inline")),
+                "{field}: {e}"
+            );
+            assert!(e.contains(ANNOTATION_CONFIG_FILE), "{e}");
+            assert!(!e.contains(secret), "{e}");
+        }
+        // Null is absent; the rest of inline configuration still works.
+        let c = Config::from_annotations(&ann(
+            ANNOTATION_CONFIG,
+            &format!(
+                r#"{{"stateDir":null,"userspaceImplementation":null,"address":"10.77.0.2/24","peers":[{{"publicKey":"{P1}","allowedIPs":["10.77.0.1/32"],"presharedKeyFile":null}}]}}"#
+            ),
+        ))
+        .expect("inline without privileged fields")
+        .expect("a configuration");
+        assert_eq!(c.state_dir(), Path::new(DEFAULT_STATE_DIR));
+        // The library's own parser (a trusted caller) keeps every field.
+        let c = Config::parse(br#"{"stateDir":"/tmp/s","privateKeyFile":"/etc/k"}"#)
+            .expect("the embedding API is not an annotation");
+        assert_eq!(c.state_dir(), Path::new("/tmp/s"));
+    }
+
+    /// A root-owned configuration file may set what inline cannot.
+    #[test]
+    fn a_root_owned_file_may_name_programs_files_and_the_state_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: files owned by root need root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("wgoci-priv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("c.json");
+        std::fs::write(
+            &f,
+            format!(
+                r#"{{"stateDir":"/tmp/wgoci-y","userspaceImplementation":"/usr/bin/wireguard-go",
+                    "privateKeyFile":"/etc/wireguard/k","logFile":"/tmp/wgoci-y/log",
+                    "peers":[{{"publicKey":"{P1}","presharedKeyFile":"/etc/wireguard/psk"}}]}}"#
+            ),
+        )
+        .expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let c = Config::from_annotations(&ann(ANNOTATION_CONFIG_FILE, &f.display().to_string()))
+            .expect("root-owned file")
+            .expect("a configuration");
+        assert_eq!(c.state_dir(), Path::new("/tmp/wgoci-y"));
+        assert_eq!(
+            c.net_conf().userspace_implementation.as_deref(),
+            Some(Path::new("/usr/bin/wireguard-go"))
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
