@@ -1,6 +1,6 @@
 //! `WireGuardAddressBlock`: a block of a network's pool claimed by a node.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,9 @@ const NAME_RULE: &str = "self.metadata.name == self.spec.network + '.' + self.sp
 /// the CIDR (see [`WireGuardAddressBlock::name_for`]; the apiserver refuses
 /// any other name), so a second claim of the same block fails with
 /// AlreadyExists. The spec never changes; releasing a block is deleting it.
+/// The claiming node's agent makes its Node object the block's owner
+/// ([`WireGuardAddressBlock::owned_by_node`]), so the garbage collector
+/// deletes the blocks of a deleted node.
 // `printcolumn(type_ = "string", ..)` twice is two columns, not a
 // duplicated attribute (clippy reads the derive's arguments as attributes).
 #[allow(clippy::duplicated_attributes)]
@@ -89,6 +92,47 @@ impl WireGuardAddressBlock {
             },
         )
     }
+
+    /// The same claim with the claiming node's Node object (UID
+    /// `node_uid`) as its owner: when the Node is deleted, Kubernetes's
+    /// garbage collector deletes the block. Neither a controller nor a
+    /// blocking owner (`blockOwnerDeletion` would need rights on Nodes).
+    pub fn owned_by_node(mut self, node_uid: &str) -> Self {
+        self.metadata.owner_references = Some(vec![Self::node_owner(
+            self.spec.node_name.as_str(),
+            node_uid,
+        )]);
+        self
+    }
+
+    /// The owner reference to Node `node` (UID `node_uid`) a block of that
+    /// node carries.
+    pub fn node_owner(node: &str, node_uid: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: node.into(),
+            uid: node_uid.into(),
+            controller: None,
+            block_owner_deletion: None,
+        }
+    }
+
+    /// The UID of the Node that owns this block according to its owner
+    /// references: the one of kind Node named as `spec.nodeName`. `None`:
+    /// no such owner (a block claimed before blocks had owners, or while
+    /// the agent could not learn its Node's UID).
+    pub fn node_owner_uid(&self) -> Option<&str> {
+        self.metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|o| {
+                o.api_version == "v1" && o.kind == "Node" && o.name == self.spec.node_name.as_str()
+            })
+            .map(|o| o.uid.as_str())
+    }
 }
 
 impl WireGuardAddressBlockSpec {
@@ -136,5 +180,26 @@ mod tests {
         );
         assert_eq!(v["apiVersion"], "wireguard.wg-netns.io/v1alpha1");
         assert_eq!(v["kind"], "WireGuardAddressBlock");
+        assert!(v["metadata"].get("ownerReferences").is_none());
+        assert_eq!(b.node_owner_uid(), None);
+    }
+
+    #[test]
+    fn owned_by_its_node() {
+        let cidr: IpNetwork = "10.244.1.0/26".parse().unwrap();
+        let b = WireGuardAddressBlock::claim("pods", &cidr, "node-1").owned_by_node("uid-1");
+        assert_eq!(b.node_owner_uid(), Some("uid-1"));
+        let v = serde_json::to_value(&b).unwrap();
+        assert_eq!(
+            v["metadata"]["ownerReferences"],
+            serde_json::json!([{"apiVersion": "v1", "kind": "Node", "name": "node-1", "uid": "uid-1"}])
+        );
+        // Another node's, or another kind's, reference is not the owner.
+        let mut other = b.clone();
+        other.metadata.owner_references.as_mut().unwrap()[0].name = "node-2".into();
+        assert_eq!(other.node_owner_uid(), None);
+        let mut other = b.clone();
+        other.metadata.owner_references.as_mut().unwrap()[0].kind = "Pod".into();
+        assert_eq!(other.node_owner_uid(), None);
     }
 }

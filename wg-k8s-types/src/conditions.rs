@@ -7,14 +7,25 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 /// A network's pools have no free block for a node.
 pub const POOLS_EXHAUSTED: &str = "PoolsExhausted";
+/// An attachment is taken as a mesh peer by the other members (False: it
+/// is ignored, the reason says why).
+pub const MESH_MEMBER: &str = "MeshMember";
 
 /// Reason: the spec breaks a rule the apiserver did not check (an object
 /// stored under an older CRD).
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 /// Reason: a peer's preshared key Secret or key is missing or not a key.
 pub const REASON_SECRET_NOT_FOUND: &str = "SecretNotFound";
+/// Reason: a peer's preshared key Secret is in a namespace that did not
+/// let the agent read Secrets (no RoleBinding of `wg-agent-preshared-keys`).
+pub const REASON_SECRET_FORBIDDEN: &str = "SecretForbidden";
+/// Reason: a peer's endpoint is outside its network's `peerEndpoints`.
+pub const REASON_ENDPOINT_NOT_ALLOWED: &str = "EndpointNotAllowed";
 /// Reason: the referenced WireGuardNetwork does not exist.
 pub const REASON_NETWORK_NOT_FOUND: &str = "NetworkNotFound";
+/// Reason: an address an attachment publishes lies outside its node's
+/// address blocks, so no member routes it there.
+pub const REASON_ADDRESS_NOT_OWNED: &str = "AddressNotOwned";
 /// Reason: everything is applied.
 pub const REASON_APPLIED: &str = "Applied";
 

@@ -13,8 +13,8 @@
 //! The schemas carry the validation, so the apiserver refuses a bad object
 //! when it is written: patterns and bounds in OpenAPI (keys, names, ports,
 //! lengths) and CEL rules (`x-kubernetes-validations`: CIDRs, endpoints,
-//! durations, MTU, port ranges, overlapping pools, immutable specs, block
-//! names). The same rules exist in Rust (`validate`/`check`/`parse`
+//! durations, MTU, port ranges, overlapping pools, add-only pools and
+//! immutable block sizes, immutable specs, block names). The same rules exist in Rust (`validate`/`check`/`parse`
 //! methods), returning the wg-netns types ([`wg_netns::PublicKey`],
 //! [`wg_netns::IpNetwork`], [`wg_netns::Endpoint`]) so the agent parses each
 //! object once. No private or preshared key is a field of any of them: a

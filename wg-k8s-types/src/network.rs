@@ -1,6 +1,6 @@
 //! `WireGuardNetwork`: a network of pods' WireGuard interfaces.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -38,10 +38,14 @@ pub struct WireGuardNetworkSpec {
     /// Networks the pods' addresses are taken from, IPv4 and/or IPv6 (one
     /// address per family and pod). Each node claims blocks of a pool
     /// (WireGuardAddressBlock) and gives its pods addresses from them.
-    /// Pools must not overlap.
+    /// Pools must not overlap. Pools can be added, never removed, and a
+    /// pool's blockSize never changes: nodes hold blocks of the pools and
+    /// pods addresses of them (to move a network to other pools, create a
+    /// new network).
     #[schemars(length(min = 1, max = 16))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cidr"]))]
     #[x_kube(validation = Rule::new("self.all(a, self.all(b, a.cidr == b.cidr || !isCIDR(a.cidr) || !isCIDR(b.cidr) || (!cidr(a.cidr).containsCIDR(b.cidr) && !cidr(b.cidr).containsCIDR(a.cidr))))").message("address pools must not overlap"))]
+    #[x_kube(validation = Rule::new(POOLS_ADD_ONLY_RULE).message("address pools can be added, not removed: nodes hold blocks and pods addresses of them (create a new network to use other pools)"))]
     pub address_pools: Vec<AddressPool>,
 
     /// MTU of the pods' WireGuard interfaces: bytes (1280..65535), or
@@ -82,7 +86,9 @@ pub struct WireGuardNetworkSpec {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub routes: Vec<CidrString>,
 
-    /// Name of the WireGuard interface in the pod.
+    /// Name of the WireGuard interface in the pod: 1 to 15 lower-case
+    /// letters, digits and '-', ending with a letter or digit (it is also
+    /// part of the pod's WireGuardAttachment name).
     #[serde(default)]
     pub interface_name: InterfaceName,
 
@@ -91,23 +97,53 @@ pub struct WireGuardNetworkSpec {
     /// or "ignore" (the pod starts without this network's interface).
     #[serde(default)]
     pub failure_policy: FailurePolicy,
+
+    /// Which namespaces' pods may join the network: a label selector on
+    /// Namespaces (e.g. `matchLabels: {kubernetes.io/metadata.name: team-a}`).
+    /// Absent: every namespace (set it on a cluster shared by tenants). A
+    /// pod of another namespace is refused at creation, and an attachment
+    /// of another namespace is no mesh member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// Where this network's WireGuardPeers may send: networks their
+    /// endpoints must lie in. Absent: anywhere. An empty list: nowhere
+    /// (peers without an endpoint only, which reach the pods themselves).
+    /// A peer's endpoint is where the node sends the pods' encrypted
+    /// traffic from the node's own address (socketNamespace "host"), so on
+    /// a shared cluster an administrator bounds it here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub peer_endpoints: Option<Vec<CidrString>>,
 }
 
 fn default_true() -> bool {
     true
 }
 
+/// The transition rule of `addressPools`: every pool of the old spec is
+/// in the new one (pools are added, never removed).
+const POOLS_ADD_ONLY_RULE: &str = "oldSelf.all(p, self.exists(q, q.cidr == p.cidr))";
+
+/// The transition rule of one pool (the old and new pool of the same
+/// `cidr`, the list's key): the block size in effect, given or the
+/// family's default, does not change.
+const BLOCK_SIZE_IMMUTABLE_RULE: &str = "(has(self.blockSize) ? self.blockSize : (isCIDR(self.cidr) && cidr(self.cidr).ip().family() == 6 ? 122 : 26)) == (has(oldSelf.blockSize) ? oldSelf.blockSize : (isCIDR(oldSelf.cidr) && cidr(oldSelf.cidr).ip().family() == 6 ? 122 : 26))";
+
 /// One address pool of a network.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.blockSize) || !isCIDR(self.cidr) || (self.blockSize >= cidr(self.cidr).prefixLength() && self.blockSize <= (cidr(self.cidr).ip().family() == 4 ? 32 : 128))").message("blockSize must be a prefix length between the pool's own and 32 (IPv4) or 128 (IPv6)"))]
+#[x_kube(validation = Rule::new(BLOCK_SIZE_IMMUTABLE_RULE).message("a pool's blockSize cannot change: nodes hold blocks of the old size (add a new pool instead)"))]
 pub struct AddressPool {
     /// The pool, a network in canonical CIDR form such as 10.244.0.0/16 or
     /// fd00:10::/64.
     pub cidr: CidrString,
 
     /// Prefix length of the blocks nodes claim from this pool. Absent: 26
-    /// for IPv4 (64 addresses per block), 122 for IPv6.
+    /// for IPv4 (64 addresses per block), 122 for IPv6. It cannot change
+    /// once the pool exists (writing the default out is no change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 128), extend("format" = "int32"))]
     pub block_size: Option<u8>,
@@ -261,7 +297,7 @@ pub struct WireGuardNetworkStatus {
 }
 
 /// A network's spec once checked: what the agent works with.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NetworkConfig {
     /// The pools, each with its block prefix length.
     pub pools: Vec<(IpNetwork, u8)>,
@@ -281,6 +317,10 @@ pub struct NetworkConfig {
     pub interface_name: wg_netns::IfName,
     /// What the plugin does without an agent.
     pub failure_policy: FailurePolicy,
+    /// Which namespaces may join (`None`: all).
+    pub namespace_selector: Option<LabelSelector>,
+    /// Where peers may send (`None`: anywhere).
+    pub peer_endpoints: Option<Vec<IpNetwork>>,
 }
 
 impl WireGuardNetworkSpec {
@@ -323,6 +363,25 @@ impl WireGuardNetworkSpec {
             .interface_name
             .parse()
             .map_err(|e| spec(e.within("interfaceName")))?;
+        let peer_endpoints = match &self.peer_endpoints {
+            None => None,
+            Some(list) => {
+                if list.len() > 32 {
+                    return Err(spec(FieldError::new(
+                        "peerEndpoints",
+                        "more than 32 networks",
+                    )));
+                }
+                let mut nets = Vec::with_capacity(list.len());
+                for (i, c) in list.iter().enumerate() {
+                    nets.push(
+                        c.parse()
+                            .map_err(|e| spec(e.within(&format!("peerEndpoints[{i}]"))))?,
+                    );
+                }
+                Some(nets)
+            }
+        };
         Ok(NetworkConfig {
             pools,
             mtu: self.mtu,
@@ -337,6 +396,57 @@ impl WireGuardNetworkSpec {
                 .collect(),
             interface_name,
             failure_policy: self.failure_policy,
+            namespace_selector: self.namespace_selector.clone(),
+            peer_endpoints,
+        })
+    }
+}
+
+impl WireGuardNetworkSpec {
+    /// Check a change from `old` to this spec as the apiserver does (its
+    /// transition rules): every old pool is still there, with the block
+    /// size in effect unchanged. Each spec is checked on its own by
+    /// [`WireGuardNetworkSpec::validate`].
+    pub fn check_update(&self, old: &WireGuardNetworkSpec) -> Result<(), FieldError> {
+        let spec = |e: FieldError| e.within("spec");
+        for (i, was) in old.address_pools.iter().enumerate() {
+            let Some((j, now)) = self
+                .address_pools
+                .iter()
+                .enumerate()
+                .find(|(_, p)| p.cidr == was.cidr)
+            else {
+                return Err(spec(FieldError::new(
+                    "addressPools",
+                    format!(
+                        "pool {} (addressPools[{i}] before) was removed: pools can be added, not removed",
+                        was.cidr
+                    ),
+                )));
+            };
+            let (a, b) = (was.effective_block_size(), now.effective_block_size());
+            if a != b {
+                return Err(spec(FieldError::new(
+                    format!("addressPools[{j}].blockSize"),
+                    format!(
+                        "pool {}: blockSize cannot change ({a} before, {b} now)",
+                        now.cidr
+                    ),
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AddressPool {
+    /// The block size in effect as the transition rule computes it: the
+    /// given one, or the family's default (an unparsable CIDR counts as
+    /// IPv4, as in the rule).
+    fn effective_block_size(&self) -> u8 {
+        self.block_size.unwrap_or_else(|| match self.cidr.parse() {
+            Ok(n) if n.is_ipv6() => DEFAULT_BLOCK_SIZE_V6,
+            _ => DEFAULT_BLOCK_SIZE_V4,
         })
     }
 }
@@ -448,6 +558,43 @@ mod tests {
         let mut v = minimal();
         v["socketNamespace"] = serde_json::json!("node");
         assert!(serde_json::from_value::<WireGuardNetworkSpec>(v).is_err());
+    }
+
+    #[test]
+    fn updates() {
+        let spec = |v: serde_json::Value| -> WireGuardNetworkSpec {
+            serde_json::from_value(serde_json::json!({ "addressPools": v })).unwrap()
+        };
+        let old = spec(
+            serde_json::json!([{"cidr": "10.244.0.0/16"}, {"cidr": "fd00::/64", "blockSize": 120}]),
+        );
+        // Added, reordered, the default written out: accepted.
+        for ok in [
+            serde_json::json!([{"cidr": "10.244.0.0/16"}, {"cidr": "fd00::/64", "blockSize": 120}, {"cidr": "10.245.0.0/16", "blockSize": 28}]),
+            serde_json::json!([{"cidr": "fd00::/64", "blockSize": 120}, {"cidr": "10.244.0.0/16", "blockSize": 26}]),
+        ] {
+            spec(ok.clone())
+                .check_update(&old)
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        // Removed, or a block size changed (also by dropping it): refused.
+        for (bad, field) in [
+            (
+                serde_json::json!([{"cidr": "10.244.0.0/16"}]),
+                "spec.addressPools",
+            ),
+            (
+                serde_json::json!([{"cidr": "10.244.0.0/16", "blockSize": 24}, {"cidr": "fd00::/64", "blockSize": 120}]),
+                "spec.addressPools[0].blockSize",
+            ),
+            (
+                serde_json::json!([{"cidr": "10.244.0.0/16"}, {"cidr": "fd00::/64"}]),
+                "spec.addressPools[1].blockSize",
+            ),
+        ] {
+            let e = spec(bad.clone()).check_update(&old).unwrap_err();
+            assert_eq!(e.field, field, "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -486,12 +486,19 @@ impl JsonSchema for ObjectName {
     }
 }
 
-/// Printable ASCII without `/` and `:`, 1 to 15 characters.
-pub const IFNAME_PATTERN: &str = "^[!-.0-9;-~]{1,15}$";
+/// What a network's `interfaceName` (and an attachment's `interface`) may
+/// be: 1 to 15 lower-case ASCII letters, digits and `-`, ending with a
+/// letter or digit. Exactly what the node agent can use: the name is a
+/// Linux interface name (wg-netns's `IfName`), part of the node's record
+/// and key file names (letters, digits, `-`, `_`), and the last part of the
+/// pod's WireGuardAttachment name `POD-INTERFACE` (a DNS subdomain:
+/// lower-case, and ending with a letter or digit).
+pub const IFNAME_PATTERN: &str = "^[-a-z0-9]{0,14}[a-z0-9]$";
 
 string_newtype! {
-    /// A Linux interface name: 1 to 15 printable ASCII characters, no `/`
-    /// or `:`, not `.` or `..`. Defaults to `wg0`.
+    /// The name of a pod's WireGuard interface: 1 to 15 lower-case ASCII
+    /// letters, digits and `-`, ending with a letter or digit
+    /// ([`IFNAME_PATTERN`]). Defaults to `wg0`.
     InterfaceName
 }
 
@@ -501,24 +508,31 @@ impl Default for InterfaceName {
     }
 }
 
+/// Whether `s` matches [`IFNAME_PATTERN`].
+fn is_interface_name(s: &str) -> bool {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=15).contains(&s.len())
+        && s.bytes().all(|b| ok(b) || b == b'-')
+        && s.bytes().last().is_some_and(ok)
+}
+
 impl InterfaceName {
     /// Parse into the wg-netns name.
     pub fn parse(&self) -> Result<IfName, FieldError> {
         let s = self.as_str();
-        if !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(FieldError::new(
-                "",
-                format!("{s:?} is not printable ASCII without spaces"),
-            ));
-        }
-        IfName::new(s).map_err(|_| {
+        let bad = || {
             FieldError::new(
                 "",
                 format!(
-                    "{s:?} is not an interface name (1-15 bytes, no '/', ':', not '.' or '..')"
+                    "{s:?} is not an interface name the node agent can use \
+                     (1 to 15 lower-case letters, digits and '-', ending with a letter or digit)"
                 ),
             )
-        })
+        };
+        if !is_interface_name(s) {
+            return Err(bad());
+        }
+        IfName::new(s).map_err(|_| bad())
     }
 
     /// Check without keeping the result.
@@ -540,7 +554,6 @@ impl JsonSchema for InterfaceName {
             "minLength": 1,
             "maxLength": 15,
             "pattern": IFNAME_PATTERN,
-            "x-kubernetes-validations": [rule("self != '.' && self != '..'", "'.' and '..' are not interface names")],
         })
     }
 }
@@ -961,7 +974,9 @@ mod tests {
         assert!("A".parse::<NetworkName>().is_err());
         assert!("a.b-c.d".parse::<ObjectName>().is_ok());
         assert!("-a".parse::<ObjectName>().is_err());
-        assert!("wg0".parse::<InterfaceName>().is_ok());
+        for good in ["wg0", "w", "0", "wg-pods", "-wg", "fifteen-chars-x"] {
+            assert!(good.parse::<InterfaceName>().is_ok(), "{good:?}");
+        }
         for bad in [
             "",
             ".",
@@ -971,6 +986,15 @@ mod tests {
             "eth0:1",
             "sixteen-chars-xx",
             "wé",
+            // What the agent cannot use: its records and keys are named
+            // with letters, digits, '-' and '_' only, and the attachment
+            // POD-INTERFACE is a DNS subdomain.
+            "wg.0",
+            "wg+0",
+            "WG0",
+            "wg_0",
+            "wg-",
+            "-",
         ] {
             assert!(bad.parse::<InterfaceName>().is_err(), "{bad:?}");
         }

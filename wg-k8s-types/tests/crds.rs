@@ -180,25 +180,69 @@ fn bad_examples_are_refused_by_rust_validation() {
     }
 }
 
-/// The first object of each update example is valid (it is created for
-/// real before the refused update), and the file says why the update must
-/// be refused.
-#[test]
-fn update_examples_start_valid() {
-    let dir = manifests().join("examples/bad-update");
+/// The objects of each update example (bad-update: refused, good-update:
+/// accepted): both valid on their own (the first is created for real),
+/// with a comment saying why; the Rust side's verdict on a network's
+/// update ([`wg_k8s_types::WireGuardNetworkSpec::check_update`]) is the
+/// example's. Returns how many examples there are.
+fn update_examples(dir: &str, refused: bool) -> usize {
+    let dir = manifests().join("examples").join(dir);
     let mut n = 0;
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.contains("# refused: "), "{}", p.display());
+        let why = if refused {
+            "# refused: "
+        } else {
+            "# accepted: "
+        };
+        assert!(text.contains(why), "{}: no '{why}' comment", p.display());
         let docs = serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap();
         assert_eq!(docs.len(), 2, "{}", p.display());
-        for d in docs {
-            if let Err(e) = check_object(&p, d) {
+        for d in &docs {
+            if let Err(e) = check_object(&p, d.clone()) {
                 panic!("{}: {e}", p.display());
             }
         }
+        if docs[0]["kind"] == "WireGuardNetwork" {
+            let spec = |d: &serde_json::Value| -> wg_k8s_types::WireGuardNetworkSpec {
+                serde_json::from_value(d["spec"].clone()).unwrap()
+            };
+            let verdict = spec(&docs[1]).check_update(&spec(&docs[0]));
+            assert_eq!(verdict.is_err(), refused, "{}: {verdict:?}", p.display());
+        }
         n += 1;
     }
-    assert!(n >= 3);
+    n
+}
+
+#[test]
+fn update_examples_start_valid() {
+    assert!(update_examples("bad-update", true) >= 6);
+    assert!(update_examples("good-update", false) >= 2);
+}
+
+/// The interface names of examples/interface-names.txt (which
+/// scripts/crd-check gives the apiserver) are judged by the Rust side as
+/// the file says.
+#[test]
+fn interface_names_as_listed() {
+    let text = std::fs::read_to_string(manifests().join("examples/interface-names.txt")).unwrap();
+    let mut seen = [0, 0];
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (verdict, name) = line.split_once(' ').unwrap();
+        let name: String = serde_json::from_str(name).unwrap();
+        let accept = match verdict {
+            "accept" => true,
+            "refuse" => false,
+            other => panic!("{line}: {other} is not accept or refuse"),
+        };
+        let got = wg_k8s_types::InterfaceName::unchecked(name.clone()).check();
+        assert_eq!(got.is_ok(), accept, "{name:?}: {got:?}");
+        seen[usize::from(accept)] += 1;
+    }
+    assert!(seen[0] > 100 && seen[1] > 100, "{seen:?}");
 }
