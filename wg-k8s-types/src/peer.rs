@@ -51,10 +51,16 @@ use crate::values::{
         description = "addresses the peer may use"
     ),
     printcolumn(
-        name = "Applied",
-        type_ = "integer",
-        json_path = ".status.appliedTo",
-        description = "pod interfaces that have this peer"
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "whether the agents apply it (False: the reason says why)"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Applied, SecretForbidden, SecretNotFound, EndpointNotAllowed"
     ),
     printcolumn(
         name = "Public Key",
@@ -147,7 +153,9 @@ pub struct WireGuardPeerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Pod interfaces that have this peer configured.
+    /// Pod interfaces that have this peer configured (not written by the
+    /// agents: a count over every node would need every node to write;
+    /// the `Ready` condition says whether the peer is applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub applied_to: Option<i32>,
