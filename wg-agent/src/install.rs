@@ -4,9 +4,13 @@
 //! then keeps it chained.
 //!
 //! Runs as the DaemonSet's first step (`Installer::install`), then watches
-//! the conf dir (`Installer::watch`): a primary CNI that rewrites its file
-//! (flannel does at every restart) gets wg-cni re-inserted within about a
-//! second. Synchronous, no Kubernetes: the agent runs `watch` on a thread.
+//! the conf dir and the bin dir (`Installer::watch`): a primary CNI that
+//! rewrites its file (flannel does at every restart) gets wg-cni
+//! re-inserted within about a second, and a binary deleted or replaced is
+//! put back, also at the start of a restarted container (which runs no init
+//! container). Synchronous, no Kubernetes: the agent runs `watch` on a
+//! thread. Whether the agent's stop is an uninstall is [`removal`]'s
+//! question (the one part that talks to the apiserver).
 //!
 //! # Text-preserving edits
 //!
@@ -635,6 +639,47 @@ fn install_bytes(bytes: &[u8], bin_dir: &Path, name: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// Whether `target` holds the same bytes as `src` (false when `target`
+/// does not exist or is not a regular file). Read in chunks: the watch
+/// compares the binaries every 30 s without holding copies of them.
+fn same_bytes(src: &Path, target: &Path) -> Result<bool> {
+    use std::io::Read;
+    fn fill(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+    let mut t = match File::open(target) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err("reading", target)(e)),
+    };
+    let mut s = File::open(src).map_err(io_err("reading", src))?;
+    let tm = t.metadata().map_err(io_err("reading", target))?;
+    let sm = s.metadata().map_err(io_err("reading", src))?;
+    if !tm.is_file() || tm.len() != sm.len() {
+        return Ok(false);
+    }
+    let (mut a, mut b) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = fill(&mut s, &mut a).map_err(io_err("reading", src))?;
+        let m = fill(&mut t, &mut b).map_err(io_err("reading", target))?;
+        if a[..n] != b[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
 fn has_cni_extension(name: &str) -> Option<&'static str> {
     let ext = Path::new(name).extension()?.to_str()?;
     CNI_EXTENSIONS.into_iter().find(|e| *e == ext)
@@ -746,8 +791,10 @@ pub struct InstallOptions {
     pub conf_dir: PathBuf,
     /// WG_CNI_MODE: `chain` (default) or `secondary`.
     pub mode: Mode,
-    /// The conflist entry (WG_CNI_PLUGIN, `{"type":"wg-cni","managed":true}`).
-    /// Its `"type"` must equal `binary_name`: that is how libcni finds the binary.
+    /// The conflist entry (WG_CNI_PLUGIN, `{"type":"wg-cni","managed":true}`),
+    /// with the pod annotations capability declared
+    /// ([`declare_pod_annotations`]). Its `"type"` must equal `binary_name`:
+    /// that is how libcni finds the binary.
     pub plugin: Value,
     /// The binary's name in `bin_dir` ("wg-cni").
     pub binary_name: String,
@@ -761,6 +808,25 @@ pub struct InstallOptions {
     pub userspace_src: Option<PathBuf>,
 }
 
+/// Declare, in a conflist entry, the capability through which the runtime
+/// passes wg-cni the pod's annotations (`runtimeConfig`; libcni passes a
+/// capability only to the entries that declare it): with it, wg-cni passes
+/// pods that did not opt in without asking the agent, and applies an
+/// annotated pod's network's failure policy when the agent is down. An
+/// entry that sets the capability already (even to `false`) is kept.
+pub fn declare_pod_annotations(plugin: &mut Value) {
+    let Some(o) = plugin.as_object_mut() else {
+        return;
+    };
+    let caps = o
+        .entry("capabilities")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(caps) = caps.as_object_mut() {
+        caps.entry(wg_cni::managed::POD_ANNOTATIONS_CAPABILITY)
+            .or_insert(Value::Bool(true));
+    }
+}
+
 impl Default for InstallOptions {
     fn default() -> Self {
         InstallOptions {
@@ -768,7 +834,11 @@ impl Default for InstallOptions {
             bin_dir: "/host/opt/cni/bin".into(),
             conf_dir: "/host/etc/cni/net.d".into(),
             mode: Mode::Chain,
-            plugin: serde_json::json!({"type": PLUGIN_TYPE, "managed": true}),
+            plugin: {
+                let mut p = serde_json::json!({"type": PLUGIN_TYPE, "managed": true});
+                declare_pod_annotations(&mut p);
+                p
+            },
             binary_name: PLUGIN_TYPE.into(),
             state_file: "/var/lib/wg-agent/install.json".into(),
             userspace_src: Some("/opt/wg/bin/wireguard-go".into()),
@@ -813,6 +883,7 @@ impl InstallOptions {
                 var: "WG_CNI_PLUGIN",
                 msg: e.to_string(),
             })?;
+            declare_pod_annotations(&mut o.plugin);
         }
         o.validate()?;
         Ok(o)
@@ -1293,6 +1364,73 @@ impl Installer {
         })
     }
 
+    /// Puts back a plugin or userspace WireGuard binary that is missing, or
+    /// whose bytes (or, when ours, mode) are not the image's: what keeps a
+    /// node working when its binary was deleted or replaced while the
+    /// agent runs, or before its container restarted (a restart does not
+    /// run the init container again). Same rules as
+    /// [`install`](Self::install): the record first, a file that was there
+    /// before with other bytes saved for uninstall, one with the image's
+    /// bytes that is not ours left alone, the new file renamed over the old
+    /// one. A userspace binary the image does not ship (kernel-only) or
+    /// that is turned off is not looked at. Returns whether it wrote a
+    /// binary.
+    pub fn ensure_binaries(&self) -> Result<bool> {
+        let mut state = self.state()?;
+        let mut changed = false;
+        for which in [Managed::Plugin, Managed::Userspace] {
+            let Some(src) = self.src(which) else { continue };
+            if matches!(which, Managed::Userspace) && !src.exists() {
+                continue;
+            }
+            let target = self.target(which);
+            if same_bytes(src, &target)? {
+                let ours = which
+                    .record(&mut state)
+                    .as_ref()
+                    .is_some_and(|r| r.path == target);
+                let mode_ok = fs::metadata(&target).is_ok_and(|m| m.mode() & 0o7777 == 0o755);
+                if mode_ok || !ours {
+                    continue;
+                }
+            }
+            let bytes = fs::read(src).map_err(io_err("reading", src))?;
+            changed |= self.install_owned(&mut state, which, &bytes)?.written;
+        }
+        Ok(changed)
+    }
+
+    /// [`ensure_binaries`](Self::ensure_binaries), then
+    /// [`ensure_chained`](Self::ensure_chained): what
+    /// [`watch`](Self::watch) does at its start and every 30 s. Returns
+    /// whether it changed anything.
+    pub fn ensure_installed(&self) -> Result<bool> {
+        self.repair(true, true)
+    }
+
+    /// The binaries (`binaries`) and the conflist entry (`conflist`) put
+    /// back; both tried even when the first fails (its error returned).
+    fn repair(&self, binaries: bool, conflist: bool) -> Result<bool> {
+        let bins = if binaries {
+            self.ensure_binaries()
+        } else {
+            Ok(false)
+        };
+        let chain = if conflist {
+            self.ensure_chained()
+        } else {
+            Ok(false)
+        };
+        match (bins, chain) {
+            (Ok(a), Ok(b)) => Ok(a || b),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+            (Err(a), Err(b)) => {
+                tracing::warn!(error = %a, "cannot put the wg-cni binaries back");
+                Err(b)
+            }
+        }
+    }
+
     /// Undoes [`install_owned`](Self::install_owned) for `which`: removes
     /// the binary we installed, or restores the one it replaced, or leaves
     /// one whose bytes are not ours (any more, or as far as we can tell:
@@ -1372,73 +1510,89 @@ impl Installer {
         })
     }
 
-    /// Keeps wg-cni chained until `stop` is set: an inotify watch on the
-    /// conf dir (close-write, moved-to, create, delete of its CNI files),
-    /// a short debounce (100 ms of quiet, at most 500 ms), then
-    /// [`ensure_chained`](Self::ensure_chained). `on_change` gets the result of every check it runs
-    /// (`Ok(true)`: our entry was re-inserted), including one at the start
-    /// and one every 30 s without events. `stop` is looked at every 200 ms.
-    /// Creates the conf dir if it does not exist; a conf dir that is
-    /// deleted and recreated is watched again.
+    /// Keeps wg-cni installed until `stop` is set: inotify watches on the
+    /// conf dir (close-write, moved-to, create, delete of its CNI files)
+    /// and on the bin dir (the same, for the plugin's and the userspace
+    /// WireGuard binary's names), a short debounce (100 ms of quiet, at
+    /// most 500 ms), then [`ensure_chained`](Self::ensure_chained) for the
+    /// conf dir and [`ensure_binaries`](Self::ensure_binaries) for the bin
+    /// dir. `on_change` gets the result of every check it runs (`Ok(true)`:
+    /// something was put back), including one of both at the start (a
+    /// restarted container runs no init container) and one every 30 s
+    /// without events. `stop` is looked at every 200 ms. Creates a
+    /// directory that does not exist; one that is deleted and recreated is
+    /// watched again.
     pub fn watch(&self, stop: &AtomicBool, mut on_change: impl FnMut(&Result<bool>)) -> Result<()> {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
         use rustix::fs::inotify;
 
-        let dir = &self.opts.conf_dir;
+        let conf_dir = &self.opts.conf_dir;
+        let bin_dir = &self.opts.bin_dir;
         let ino = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
-            .map_err(|e| io_err("inotify_init for", dir)(e.into()))?;
+            .map_err(|e| io_err("inotify_init for", conf_dir)(e.into()))?;
         let mask = inotify::WatchFlags::CLOSE_WRITE
             | inotify::WatchFlags::MOVED_TO
             | inotify::WatchFlags::CREATE
             | inotify::WatchFlags::DELETE
             | inotify::WatchFlags::MOVED_FROM
+            | inotify::WatchFlags::ATTRIB
             | inotify::WatchFlags::DELETE_SELF
             | inotify::WatchFlags::MOVE_SELF
             | inotify::WatchFlags::ONLYDIR;
-        let add_watch = || -> Result<()> {
+        // Creates `dir` if needed and watches it: its watch descriptor.
+        let add_watch = |dir: &Path| -> Result<i32> {
             fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-            inotify::add_watch(&ino, dir, mask).map_err(|e| io_err("watching", dir)(e.into()))?;
-            Ok(())
+            inotify::add_watch(&ino, dir, mask).map_err(|e| io_err("watching", dir)(e.into()))
         };
-        let mut watching = match add_watch() {
-            Ok(()) => true,
+        let first = |dir: &Path| match add_watch(dir) {
+            Ok(wd) => Some(wd),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the CNI conf dir yet");
-                false
+                tracing::warn!(error = %e, "cannot watch the directory yet");
+                None
             }
         };
-        on_change(&self.ensure_chained());
+        let mut conf_wd = first(conf_dir);
+        let mut bin_wd = first(bin_dir);
+        on_change(&self.ensure_installed());
         let mut last_check = Instant::now();
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
         let timeout = Timespec::try_from(STOP_POLL).unwrap_or(Timespec {
             tv_sec: 0,
             tv_nsec: 200_000_000,
         });
+        let binary_names = [self.opts.binary_name.as_str(), USERSPACE_BINARY];
 
-        // Reads what is queued; returns (relevant, watch_lost).
-        let drain = |buf: &mut [std::mem::MaybeUninit<u8>]| -> (bool, bool) {
-            let mut relevant = false;
-            let mut lost = false;
+        // Reads what is queued: which directory had a relevant event, and
+        // the watch descriptors that are gone (the directory deleted or
+        // moved).
+        let drain = |buf: &mut [std::mem::MaybeUninit<u8>],
+                     conf_wd: Option<i32>,
+                     bin_wd: Option<i32>|
+         -> Due {
+            let mut due = Due::default();
             let mut reader = inotify::Reader::new(&ino, buf);
             loop {
                 match reader.next() {
                     Ok(ev) => {
                         let flags = ev.events();
+                        let (conf, bin) = (Some(ev.wd()) == conf_wd, Some(ev.wd()) == bin_wd);
                         if flags.intersects(inotify::ReadFlags::QUEUE_OVERFLOW) {
-                            relevant = true;
+                            due.conf = true;
+                            due.bin = true;
                         }
                         if flags.intersects(
                             inotify::ReadFlags::IGNORED
                                 | inotify::ReadFlags::DELETE_SELF
                                 | inotify::ReadFlags::MOVE_SELF,
                         ) {
-                            lost = true;
-                            relevant = true;
+                            due.conf_lost |= conf;
+                            due.bin_lost |= bin;
+                            due.conf |= conf;
+                            due.bin |= bin;
                         }
                         if let Some(name) = ev.file_name().and_then(|n| n.to_str().ok()) {
-                            if is_candidate_name(name) {
-                                relevant = true;
-                            }
+                            due.conf |= conf && is_candidate_name(name);
+                            due.bin |= bin && binary_names.contains(&name);
                         }
                     }
                     Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => break,
@@ -1448,7 +1602,7 @@ impl Installer {
                     }
                 }
             }
-            (relevant, lost)
+            due
         };
         let wait = |t: &Timespec| -> bool {
             let mut fds = [PollFd::new(&ino, PollFlags::IN)];
@@ -1456,17 +1610,16 @@ impl Installer {
         };
 
         while !stop.load(Ordering::Relaxed) {
-            if !watching {
-                watching = add_watch().is_ok();
+            if conf_wd.is_none() {
+                conf_wd = add_watch(conf_dir).ok();
             }
-            let mut relevant = false;
+            if bin_wd.is_none() {
+                bin_wd = add_watch(bin_dir).ok();
+            }
+            let mut due = Due::default();
             if wait(&timeout) {
-                let (r, lost) = drain(&mut buf);
-                relevant = r;
-                if lost {
-                    watching = false;
-                }
-                if relevant {
+                due = drain(&mut buf, conf_wd, bin_wd);
+                if due.conf || due.bin {
                     // Let the writer finish (a burst of events, a
                     // truncate-then-write): wait for quiet.
                     let started = Instant::now();
@@ -1475,20 +1628,27 @@ impl Installer {
                         tv_nsec: 100_000_000,
                     });
                     while started.elapsed() < DEBOUNCE_MAX && wait(&quiet) {
-                        let (_, lost) = drain(&mut buf);
-                        if lost {
-                            watching = false;
-                        }
+                        due.merge(drain(&mut buf, conf_wd, bin_wd));
                     }
                 }
-            }
-            if relevant || last_check.elapsed() >= RESYNC {
-                if !watching {
-                    watching = add_watch().is_ok();
+                if due.conf_lost {
+                    conf_wd = None;
                 }
-                let result = self.ensure_chained();
+                if due.bin_lost {
+                    bin_wd = None;
+                }
+            }
+            let resync = last_check.elapsed() >= RESYNC;
+            if due.conf || due.bin || resync {
+                if conf_wd.is_none() {
+                    conf_wd = add_watch(conf_dir).ok();
+                }
+                if bin_wd.is_none() {
+                    bin_wd = add_watch(bin_dir).ok();
+                }
+                let result = self.repair(due.bin || resync, due.conf || resync);
                 if let Err(e) = &result {
-                    tracing::warn!(error = %e, "keeping wg-cni chained");
+                    tracing::warn!(error = %e, "keeping wg-cni installed");
                 }
                 on_change(&result);
                 last_check = Instant::now();
@@ -1497,6 +1657,30 @@ impl Installer {
         Ok(())
     }
 }
+
+/// What a batch of inotify events asks [`Installer::watch`] to do.
+#[derive(Debug, Default, Clone, Copy)]
+struct Due {
+    /// Check the conflist.
+    conf: bool,
+    /// Check the binaries.
+    bin: bool,
+    /// The conf dir's watch is gone.
+    conf_lost: bool,
+    /// The bin dir's watch is gone.
+    bin_lost: bool,
+}
+
+impl Due {
+    fn merge(&mut self, other: Due) {
+        self.conf |= other.conf;
+        self.bin |= other.bin;
+        self.conf_lost |= other.conf_lost;
+        self.bin_lost |= other.bin_lost;
+    }
+}
+
+pub mod removal;
 
 #[cfg(test)]
 mod tests;

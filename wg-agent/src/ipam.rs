@@ -335,6 +335,130 @@ impl Iterator for Candidates {
 
 impl FusedIterator for Candidates {}
 
+impl Candidates {
+    /// Skip the next `n` blocks (all that are left when fewer remain).
+    fn skip_blocks(&mut self, n: u128) {
+        if self.done || n == 0 {
+            return;
+        }
+        if n > self.left {
+            self.done = true;
+        } else {
+            self.left -= n;
+            self.next = self.next.wrapping_add(n) & self.index_mask;
+        }
+    }
+
+    /// The first and last address of the next block, if any.
+    fn peek_span(&self) -> Option<Span> {
+        if self.done {
+            return None;
+        }
+        let shift = u32::from(max_bits(self.pool.v4()) - self.pool.block_prefix);
+        let first = self.pool.span().first | self.next.checked_shl(shift).unwrap_or(0);
+        Some(self.pool.block_span(first))
+    }
+}
+
+/// Networks claimed by anyone (the blocks of a network that exist, of any
+/// size, with any owner): a candidate block that shares one address with
+/// one of them is taken, not only one of the same name. So blocks cut at
+/// another size (a pool's block size from before an edit, or of an earlier
+/// network of the same name) are never claimed over, which would give one
+/// address to two pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// Per family (IPv4, IPv6): disjoint, non-adjacent ranges, sorted.
+    spans: [Vec<Span>; 2],
+}
+
+impl Taken {
+    /// The networks as taken ranges.
+    pub fn new<'a>(nets: impl IntoIterator<Item = &'a IpNetwork>) -> Taken {
+        let mut spans: [Vec<Span>; 2] = [Vec::new(), Vec::new()];
+        for net in nets {
+            spans[usize::from(!net.is_ipv4())].push(Span::of(net));
+        }
+        for family in &mut spans {
+            family.sort_by_key(|s| s.first);
+            let mut merged: Vec<Span> = Vec::with_capacity(family.len());
+            for s in family.drain(..) {
+                match merged.last_mut() {
+                    Some(m) if s.first <= m.last.saturating_add(1) => m.last = m.last.max(s.last),
+                    _ => merged.push(s),
+                }
+            }
+            *family = merged;
+        }
+        Taken { spans }
+    }
+
+    /// Whether `net` shares an address with a taken network.
+    pub fn overlaps(&self, net: &IpNetwork) -> bool {
+        self.overlap_end(net.is_ipv4(), Span::of(net)).is_some()
+    }
+
+    /// Whether nothing is taken.
+    pub fn is_empty(&self) -> bool {
+        self.spans.iter().all(Vec::is_empty)
+    }
+
+    /// When `span` overlaps a taken range: that range's last address.
+    fn overlap_end(&self, v4: bool, span: Span) -> Option<u128> {
+        let family = &self.spans[usize::from(!v4)];
+        let i = family.partition_point(|t| t.first <= span.last);
+        let t = family.get(i.checked_sub(1)?)?;
+        (t.last >= span.first).then_some(t.last)
+    }
+}
+
+/// The blocks of a pool in a node's order that overlap nothing taken: see
+/// [`Pool::free_candidates`].
+#[derive(Clone, Debug)]
+pub struct FreeCandidates<'a> {
+    inner: Candidates,
+    taken: &'a Taken,
+}
+
+impl Iterator for FreeCandidates<'_> {
+    type Item = IpNetwork;
+
+    fn next(&mut self) -> Option<IpNetwork> {
+        loop {
+            let span = self.inner.peek_span()?;
+            let Some(end) = self.taken.overlap_end(self.inner.pool.v4(), span) else {
+                return self.inner.next();
+            };
+            // Every block up to the one holding `end` (or the pool's last
+            // one) overlaps the same taken range: skip them at once, so a
+            // taken range much larger than a block costs one step.
+            let pool = self.inner.pool;
+            let shift = u32::from(max_bits(pool.v4()) - pool.block_prefix);
+            let last_index = if end >= pool.span().last {
+                self.inner.index_mask
+            } else {
+                (end - pool.span().first).checked_shr(shift).unwrap_or(0)
+            };
+            self.inner
+                .skip_blocks(last_index.saturating_sub(self.inner.next).saturating_add(1));
+        }
+    }
+}
+
+impl FusedIterator for FreeCandidates<'_> {}
+
+impl Pool {
+    /// [`Pool::candidates`] without the blocks that overlap anything in
+    /// `taken`. Each step costs at most one skip per taken range, however
+    /// many blocks the range covers.
+    pub fn free_candidates<'a>(&self, node: &str, taken: &'a Taken) -> FreeCandidates<'a> {
+        FreeCandidates {
+            inner: self.candidates(node),
+            taken,
+        }
+    }
+}
+
 // ----------------------------------------------------------------- errors
 
 /// Why the allocator refused. Every variant names the network.
@@ -860,6 +984,71 @@ impl Ipam {
         self.state(pool)
             .is_some_and(|s| self.free(pool) < Self::low_water(&s.pool))
     }
+
+    /// Owned blocks to give back now: every empty block when no owner
+    /// holds an address on this node (the node needs none of them; its
+    /// next pod claims a block again), otherwise the empty blocks beyond
+    /// the low-water mark ([`Ipam::surplus_blocks`]).
+    pub fn releasable_blocks(&self) -> Vec<IpNetwork> {
+        if self.owners.is_empty() {
+            self.empty_blocks()
+        } else {
+            self.surplus_blocks()
+        }
+    }
+
+    /// How many held addresses lie in `net` (any network: a block of the
+    /// pools or not, such as a block of a pool's old size).
+    pub fn held_within(&self, net: &IpNetwork) -> usize {
+        let span = Span::of(net);
+        let v4 = net.is_ipv4();
+        self.holders
+            .range(to_ip(span.first, v4)..=to_ip(span.last, v4))
+            .count()
+    }
+
+    /// Whether the allocator's pools are `pools` (as in
+    /// `NetworkConfig::pools`), in the same order.
+    pub fn has_pools(&self, pools: &[(IpNetwork, u8)]) -> bool {
+        self.pools.len() == pools.len()
+            && self
+                .pools
+                .iter()
+                .zip(pools)
+                .all(|(s, &(net, size))| s.pool.net == net && s.pool.block_prefix == size)
+    }
+
+    /// The allocator of the same network after an edit of its pools: the
+    /// owned blocks that are blocks of the new pools are kept (with their
+    /// cursors), and every owner keeps its addresses (those outside the
+    /// new pools' owned blocks become [strays](Ipam::strays): never handed
+    /// out again while held). Returns it with the owned blocks that are no
+    /// block of any new pool (a removed pool's, or cut at another size):
+    /// still claimed, to give back once no address of theirs is held
+    /// ([`Ipam::held_within`]).
+    pub fn with_pools(
+        &self,
+        pools: &[(IpNetwork, u8)],
+    ) -> Result<(Ipam, Vec<IpNetwork>), IpamError> {
+        let mut next = Ipam::new(self.network.clone(), pools)?;
+        let mut left_out = Vec::new();
+        for s in &self.pools {
+            for (&first, &cursor) in &s.blocks {
+                let Some(block) = Self::block_net(&s.pool, first) else {
+                    continue;
+                };
+                match next.locate_block(&block) {
+                    Ok(i) => {
+                        next.pools[i].blocks.insert(first, cursor);
+                    }
+                    Err(_) => left_out.push(block),
+                }
+            }
+        }
+        next.owners = self.owners.clone();
+        next.holders = self.holders.clone();
+        Ok((next, left_out))
+    }
 }
 
 #[cfg(test)]
@@ -1226,6 +1415,138 @@ mod tests {
         assert_ne!(node_hash("node-1"), node_hash("node-2"));
     }
 
+    #[test]
+    fn taken_counts_any_overlap() {
+        let taken = Taken::new(&[n("10.0.1.0/24"), n("10.0.2.64/26"), n("fd00::/120")]);
+        assert!(taken.overlaps(&n("10.0.1.64/26")), "inside");
+        assert!(taken.overlaps(&n("10.0.0.0/16")), "around");
+        assert!(taken.overlaps(&n("10.0.2.64/26")), "the same");
+        assert!(!taken.overlaps(&n("10.0.2.0/26")));
+        assert!(!taken.overlaps(&n("10.0.3.0/24")));
+        assert!(!taken.overlaps(&n("::a00:100/120")), "another family");
+        assert!(taken.overlaps(&n("fd00::80/121")));
+        assert!(Taken::new(&[]).is_empty());
+        assert!(!taken.is_empty());
+    }
+
+    #[test]
+    fn free_candidates_skip_blocks_of_any_size() {
+        // Blocks of /26 now; another node holds a /24 (cut when the block
+        // size was 24) and a /28 (cut at 28): no /26 overlapping them is
+        // a candidate, so no address can be given twice.
+        let p = Pool::new(n("10.0.0.0/22"), 26).unwrap();
+        let taken = Taken::new(&[n("10.0.1.0/24"), n("10.0.2.16/28")]);
+        for node in ["node-1", "node-2", "node-3"] {
+            let free: Vec<IpNetwork> = p.free_candidates(node, &taken).collect();
+            let all: Vec<IpNetwork> = p.candidates(node).filter(|b| !taken.overlaps(b)).collect();
+            assert_eq!(free, all, "{node}: in the node's order");
+            assert_eq!(free.len(), 16 - 4 - 1, "{node}: {free:?}");
+        }
+        // Everything taken (one range around the pool): nothing, at once.
+        let huge = Pool::new(n("fd00::/48"), 122).unwrap();
+        let all = Taken::new(&[n("fd00::/32")]);
+        assert_eq!(huge.free_candidates("node-1", &all).next(), None);
+        // A taken /64 in a /48 pool of /122 blocks (2^58 of them inside
+        // it) is passed in one step, whatever the node's first block.
+        let half = Taken::new(&[n("fd00:0:0:1::/64"), n("fd00::/64")]);
+        let first = huge.free_candidates("node-1", &half).next().unwrap();
+        assert!(!half.overlaps(&first) && huge.is_block(&first), "{first}");
+    }
+
+    #[test]
+    fn follows_pool_edits() {
+        let mut ipam = Ipam::new("pods", &[(n("10.0.0.0/24"), 26)]).unwrap();
+        ipam.add_block(n("10.0.0.64/26")).unwrap();
+        ipam.add_block(n("10.0.0.128/26")).unwrap();
+        let a = ipam.allocate("a").unwrap();
+        assert!(ipam.has_pools(&[(n("10.0.0.0/24"), 26)]));
+        // A pool added: blocks, cursors and addresses kept; the new pool
+        // needs a block before anyone gets an address of both.
+        let pools = [(n("10.0.0.0/24"), 26), (n("10.1.0.0/24"), 28)];
+        assert!(!ipam.has_pools(&pools));
+        let (mut next, left_out) = ipam.with_pools(&pools).unwrap();
+        assert!(left_out.is_empty());
+        assert!(next.has_pools(&pools));
+        assert_eq!(next.addresses("a"), Some(&a[..]));
+        assert_eq!(next.blocks(), ipam.blocks());
+        assert!(
+            matches!(next.allocate("b"), Err(IpamError::NeedBlock { pool, .. }) if pool == n("10.1.0.0/24"))
+        );
+        next.add_block(n("10.1.0.16/28")).unwrap();
+        let b = next.allocate("b").unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(
+            b[0].ip(),
+            ip("10.0.0.65"),
+            "after a's address, in the fullest block"
+        );
+        assert_eq!(b[1], n("10.1.0.16/24"));
+        // The block size changed (an edit the apiserver refuses, or a
+        // network deleted and made again): the old blocks are left out,
+        // their held addresses stay held (strays) and are never given.
+        let (mut cut, left_out) = next.with_pools(&[(n("10.0.0.0/24"), 25)]).unwrap();
+        assert_eq!(left_out.len(), 3, "{left_out:?}");
+        assert!(cut.blocks().is_empty());
+        assert_eq!(cut.held_within(&n("10.0.0.64/26")), 2);
+        assert_eq!(cut.held_within(&n("10.0.0.128/26")), 0);
+        assert_eq!(cut.held_within(&n("10.0.0.0/24")), 2);
+        assert_eq!(cut.strays().len(), 3);
+        cut.add_block(n("10.0.0.0/25")).unwrap();
+        let c = cut.allocate("c").unwrap();
+        assert!(!a.iter().chain(&b).any(|x| x.ip() == c[0].ip()), "{c:?}");
+        assert!(Ipam::new("pods", &[])
+            .unwrap()
+            .with_pools(&[(n("10.0.0.1/24"), 26)])
+            .is_err());
+    }
+
+    #[test]
+    fn releasable_blocks_when_empty() {
+        let mut ipam = Ipam::new("pods", &[(n("10.0.0.0/24"), 28)]).unwrap();
+        for b in ["10.0.0.16/28", "10.0.0.32/28", "10.0.0.48/28"] {
+            ipam.add_block(n(b)).unwrap();
+        }
+        // No pod on the node: every block goes back.
+        assert_eq!(ipam.releasable_blocks().len(), 3);
+        // Pods: the empty blocks beyond the low-water mark (8 free): a's
+        // block keeps 15.
+        let a = ipam.allocate("a").unwrap();
+        let r = ipam.releasable_blocks();
+        assert_eq!(r, ipam.surplus_blocks());
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r.iter().all(|b| !b.contains(a[0].ip())));
+        ipam.release("a");
+        assert_eq!(ipam.releasable_blocks().len(), 3);
+    }
+
+    proptest! {
+        /// Skipping taken ranges in steps gives exactly the candidates
+        /// that overlap nothing taken, in the same order.
+        #[test]
+        fn free_candidates_are_the_untaken_candidates(
+            node in "[a-z0-9-]{1,12}",
+            block_prefix in 24u8..=30,
+            taken in proptest::collection::vec((0u32..1024, 20u8..=32), 0..12),
+        ) {
+            let pool = Pool::new(n("10.0.0.0/22"), block_prefix).unwrap();
+            let nets: Vec<IpNetwork> = taken
+                .iter()
+                .map(|&(off, len)| {
+                    let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + off * 4);
+                    let net = IpNetwork::new(IpAddr::V4(a), len).unwrap();
+                    IpNetwork::new(net.network(), len).unwrap()
+                })
+                .collect();
+            let taken = Taken::new(&nets);
+            let fast: Vec<IpNetwork> = pool.free_candidates(&node, &taken).collect();
+            let slow: Vec<IpNetwork> = pool
+                .candidates(&node)
+                .filter(|b| nets.iter().all(|t| !(t.contains(b.network()) || b.contains(t.network()))))
+                .collect();
+            prop_assert_eq!(fast, slow);
+        }
+    }
+
     // ------------------------------------------------------- properties
 
     #[derive(Debug, Clone)]
@@ -1382,5 +1703,51 @@ mod tests {
                 i += 1;
             }
         }
+    }
+
+    /// The module's rule: a released address is not handed out again at
+    /// once (other nodes may still route it to the old pod's key); the
+    /// next allocation takes the address after it, and the freed one comes
+    /// back only when the cursor wraps round the block.
+    #[test]
+    fn a_released_address_is_not_reused_at_once() {
+        let mut ipam = Ipam::new("pods", &[(n("10.77.0.0/16"), 29)]).unwrap();
+        ipam.add_block(n("10.77.0.8/29")).unwrap();
+        let a = ipam.allocate("a").unwrap();
+        assert_eq!(a, vec![n("10.77.0.8/16")]);
+        assert_eq!(ipam.release("a"), a);
+        let b = ipam.allocate("b").unwrap();
+        assert_eq!(
+            b,
+            vec![n("10.77.0.9/16")],
+            "the next one, not the freed one"
+        );
+        let rest: Vec<IpNetwork> = (0..6)
+            .map(|i| ipam.allocate(&format!("o{i}")).unwrap()[0])
+            .collect();
+        assert_eq!(rest.last(), Some(&n("10.77.0.15/16")));
+        // Only now, the block's last address taken, the cursor wraps.
+        assert_eq!(ipam.allocate("c").unwrap(), a);
+    }
+
+    /// Two pools of one family overlap when either contains the other,
+    /// whichever comes first in the list; touching ones do not.
+    #[test]
+    fn overlapping_pools_are_refused_in_either_order() {
+        for pools in [
+            [(n("10.0.0.0/8"), 24), (n("10.1.0.0/16"), 24)],
+            [(n("10.1.0.0/16"), 24), (n("10.0.0.0/8"), 24)],
+            [(n("10.1.0.0/16"), 24), (n("10.1.0.0/16"), 26)],
+            [(n("fd00:1::/64"), 120), (n("fd00::/16"), 120)],
+        ] {
+            let e = Ipam::new("pods", &pools).unwrap_err();
+            assert!(
+                matches!(&e, IpamError::OverlappingPools { first, second, .. }
+                    if *first == pools[0].0 && *second == pools[1].0),
+                "{pools:?}: {e}"
+            );
+        }
+        assert!(Ipam::new("pods", &[(n("10.0.0.0/16"), 24), (n("10.1.0.0/16"), 24)]).is_ok());
+        assert!(Ipam::new("pods", &[(n("10.1.0.0/16"), 24), (n("10.0.0.0/16"), 24)]).is_ok());
     }
 }

@@ -1,9 +1,11 @@
 //! The wg-agent binary (settings from the environment):
 //!
 //! - `wg-agent`: the node agent (`wg_agent::settings`); with
-//!   `WG_CNI_CONF_DIR` set it also keeps wg-cni chained in the node's
-//!   primary conflist, and removes what it installed when it stops
-//!   because its DaemonSet was deleted.
+//!   `WG_CNI_CONF_DIR` set it also keeps wg-cni installed (its binaries
+//!   and its entry in the node's primary conflist, put back when they go
+//!   missing), and removes what it installed when it stops because its
+//!   DaemonSet is being deleted (`wg_agent::install::removal`: never
+//!   because of an apiserver error alone).
 //! - `wg-agent install`: install wg-cni on the node once (an init
 //!   container): the plugin binary, its userspace WireGuard companion
 //!   (`wg-cni-wireguard-go`, when the image ships wireguard-go), and the
@@ -16,13 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use wg_agent::agent::Agent;
+use wg_agent::install::removal::{self, DaemonSetWatch, Owner};
 use wg_agent::install::{InstallOptions, Installer};
 use wg_agent::keys::KeyStore;
 use wg_agent::local::Records;
@@ -97,36 +98,10 @@ fn install_step<R: std::fmt::Display>(
     }
 }
 
-/// Whether the agent's DaemonSet is gone or going (then its pod's stop is
-/// an uninstall, not an upgrade or a restart): NotFound, being deleted, or
-/// the apiserver refusing the agent's own credentials (401) or the Role
-/// that lets it read its DaemonSet (403). `kubectl delete -f manifests/`
-/// deletes the namespace (and with it the service account and the Role)
-/// and the RBAC objects before it reaches the DaemonSet's file, so by the
-/// time a pod is stopped the agent may only learn that its install is gone
-/// from a refusal. Unknown (the apiserver unreachable, any other error):
-/// no, wg-cni stays.
-async fn daemonset_gone(client: &kube::Client) -> bool {
-    let ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "wireguard-system".into());
-    let name = std::env::var("WG_AGENT_DAEMONSET").unwrap_or_else(|_| "wg-agent".into());
-    let api: kube::Api<DaemonSet> = kube::Api::namespaced(client.clone(), &ns);
-    match api.get_opt(&name).await {
-        Ok(None) => true,
-        Ok(Some(ds)) => ds.metadata.deletion_timestamp.is_some(),
-        Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => {
-            info!(code = s.code, reason = %s.reason, "the apiserver refuses the agent's service account: its install is being removed");
-            true
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot tell whether the DaemonSet is gone; leaving wg-cni installed");
-            false
-        }
-    }
-}
-
 async fn agent() -> Result<(), String> {
     let settings = Settings::from_vars(|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
-    let userspace = Userspace::from_env();
+    let mut userspace = Userspace::from_env();
+    userspace.io_timeout = settings.device_timeout;
     let backend =
         Backend::choose(settings.backend, userspace.clone()).map_err(|e| e.to_string())?;
     info!(
@@ -154,23 +129,27 @@ async fn agent() -> Result<(), String> {
         .await
         .map_err(|e| format!("apiserver client: {e}"))?;
     // The CNI installer's watch: wg-cni back in the chain whenever the
-    // primary CNI rewrites its conflist.
+    // primary CNI rewrites its conflist, its binaries back when they go
+    // missing; and the watch of the DaemonSet whose deletion uninstalls.
     let stop = Arc::new(AtomicBool::new(false));
-    let watch = match std::env::var_os("WG_CNI_CONF_DIR") {
-        None => None,
+    let owner = Owner::from_env();
+    let (watch, ds_watch) = match std::env::var_os("WG_CNI_CONF_DIR") {
+        None => (None, None),
         Some(_) => {
             let inst = installer()?;
             let stop = Arc::clone(&stop);
-            Some(std::thread::spawn(move || {
+            let ds_watch = DaemonSetWatch::start(client.clone(), &owner);
+            let thread = std::thread::spawn(move || {
                 let r = inst.watch(&stop, |r| match r {
-                    Ok(true) => info!("wg-cni re-inserted into the primary conflist"),
+                    Ok(true) => info!("wg-cni put back on the node (binaries or conflist entry)"),
                     Ok(false) => {}
-                    Err(e) => warn!(error = %e, "cannot keep wg-cni chained"),
+                    Err(e) => warn!(error = %e, "cannot keep wg-cni installed"),
                 });
                 if let Err(e) = r {
                     error!(error = %e, "the conflist watch stopped");
                 }
-            }))
+            });
+            (Some(thread), Some(ds_watch))
         }
     };
     let keys = KeyStore::open(&settings.state_dir.join("keys")).map_err(|e| e.to_string())?;
@@ -214,7 +193,12 @@ async fn agent() -> Result<(), String> {
         )),
         tokio::spawn(run::timers(Arc::clone(&agent), Arc::clone(&heartbeat))),
         tokio::spawn(server::serve_cni(cni, Arc::clone(&agent))),
-        tokio::spawn(server::serve_http(http, Arc::clone(&agent), heartbeat)),
+        tokio::spawn(server::serve_http(
+            http,
+            Arc::clone(&agent),
+            heartbeat,
+            server::HttpLimits::default(),
+        )),
     ];
     info!(socket = %settings.socket().display(), listen = %settings.listen, "serving");
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -230,12 +214,21 @@ async fn agent() -> Result<(), String> {
     if let Some(w) = watch {
         stop.store(true, Ordering::Release);
         let _ = w.join();
-        if daemonset_gone(agent.client()).await {
-            info!("the DaemonSet is gone: uninstalling wg-cni from the node");
+        let verdict = removal::decide(
+            agent.client(),
+            &owner,
+            ds_watch.as_ref(),
+            removal::Limits::default(),
+        )
+        .await;
+        if let removal::Verdict::Uninstall(_) = verdict {
+            info!(reason = %verdict, "the install is being removed: uninstalling wg-cni from the node");
             match installer().and_then(|i| i.uninstall().map_err(|e| e.to_string())) {
                 Ok(r) => info!("wg-cni uninstalled: {r}"),
                 Err(e) => error!(error = %e, "uninstall failed"),
             }
+        } else {
+            info!(reason = %verdict, "wg-cni stays installed");
         }
     }
     Ok(())

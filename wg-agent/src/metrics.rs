@@ -190,6 +190,11 @@ struct CniLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetworkLabels {
+    network: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     operation: String,
 }
@@ -211,8 +216,12 @@ pub struct Metrics {
     pub drift_repairs: Counter,
     /// Status writes.
     pub status_writes: Counter,
+    /// Interfaces of running pods the agent cannot reach (their record
+    /// names a namespace it cannot open).
+    pub orphans: Gauge,
     cni: Family<CniLabels, Histogram>,
     apiserver_errors: Family<OpLabels, Counter>,
+    mesh_rejected: Family<NetworkLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -277,6 +286,18 @@ impl Metrics {
             "Failed apiserver requests, by operation",
             apiserver_errors.clone(),
         );
+        let orphans = Gauge::default();
+        r.register(
+            "wg_agent_orphan_interfaces",
+            "Recorded interfaces of running pods that the agent cannot reach (their network namespace cannot be opened)",
+            orphans.clone(),
+        );
+        let mesh_rejected = Family::<NetworkLabels, Gauge>::default();
+        r.register(
+            "wg_agent_mesh_members_rejected",
+            "Attachments not taken as mesh peers because an address they publish lies outside their node's address blocks, by network",
+            mesh_rejected.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             devices_sample,
@@ -288,6 +309,21 @@ impl Metrics {
             status_writes,
             cni,
             apiserver_errors,
+            mesh_rejected,
+            orphans,
+        }
+    }
+
+    /// Set the number of refused mesh members of each network (networks
+    /// not named go back to no series).
+    pub fn set_mesh_rejected(&self, by_network: &std::collections::BTreeMap<String, u64>) {
+        self.mesh_rejected.clear();
+        for (network, n) in by_network {
+            self.mesh_rejected
+                .get_or_create(&NetworkLabels {
+                    network: network.clone(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
     }
 
@@ -344,12 +380,14 @@ mod tests {
         m.devices.set(2);
         m.apiserver_error("get_pod");
         m.cni_request(Verb::Add, "ok", 0.01);
+        m.set_mesh_rejected(&[("pods".to_string(), 3)].into());
         let text = m.encode();
         for name in [
             "wg_agent_devices 2",
             "wg_agent_apiserver_errors_total{operation=\"get_pod\"} 1",
             "wg_agent_cni_request_duration_seconds_count{verb=\"ADD\",outcome=\"ok\"} 1",
             "# TYPE wireguard_peer_receive_bytes counter",
+            "wg_agent_mesh_members_rejected{network=\"pods\"} 3",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }

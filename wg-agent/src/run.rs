@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
-use wg_k8s_types::{WireGuardAttachment, WireGuardNetwork, WireGuardPeer};
+use wg_k8s_types::{WireGuardAddressBlock, WireGuardAttachment, WireGuardNetwork, WireGuardPeer};
 
 use crate::agent::{Agent, Publish};
 use crate::index::{Dirty, Index};
@@ -110,7 +110,7 @@ type OnRelist<K> = fn(&mut Index, &[K], &str) -> Vec<Dirty>;
 #[derive(Debug, Default)]
 pub struct Listed(AtomicU8);
 
-const ALL_KINDS: u8 = 0b1111;
+const ALL_KINDS: u8 = 0b11_1111;
 
 #[allow(clippy::too_many_arguments)]
 async fn watch_kind<K>(
@@ -172,12 +172,15 @@ async fn watch_kind<K>(
                 continue;
             }
         };
+        agent.note_rejections();
         agent.mark(dirty);
     }
 }
 
-/// Run the four watches: every network, peer and attachment, and the pods
-/// of this node.
+/// Run the six watches: every network, peer, attachment, address block
+/// (the blocks decide which addresses an attachment may publish) and
+/// namespace (networks' namespaceSelectors match their labels), and the
+/// pods of this node.
 pub async fn watches(agent: Arc<Agent>) {
     let c = agent.client().clone();
     let node = agent.settings.node_name.clone();
@@ -223,6 +226,26 @@ pub async fn watches(agent: Arc<Agent>) {
             |i, o, _| i.pod(o),
             |i, o, _| i.pod_gone(o),
             |i, all, _| i.relisted_pods(all),
+        ),
+        watch_kind::<WireGuardAddressBlock>(
+            Arc::clone(&agent),
+            Api::all(c.clone()),
+            cfg(),
+            16,
+            Arc::clone(&listed),
+            |i, o, _| i.block(o),
+            |i, o, _| i.block_gone(o),
+            |i, all, _| i.relisted_blocks(all),
+        ),
+        watch_kind::<Namespace>(
+            Arc::clone(&agent),
+            Api::all(c.clone()),
+            cfg(),
+            32,
+            Arc::clone(&listed),
+            |i, o, _| i.namespace(o),
+            |i, o, _| i.namespace_gone(o),
+            |i, all, _| i.relisted_namespaces(all),
         ),
     );
 }
@@ -356,7 +379,11 @@ fn id(p: &Publish) -> String {
 }
 
 /// The timers: counters every `stats_interval`, verify every
-/// `verify_interval`, garbage collection every 30 s.
+/// `verify_interval`, garbage collection every 30 s. Each runs as a task
+/// of its own (a tick while the previous run of the same job is still
+/// going is skipped), so the heartbeat — beaten here at every tick — says
+/// that the agent's loops are alive, not that every device answered: a
+/// stopped or slow daemon delays its own reads, never `/healthz`.
 pub async fn timers(agent: Arc<Agent>, heartbeat: Arc<Heartbeat>) {
     let mut stats = tokio::time::interval(agent.settings.stats_interval);
     let mut verify = tokio::time::interval(agent.settings.verify_interval);
@@ -364,14 +391,28 @@ pub async fn timers(agent: Arc<Agent>, heartbeat: Arc<Heartbeat>) {
     for t in [&mut stats, &mut verify, &mut gc] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
+    let busy: [Arc<std::sync::atomic::AtomicBool>; 3] = Default::default();
     verify.tick().await;
     loop {
-        tokio::select! {
-            _ = stats.tick() => agent.refresh_stats().await,
-            _ = verify.tick() => agent.verify().await,
-            _ = gc.tick() => agent.gc().await,
-        }
+        let job = tokio::select! {
+            _ = stats.tick() => 0,
+            _ = verify.tick() => 1,
+            _ = gc.tick() => 2,
+        };
         heartbeat.beat();
+        let flag = Arc::clone(&busy[job]);
+        if flag.swap(true, Ordering::AcqRel) {
+            continue;
+        }
+        let a = Arc::clone(&agent);
+        tokio::spawn(async move {
+            match job {
+                0 => a.refresh_stats().await,
+                1 => a.verify().await,
+                _ => a.gc().await,
+            }
+            flag.store(false, Ordering::Release);
+        });
     }
 }
 

@@ -135,6 +135,17 @@ impl Launcher for PluginLauncher {
     }
 }
 
+/// Whether the process at the other end of a CNI connection may ask: its
+/// user id as the kernel reports it (`SO_PEERCRED`) must be root. A lookup
+/// that fails refuses the connection: an unknown peer is not a root one.
+pub(crate) fn peer_allowed(uid: std::io::Result<u32>) -> Result<(), String> {
+    match uid {
+        Ok(0) => Ok(()),
+        Ok(uid) => Err(format!("the peer runs as uid {uid}, not root")),
+        Err(e) => Err(format!("cannot read the peer's credentials: {e}")),
+    }
+}
+
 /// Serve the CNI socket until the task is dropped.
 pub async fn serve_cni(listener: UnixListener, agent: Arc<Agent>) {
     loop {
@@ -148,15 +159,11 @@ pub async fn serve_cni(listener: UnixListener, agent: Arc<Agent>) {
         };
         let agent = Arc::clone(&agent);
         tokio::spawn(async move {
-            // The peer must be root (the socket's mode says so too).
-            if let Ok(cred) = stream.peer_cred() {
-                if cred.uid() != 0 {
-                    warn!(
-                        uid = cred.uid(),
-                        "refused a CNI request from a non-root process"
-                    );
-                    return;
-                }
+            // The peer must be root (the socket's mode says so too), and
+            // a peer whose credentials cannot be read is not known to be.
+            if let Err(why) = peer_allowed(stream.peer_cred().map(|c| c.uid())) {
+                warn!(%why, "refused a CNI request");
+                return;
             }
             let std_stream = match stream.into_std().and_then(|s| {
                 s.set_nonblocking(false)?;
@@ -231,11 +238,103 @@ fn respond(code: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
+/// Bounds on the HTTP port, so that no client (a pod can reach the node's
+/// address too) can hold it: every connection must send its request head
+/// within [`HttpLimits::header_timeout`] (and so may not sit idle between
+/// requests longer than that), lives at most
+/// [`HttpLimits::connection_lifetime`], and the port serves at most
+/// [`HttpLimits::max_connections`] at once, of which at most
+/// [`HttpLimits::max_per_address`] from one source address. A connection
+/// beyond a cap is closed as soon as it is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Connections served at once from one source address.
+    pub max_per_address: usize,
+    /// The time a request head (request line and headers) may take to
+    /// arrive, counted from the connection's start or the previous
+    /// response; also the longest idle keep-alive.
+    pub header_timeout: Duration,
+    /// The longest a connection is kept, whatever it does (a client that
+    /// does not read its response).
+    pub connection_lifetime: Duration,
+}
+
+impl Default for HttpLimits {
+    /// 64 connections, 8 per address, 5 s for a request head, 30 s per
+    /// connection: kubelet's probes and a Prometheus scrape (one request,
+    /// sent at once) fit well inside.
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 64,
+            max_per_address: 8,
+            header_timeout: Duration::from_secs(5),
+            connection_lifetime: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The largest request head read (hyper's smallest allowed buffer bound is
+/// 8 KiB): the agent's endpoints take no input.
+const HTTP_MAX_BUF: usize = 16 * 1024;
+
+/// One source address's share of the HTTP port, given back on drop.
+struct AddressSlot {
+    counts: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    addr: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    /// A slot for `addr`, unless it already holds `max`.
+    fn take(
+        counts: &Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        addr: std::net::IpAddr,
+        max: usize,
+    ) -> Option<AddressSlot> {
+        let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.entry(addr).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: Arc::clone(counts),
+            addr,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = c.get_mut(&self.addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.addr);
+            }
+        }
+    }
+}
+
 /// Serve `/metrics`, `/healthz` (the reconcile loop is alive) and
-/// `/readyz` (the caches have synced and the CNI socket is served).
-pub async fn serve_http(listener: TcpListener, agent: Arc<Agent>, alive: Arc<crate::Heartbeat>) {
+/// `/readyz` (the caches have synced and the CNI socket is served), within
+/// `limits`.
+pub async fn serve_http(
+    listener: TcpListener,
+    agent: Arc<Agent>,
+    alive: Arc<crate::Heartbeat>,
+    limits: HttpLimits,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(HTTP_MAX_BUF);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, from) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "accept on the HTTP port failed");
@@ -243,9 +342,21 @@ pub async fn serve_http(listener: TcpListener, agent: Arc<Agent>, alive: Arc<cra
                 continue;
             }
         };
+        // Over a cap: closed at once (dropped), before anything is read.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            debug!(%from, max = limits.max_connections, "HTTP connection refused: the port serves its maximum");
+            continue;
+        };
+        let Some(address_slot) = AddressSlot::take(&per_address, from.ip(), limits.max_per_address)
+        else {
+            debug!(%from, max = limits.max_per_address, "HTTP connection refused: its address holds its maximum");
+            continue;
+        };
         let agent = Arc::clone(&agent);
         let alive = Arc::clone(&alive);
+        let builder = builder.clone();
         tokio::spawn(async move {
+            let _held = (slot, address_slot);
             let svc = hyper::service::service_fn(move |req: HttpRequest<Incoming>| {
                 let agent = Arc::clone(&agent);
                 let alive = Arc::clone(&alive);
@@ -280,9 +391,12 @@ pub async fn serve_http(listener: TcpListener, agent: Arc<Agent>, alive: Arc<cra
                     Ok::<_, Infallible>(r)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(limits.connection_lifetime, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%from, error = %e, "HTTP connection ended"),
+                Err(_) => debug!(%from, "HTTP connection closed: it lived its maximum"),
+            }
         });
     }
 }

@@ -7,14 +7,15 @@
 //! | `NODE_IP` | (required) | the node's address peers reach (downward API `status.hostIP`) |
 //! | `WG_AGENT_STATE_DIR` | `/var/lib/wg-agent` | keys and attachment records (root-only) |
 //! | `WG_AGENT_RUN_DIR` | `/run/wg-agent` | the CNI socket (`cni.sock`) and network hints (`networks/`) |
-//! | `WG_AGENT_LISTEN` | `0.0.0.0:9586` | `/metrics`, `/healthz`, `/readyz` |
+//! | `WG_AGENT_LISTEN` | `NODE_IP:9586` | `/metrics`, `/healthz`, `/readyz`: the node's own address, not every address of the node (`127.0.0.1:9586` keeps it to the node itself) |
 //! | `WG_AGENT_BACKEND` | `auto` | `auto`, `kernel` or `userspace` |
 //! | `WG_USERSPACE_IMPLEMENTATION` | `wireguard-go` | the userspace implementation |
 //! | `WG_AGENT_USERSPACE_LAUNCH` | `agent` | who starts a pod's userspace daemon on ADD: `agent` (as the agent's child: it dies when the agent's container stops) or `plugin` (wg-cni starts `wg-cni-wireguard-go` from its own directory on the host, so daemons outlive the agent; plugins of protocol 1 cannot, and the agent starts theirs). Daemons recreated by a repair are always the agent's |
 //! | `WG_AGENT_VERIFY_INTERVAL` | `30s` | how often every device is read back and repaired |
 //! | `WG_AGENT_STATS_INTERVAL` | `5s` | how often counters are read (metrics, status) |
 //! | `WG_AGENT_STATUS_MIN_INTERVAL` | `15s` | the fewest seconds between two counter-only status writes of one attachment |
-//! | `WG_AGENT_GC_GRACE` | `60s` | how long a record without its pod is kept before it is removed |
+//! | `WG_AGENT_GC_GRACE` | `60s` | how long an interface whose pod is gone is kept (counted from when the agent first saw the pod missing) |
+//! | `WG_AGENT_DEVICE_TIMEOUT` | `5s` | how long one exchange with a userspace daemon may block before the write fails (and is retried): a stopped or wedged daemon holds up nothing else for long |
 //! | `KUBECONFIG` | in-cluster | the apiserver credentials (in a pod: the projected, rotating service-account token) |
 
 use std::net::{IpAddr, SocketAddr};
@@ -71,6 +72,9 @@ impl std::str::FromStr for UserspaceLaunch {
     }
 }
 
+/// The HTTP port when `WG_AGENT_LISTEN` does not say.
+pub const DEFAULT_HTTP_PORT: u16 = 9586;
+
 /// A setting that could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("setting {name}: {why}")]
@@ -107,6 +111,8 @@ pub struct Settings {
     pub status_min_interval: Duration,
     /// Grace before a record without its pod is removed.
     pub gc_grace: Duration,
+    /// How long one exchange with a userspace daemon may block.
+    pub device_timeout: Duration,
 }
 
 fn duration(name: &'static str, v: &str) -> Result<Duration, SettingError> {
@@ -144,12 +150,15 @@ impl Settings {
             name: "NODE_IP",
             why: format!("not an IP address: {e}"),
         })?;
-        let listen = or("WG_AGENT_LISTEN", "0.0.0.0:9586")
-            .parse()
-            .map_err(|e| SettingError {
+        // The node's own address (which kubelet's probes and Prometheus
+        // use), not every address of the node; empty is the default too.
+        let listen = match get("WG_AGENT_LISTEN").filter(|v| !v.is_empty()) {
+            None => SocketAddr::new(node_ip, DEFAULT_HTTP_PORT),
+            Some(v) => v.parse().map_err(|e| SettingError {
                 name: "WG_AGENT_LISTEN",
-                why: format!("not ADDRESS:PORT: {e}"),
-            })?;
+                why: format!("{v:?} is not ADDRESS:PORT: {e}"),
+            })?,
+        };
         let backend = or("WG_AGENT_BACKEND", "auto")
             .parse()
             .map_err(|e: wg_netns::Error| SettingError {
@@ -185,6 +194,10 @@ impl Settings {
                 &or("WG_AGENT_STATUS_MIN_INTERVAL", "15s"),
             )?,
             gc_grace: duration("WG_AGENT_GC_GRACE", &or("WG_AGENT_GC_GRACE", "60s"))?,
+            device_timeout: duration(
+                "WG_AGENT_DEVICE_TIMEOUT",
+                &or("WG_AGENT_DEVICE_TIMEOUT", "5s"),
+            )?,
         })
     }
 
@@ -213,7 +226,11 @@ mod tests {
         let s = Settings::from_vars(base).unwrap();
         assert_eq!(s.socket(), PathBuf::from("/run/wg-agent/cni.sock"));
         assert_eq!(s.verify_interval, Duration::from_secs(30));
-        assert_eq!(s.listen.port(), 9586);
+        assert_eq!(
+            s.listen,
+            "10.250.0.11:9586".parse().unwrap(),
+            "the node's own address, not all of them"
+        );
         let e = Settings::from_vars(|k| if k == "NODE_IP" { base(k) } else { None }).unwrap_err();
         assert_eq!(e.name, "NODE_NAME");
         let e = Settings::from_vars(|k| match k {
@@ -228,6 +245,37 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.name, "WG_AGENT_BACKEND");
+    }
+
+    #[test]
+    fn http_listen_address() {
+        let with = |node_ip: &str, v: Option<&str>| {
+            let node_ip = node_ip.to_string();
+            Settings::from_vars(move |k| match k {
+                "NODE_NAME" => Some("n1".to_string()),
+                "NODE_IP" => Some(node_ip.clone()),
+                "WG_AGENT_LISTEN" => v.map(str::to_string),
+                _ => None,
+            })
+        };
+        for (node, v, want) in [
+            ("10.250.0.11", None, "10.250.0.11:9586"),
+            ("10.250.0.11", Some(""), "10.250.0.11:9586"),
+            ("fd00::11", None, "[fd00::11]:9586"),
+            ("10.250.0.11", Some("127.0.0.1:9586"), "127.0.0.1:9586"),
+            ("10.250.0.11", Some("[::1]:9100"), "[::1]:9100"),
+        ] {
+            assert_eq!(
+                with(node, v).unwrap().listen,
+                want.parse::<SocketAddr>().unwrap(),
+                "{node} {v:?}"
+            );
+        }
+        for bad in ["9586", "localhost:9586", "0.0.0.0"] {
+            let e = with("10.250.0.11", Some(bad)).unwrap_err();
+            assert_eq!(e.name, "WG_AGENT_LISTEN");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -285,6 +285,8 @@ pub fn cni_requests(agent: &Agent, verb: &str, outcome: &str) -> f64 {
 pub struct FakeUapi {
     path: PathBuf,
     requests: Arc<Mutex<Vec<String>>>,
+    fail_sets: Arc<std::sync::atomic::AtomicUsize>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -297,7 +299,14 @@ impl FakeUapi {
         let listener = UnixListener::bind(&path).unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r2, s2) = (Arc::clone(&requests), Arc::clone(&stop));
+        let fail_sets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (r2, s2, f2, d2) = (
+            Arc::clone(&requests),
+            Arc::clone(&stop),
+            Arc::clone(&fail_sets),
+            Arc::clone(&delay_ms),
+        );
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s2.load(Ordering::Acquire) {
@@ -320,16 +329,29 @@ impl FakeUapi {
                 }
                 let reply = if req.starts_with("get=1") {
                     format!("{get}errno=0\n\n")
+                } else if f2
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    // EIO, as wireguard-go answers a set it could not apply.
+                    "errno=5\n\n".to_string()
                 } else {
                     "errno=0\n\n".to_string()
                 };
                 r2.lock().unwrap().push(req);
+                let delay = d2.load(Ordering::Acquire);
+                if delay > 0 {
+                    // A stopped daemon: the answer comes late.
+                    std::thread::sleep(std::time::Duration::from_millis(delay));
+                }
                 let _ = conn.write_all(reply.as_bytes());
             }
         });
         FakeUapi {
             path,
             requests,
+            fail_sets,
+            delay_ms,
             stop,
             thread: Some(thread),
         }
@@ -338,6 +360,16 @@ impl FakeUapi {
     /// The requests so far (`get=1` and `set=1` bodies).
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Answer every request `ms` milliseconds late (0: at once).
+    pub fn delay_replies(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::Release);
+    }
+
+    /// Answer the next `n` `set=1` requests with an error.
+    pub fn fail_next_sets(&self, n: usize) {
+        self.fail_sets.store(n, Ordering::Release);
     }
 
     /// The `set=1` requests so far.

@@ -22,6 +22,17 @@ use wg_netns::{
 use wg_netns_testkit::cluster::{mesh_network_yaml, pod_yaml, Cluster};
 use wg_netns_testkit::{eventually, must, TestNs};
 
+#[path = "cluster/converge.rs"]
+mod converge;
+#[path = "cluster/trust.rs"]
+mod trust;
+
+#[path = "cluster/optin.rs"]
+mod optin;
+
+#[path = "cluster/addresses.rs"]
+mod addresses;
+
 const CONF: &str = "00-wgk8s-managed.conflist";
 const POOL: &str = "10.77.0.0/16";
 const EXT_NET: &str = "10.99.0.0/24";
@@ -134,16 +145,26 @@ impl Ctx<'_> {
             "--duration",
             "2h",
         ]);
-        let ca = self.c.dir().join("pki/ca.crt");
-        let cfg = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://10.250.0.1:6443\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
-            ca.display(),
-            token.trim()
-        );
-        let path = self.kubeconfig(i);
-        std::fs::write(&path, cfg).expect("kubeconfig");
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .expect("chmod");
+        write_kubeconfig_file(self.c, &self.kubeconfig(i), &token);
+    }
+
+    /// The (public key, allowed IP) pairs node `i`'s agent reads on
+    /// `pod`'s device (its metrics come from reading the device itself).
+    fn device_allowed_ips(&self, i: usize, pod: &str) -> Vec<(String, String)> {
+        let Some((_, body)) = self.http(i, "/metrics") else {
+            return vec![];
+        };
+        let label = |l: &str, name: &str| {
+            l.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(str::to_string)
+        };
+        body.lines()
+            .filter(|l| l.starts_with("wireguard_peer_allowed_ips_info"))
+            .filter(|l| l.contains(&format!("pod=\"{pod}\"")))
+            .filter_map(|l| Some((label(l, "public_key")?, label(l, "allowed_ips")?)))
+            .collect()
     }
 
     /// Start node `i`'s agent in the node's network and mount namespaces.
@@ -230,12 +251,21 @@ impl Ctx<'_> {
     {{"type": "bridge", "bridge": "wgk8s-cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
       "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{cidr}"}}]], "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{ipam}"}}}},
     {{"type": "portmap", "capabilities": {{"portMappings": true}}}},
-    {{"type": "wg-cni", "managed": true, "logFile": "{log}"}}
+    {wgcni}
   ]
 }}"#,
             ipam = d.join("cni/ipam").display(),
-            log = d.join("wgcni-managed.log").display(),
+            wgcni = self.wgcni_entry(i),
         )
+    }
+
+    /// wg-cni's entry as the installer writes it (the pod annotations
+    /// capability declared), logging to the node's directory.
+    fn wgcni_entry(&self, i: usize) -> Value {
+        let mut entry = serde_json::json!({"type": "wg-cni", "managed": true,
+            "logFile": self.c.node_dir(i).join("wgcni-managed.log")});
+        wg_agent::install::declare_pod_annotations(&mut entry);
+        entry
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -294,6 +324,20 @@ impl Ctx<'_> {
     fn ping(&self, pod: &str, ip: &str) -> bool {
         self.c.pod_pings(pod, ip, Duration::from_secs(15))
     }
+}
+
+/// A kubeconfig at `path` (mode 0600) for the test cluster's apiserver
+/// with `token`.
+fn write_kubeconfig_file(c: &Cluster, path: &Path, token: &str) {
+    let ca = c.dir().join("pki/ca.crt");
+    let cfg = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://10.250.0.1:6443\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+        ca.display(),
+        token.trim()
+    );
+    std::fs::write(path, cfg).expect("kubeconfig");
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
 }
 
 /// wg-cni's binary, next to this test's, built now (a binary of another
@@ -464,19 +508,28 @@ fn managed_mode_on_a_real_cluster() {
     }
     drift(&ctx);
     eprintln!("drift: {:?}", t.elapsed());
+    converge::stopped_daemon_across_a_peer_edit(&ctx);
+    eprintln!("stopped daemon: {:?}", t.elapsed());
     let ext = External::new();
     external_peer(&ctx, &ext);
     eprintln!("external peer: {:?}", t.elapsed());
     rbac_and_admission(&ctx);
     eprintln!("rbac: {:?}", t.elapsed());
+    trust::forged_attachments(&ctx);
+    eprintln!("forged attachments: {:?}", t.elapsed());
+    trust::secrets_opt_in(&ctx);
+    eprintln!("secrets opt-in: {:?}", t.elapsed());
     kill_agent_during_ping(&mut ctx);
     eprintln!("kill -9: {:?}", t.elapsed());
+    optin::agent_down_optin(&mut ctx);
+    eprintln!("agent down, opt-in: {:?}", t.elapsed());
     apiserver_outage(&ctx);
     eprintln!("apiserver outage: {:?}", t.elapsed());
     rotation(&ctx);
     eprintln!("rotation: {:?}", t.elapsed());
-    many_pods(&ctx);
-    eprintln!("many pods: {:?}", t.elapsed());
+    // A pool added, then many_pods, then blocks given back.
+    addresses::addresses(&mut ctx);
+    eprintln!("addresses and many pods: {:?}", t.elapsed());
     teardown(&mut ctx);
     drop(ext);
 }
@@ -707,7 +760,8 @@ fn rbac_and_admission(ctx: &Ctx) {
         String::from_utf8_lossy(&out.stdout).trim() == "yes"
     };
     for (verb, what, want) in [
-        ("get", "secrets", true),
+        // Secrets only where a namespace binds wg-agent-preshared-keys.
+        ("get", "secrets", false),
         ("list", "secrets", false),
         ("watch", "secrets", false),
         ("create", "secrets", false),
@@ -944,6 +998,9 @@ fn rotation(ctx: &Ctx) {
 fn many_pods(ctx: &Ctx) {
     let c = ctx.c;
     let n = 30;
+    let pools = ctx.json(&["get", "wgnet", "pods"])["spec"]["addressPools"]
+        .as_array()
+        .map_or(1, Vec::len);
     let mut yaml = String::new();
     for i in 0..n {
         for node in 1..=2 {
@@ -978,12 +1035,18 @@ fn many_pods(ctx: &Ctx) {
         let items = v["items"].as_array().cloned().unwrap_or_default();
         let mut dup = false;
         for a in &items {
-            if let Some(x) = a["status"]["addresses"][0].as_str() {
+            let all = a["status"]["addresses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for x in all.iter().filter_map(Value::as_str) {
                 dup |= !addrs.insert(x.to_string());
             }
         }
         assert!(!dup, "duplicate address among {items:?}");
-        addrs.len() >= 2 * n + 3
+        // An address per pool for each of these pods (the 3 others were
+        // made before a pool was added).
+        addrs.len() >= 2 * n * pools + 3
     });
     assert!(
         ok,

@@ -16,8 +16,13 @@
 //! 5. a rolling upgrade to the other image while a ping runs between the
 //!    pods' WireGuard addresses: no echo lost, the userspace daemons are
 //!    the same processes afterwards;
-//! 6. the agents' logs hold no token and no key;
-//! 7. `kubectl delete -f manifests/`: the conflists are byte-identical to
+//! 6. the agent's container stopped (SIGTERM) while the apiserver refuses
+//!    it (its RoleBinding deleted, so its GET of the DaemonSet is a 403):
+//!    wg-cni stays installed, and after the restart (no init container)
+//!    a new pod gets WireGuard; then a container restart with both
+//!    binaries deleted: they come back, and a new pod works;
+//! 7. the agents' logs hold no token and no key;
+//! 8. `kubectl delete -f manifests/`: the conflists are byte-identical to
 //!    what they were, no binary is left in `/opt/cni/bin`.
 //!
 //! One test on one cluster (its drop brings the cluster down, also on
@@ -135,6 +140,32 @@ impl Drop for Ping {
     }
 }
 
+/// `kubectl logs -f` of running containers (killed by PID on drop).
+struct Follow(Vec<Child>);
+
+impl Follow {
+    /// Stop following: what each printed.
+    fn stop(mut self) -> Vec<String> {
+        self.0
+            .drain(..)
+            .map(|mut c| {
+                let _ = c.kill();
+                let out = c.wait_with_output().expect("kubectl logs output");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 struct Ctx<'a> {
     c: &'a Cluster,
 }
@@ -200,6 +231,155 @@ impl Ctx<'_> {
 
     fn ping(&self, pod: &str, ip: &str) -> bool {
         self.c.pod_pings(pod, ip, Duration::from_secs(20))
+    }
+
+    /// The agent's pod on node `i`, as JSON.
+    fn agent_pod(&self, i: usize) -> Value {
+        let node = self.c.node_netns(i);
+        let pods = self.json(&[
+            "-n",
+            NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=wg-agent",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+        ]);
+        pods["items"][0].clone()
+    }
+
+    /// The agent container's restart count and readiness on node `i`, and
+    /// the ID of its pod's init container (which a container restart does
+    /// not run again).
+    fn agent_status(&self, i: usize) -> (u64, bool, String) {
+        let pod = self.agent_pod(i);
+        let st = &pod["status"];
+        let agent = st["containerStatuses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "wg-agent"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        (
+            agent["restartCount"].as_u64().unwrap_or(0),
+            agent["ready"] == true,
+            st["initContainerStatuses"][0]["containerID"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+
+    /// The running agent container's ID on node `i` (crictl).
+    fn agent_container(&self, i: usize) -> String {
+        let out = self.c.crictl(
+            i,
+            &["ps", "--name", "^wg-agent$", "--state", "running", "-q"],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("no running wg-agent container on node {i}"))
+            .trim()
+            .to_string()
+    }
+
+    /// The log of the agent's container on node `i` (`previous`: of the
+    /// one before the last restart).
+    fn agent_log(&self, i: usize, previous: bool) -> String {
+        let pod = self.agent_pod(i);
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let mut args = vec!["-n", NS, "logs", name, "-c", "wg-agent"];
+        if previous {
+            args.push("--previous");
+        }
+        String::from_utf8_lossy(&self.c.kubectl(&args).stdout).into_owned()
+    }
+
+    /// Follow the logs of every node's agent from now on.
+    fn follow_agents(&self) -> Follow {
+        Follow(
+            (1..=self.c.nodes())
+                .map(|i| {
+                    let pod = self.agent_pod(i);
+                    let name = pod["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    self.c
+                        .kubectl_as(&self.c.kubeconfig())
+                        .args(["-n", NS, "logs", "-f", "--tail=0", &name, "-c", "wg-agent"])
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::null())
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .expect("kubectl logs -f")
+                })
+                .collect(),
+        )
+    }
+
+    /// Stop node `i`'s agent container as kubelet does for a liveness
+    /// failure (SIGTERM, up to 30 s, then SIGKILL): how long it took.
+    fn stop_agent(&self, i: usize) -> Duration {
+        let id = self.agent_container(i);
+        let t = Instant::now();
+        let out = self.c.crictl(i, &["stop", "--timeout", "30", &id]);
+        assert!(
+            out.status.success(),
+            "crictl stop {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t.elapsed()
+    }
+
+    /// Wait until node `i`'s agent container has restarted `n` times in
+    /// all and is ready again.
+    fn restarted(&self, i: usize, n: u64) -> Duration {
+        let t = Instant::now();
+        let ok = eventually(Duration::from_secs(180), || {
+            std::thread::sleep(Duration::from_millis(250));
+            let (count, ready, _) = self.agent_status(i);
+            count >= n && ready
+        });
+        assert!(
+            ok,
+            "node {i}: the agent did not come back\n{}",
+            self.describe()
+        );
+        t.elapsed()
+    }
+
+    /// Wait until the log of node `i`'s current agent says its watch of
+    /// the DaemonSet is established (uninstall on delete depends on it).
+    fn watching_daemonset(&self, i: usize) {
+        let ok = eventually(Duration::from_secs(60), || {
+            std::thread::sleep(Duration::from_millis(250));
+            self.agent_log(i, false).contains("watching the DaemonSet")
+        });
+        assert!(
+            ok,
+            "node {i}: the agent does not watch its DaemonSet:\n{}",
+            self.agent_log(i, false)
+        );
+    }
+
+    /// wg-cni is fully installed on node `i`: both binaries are the
+    /// image's, the conflist chains it. Otherwise what is wrong.
+    fn installed(&self, i: usize, context_bin: &Path) -> Result<(), String> {
+        for b in INSTALLED {
+            let shipped =
+                std::fs::read(context_bin.join(b.replace("wg-cni-", ""))).expect("shipped");
+            match std::fs::read(self.c.cni_bin_dir(i).join(b)) {
+                Ok(bytes) if bytes == shipped => {}
+                Ok(_) => return Err(format!("node {i}: {b} is not the image's")),
+                Err(e) => return Err(format!("node {i}: {b}: {e}")),
+            }
+        }
+        match wg_agent::install::unchain(&self.conflist(i)) {
+            Ok(Some(_)) => Ok(()),
+            other => Err(format!("node {i}: wg-cni is not chained ({other:?})")),
+        }
     }
 
     /// PIDs of the userspace WireGuard daemons on node `i`.
@@ -412,7 +592,124 @@ fn install_upgrade_uninstall_with_kubectl() {
     );
     assert!(ctx.ping("ia", &b), "ia cannot reach ib after the rollout");
 
-    // 6. No token and no key in any log of the nodes' pods.
+    // 6. Install state is never lost by a transient error (issue 18 §5).
+    //    The Role as the agent uses it: real requests, impersonated.
+    let sa = format!("system:serviceaccount:{NS}:wg-agent");
+    let as_agent = |args: &[&str]| {
+        let mut a = vec!["--as", sa.as_str()];
+        a.extend_from_slice(args);
+        ctx.c.kubectl(&a)
+    };
+    for (args, allowed) in [
+        (vec!["-n", NS, "get", "ds", "wg-agent"], true),
+        (
+            vec![
+                "-n",
+                NS,
+                "get",
+                "ds",
+                "--field-selector",
+                "metadata.name=wg-agent",
+            ],
+            true,
+        ),
+        (
+            vec![
+                "-n",
+                NS,
+                "get",
+                "ds",
+                "--field-selector",
+                "metadata.name=wg-agent",
+                "--watch-only",
+                "--request-timeout=1s",
+            ],
+            true,
+        ),
+        (vec!["get", "namespace", NS], true),
+        (vec!["-n", NS, "get", "ds"], false),
+        (vec!["-n", NS, "get", "ds", "other"], false),
+        (vec!["-n", "default", "get", "ds", "wg-agent"], false),
+    ] {
+        let out = as_agent(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            !err.contains("Forbidden") && !err.contains("forbidden"),
+            allowed,
+            "as the agent, {args:?}: {err}"
+        );
+    }
+    //    a. SIGTERM while the apiserver answers the agent 403: its
+    //       RoleBinding deleted (its watch of the DaemonSet, opened before,
+    //       stays open). The container stops and restarts as after a
+    //       failed liveness probe: no init container runs.
+    c.kubectl_ok(&["-n", NS, "delete", "rolebinding", "wg-agent"]);
+    let refused = eventually(Duration::from_secs(30), || {
+        String::from_utf8_lossy(&as_agent(&["-n", NS, "get", "ds", "wg-agent"]).stderr)
+            .contains("orbidden")
+    });
+    assert!(refused, "the agent can still read its DaemonSet");
+    let (restarts, _, init) = ctx.agent_status(1);
+    let stop = ctx.stop_agent(1);
+    let kept = ctx.installed(1, &context_bin);
+    let took = ctx.restarted(1, restarts + 1);
+    let previous = ctx.agent_log(1, true);
+    assert!(
+        kept.is_ok(),
+        "SIGTERM with a 403: {kept:?}\nthe stopped agent's log:\n{previous}"
+    );
+    assert!(
+        previous.contains("wg-cni stays installed") && !previous.contains("uninstalling"),
+        "the stopped agent's log:\n{previous}"
+    );
+    assert_eq!(ctx.agent_status(1).2, init, "the init container ran again");
+    ctx.installed(1, &context_bin).expect("after the restart");
+    c.apply(&pod_yaml("ic", &c.node_netns(1), "wginst", Some("pods")));
+    c.wait_pod_running("ic", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx.describe()));
+    let ic = ctx.wg_addr("ic");
+    assert!(ctx.ping("ic", &b), "ic cannot reach ib over WireGuard");
+    assert!(ctx.ping("ib", &ic), "ib cannot reach ic over WireGuard");
+    eprintln!(
+        "SIGTERM while the apiserver answers 403: the agent stopped in {stop:?} (it waits up to 10 s \
+         for its watch), wg-cni stayed installed; restarted {took:?} later without the init container, \
+         new pod ic ({ic}) pings ib over WireGuard"
+    );
+    //    b. A container restart with both binaries deleted (the RoleBinding
+    //       back): the restarted agent puts them back, the init container
+    //       still does not run.
+    c.kubectl_ok(&["apply", "-f", &format!("{manifests}/20-rbac.yaml")]);
+    ctx.watching_daemonset(1);
+    let stop = ctx.stop_agent(1);
+    for b in INSTALLED {
+        let _ = std::fs::remove_file(c.cni_bin_dir(1).join(b));
+    }
+    let t = Instant::now();
+    ctx.restarted(1, restarts + 2);
+    let back = eventually(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(100));
+        ctx.installed(1, &context_bin).is_ok()
+    });
+    assert!(
+        back,
+        "{:?}\nthe agent's log:\n{}",
+        ctx.installed(1, &context_bin),
+        ctx.agent_log(1, false)
+    );
+    let took = t.elapsed();
+    assert_eq!(ctx.agent_status(1).2, init, "the init container ran again");
+    c.apply(&pod_yaml("id", &c.node_netns(1), "wginst", Some("pods")));
+    c.wait_pod_running("id", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx.describe()));
+    let id = ctx.wg_addr("id");
+    assert!(ctx.ping("id", &b), "id cannot reach ib over WireGuard");
+    eprintln!(
+        "container restart (stopped in {stop:?}) with both binaries deleted: back {took:?} after \
+         they were deleted, without the init container; new pod id ({id}) pings ib over WireGuard"
+    );
+    ctx.watching_daemonset(1);
+
+    // 7. No token and no key in any log of the nodes' pods.
     let mut secrets: Vec<(String, String)> = Vec::new();
     for i in 1..=c.nodes() {
         let mut keys = Vec::new();
@@ -461,12 +758,23 @@ fn install_upgrade_uninstall_with_kubectl() {
         secrets.len()
     );
 
-    // 7. kubectl delete -f manifests/: the nodes as they were.
-    c.kubectl_ok(&["delete", "pod", "ia", "ib", "--wait=true", "--timeout=60s"]);
+    // 8. kubectl delete -f manifests/: the nodes as they were.
+    c.kubectl_ok(&[
+        "delete",
+        "pod",
+        "ia",
+        "ib",
+        "ic",
+        "id",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
     let gone = eventually(Duration::from_secs(30), || {
         (1..=c.nodes()).all(|i| ctx.daemons(i).is_empty())
     });
     assert!(gone, "userspace daemons left after the pods' deletion");
+    let follow = ctx.follow_agents();
+    std::thread::sleep(Duration::from_secs(1));
     let t = Instant::now();
     c.kubectl_ok(&["delete", "-f", manifests, "--wait=true", "--timeout=180s"]);
     let clean = eventually(Duration::from_secs(120), || {
@@ -497,6 +805,19 @@ fn install_upgrade_uninstall_with_kubectl() {
             !c.node_path(i, "/var/lib/wg-agent/install.json").exists(),
             "node {i}: the installer's state file is left"
         );
+    }
+    // Why each agent uninstalled: which of the paths of
+    // wg_agent::install::removal the deletion took.
+    for (i, log) in follow.stop().iter().enumerate() {
+        for l in log.lines().filter(|l| {
+            l.contains("the install is being removed")
+                || l.contains("stays installed")
+                || l.contains("cannot read the DaemonSet")
+                || l.contains("the DaemonSet is deleted")
+                || l.contains("SIGTERM")
+        }) {
+            eprintln!("  node {}: {}", i + 1, l.trim());
+        }
     }
     eprintln!(
         "kubectl delete -f manifests/: conflists byte-identical to before, no binary left ({:?})",

@@ -106,6 +106,47 @@ async fn add_of_a_pod_that_asks_for_no_network_is_skipped() {
     assert_eq!(cni_requests(&t.agent, "ADD", "skipped"), 1.0);
 }
 
+/// A network whose namespaceSelector does not select the pod's namespace
+/// refuses the pod, naming the rule, before anything is made; selected
+/// once the namespace gets the label.
+#[tokio::test]
+async fn add_of_a_pod_whose_namespace_the_network_does_not_admit_is_refused() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    {
+        let mut idx = t.agent.index.lock().unwrap();
+        idx.network(&network_obj(
+            "n0",
+            json!({"addressPools": [{"cidr": "10.77.0.0/16"}],
+                   "namespaceSelector": {"matchLabels": {"wg": "yes"}}}),
+        ));
+        idx.pod(&pod_obj(
+            "web",
+            "u1",
+            json!({wg_k8s_types::ANNOTATION_NETWORK: "n0"}),
+        ));
+        let ns: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "ns1"}})).unwrap();
+        idx.namespace(&ns);
+    }
+    let r = t.agent.handle(add("web"), Some(netns_fd())).await;
+    let f = failure(&r);
+    assert_eq!(f.code, 7, "{f:?}");
+    assert!(f.msg.contains("namespace ns1 may not join"), "{f:?}");
+    assert!(f.details.contains("namespaceSelector"), "{f:?}");
+    assert!(t.agent.keys().is_empty(), "nothing was made");
+    assert!(t.log.all().is_empty(), "nothing was asked");
+    // Labelled: admitted (the ADD goes on, and fails later for want of
+    // address blocks from this scripted apiserver: not for the namespace).
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "ns1", "labels": {"wg": "yes"}}}))
+            .unwrap();
+    t.agent.index.lock().unwrap().namespace(&ns);
+    let r = t.agent.handle(add("web"), Some(netns_fd())).await;
+    if let Reply::Failed(f) = &r {
+        assert!(!f.msg.contains("may not join"), "{f:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_index_answers_before_the_apiserver_unless_the_uid_differs() {
     let t = test_agent(|s| match s.path.as_str() {
@@ -214,15 +255,18 @@ async fn an_exhausted_pool_is_try_again_and_leaves_nothing_held() {
     let log = t.log.all();
     assert_eq!(
         count(&log, &Method::GET, BLOCKS) - 4,
-        1,
-        "one list, four reads"
+        2,
+        "one list of the node's blocks, one of the network's, four reads"
     );
     assert_eq!(
         count(&log, &Method::POST, BLOCKS),
         4,
         "every block tried once"
     );
-    for s in log.iter().filter(|s| s.method == Method::POST) {
+    for s in log
+        .iter()
+        .filter(|s| s.method == Method::POST && s.path == BLOCKS)
+    {
         assert_eq!(s.body["spec"]["nodeName"], NODE, "claimed for this node");
         assert_eq!(s.body["spec"]["network"], "n0");
     }
@@ -232,12 +276,13 @@ async fn an_exhausted_pool_is_try_again_and_leaves_nothing_held() {
     assert!(t.agent.keys.list().unwrap().is_empty(), "nor a key");
     // A conflict is no apiserver error.
     assert!(!t.agent.metrics.encode().contains("claim_block"));
-    // The allocator is kept: the next ADD claims again without a list.
+    // The allocator is kept: the next ADD claims again without a list
+    // of the node's blocks (the network's are listed before each claim).
     let r = t.agent.handle(add("web"), Some(netns_fd())).await;
     assert_eq!(failure(&r).code, 11);
     let log = t.log.all();
     assert_eq!(count(&log, &Method::POST, BLOCKS), 8);
-    assert_eq!(count(&log, &Method::GET, BLOCKS), 1 + 8);
+    assert_eq!(count(&log, &Method::GET, BLOCKS), 1 + 2 + 8);
 }
 
 #[tokio::test]
@@ -483,6 +528,17 @@ fn member(t: &TestAgent, name: &str, uid: &str, k: &PublicKey, address: &str) {
         "status": {"publicKey": k.to_base64(), "addresses": [address], "endpoint": "10.250.0.12:51820"},
     }))
     .unwrap();
+    // Node 2's block holding the address: what lets it publish it.
+    let ip: wg_netns::IpNetwork = address.parse().unwrap();
+    let cidr = wg_netns::IpNetwork::new(ip.ip(), 24).unwrap();
+    let cidr = wg_netns::normalize(cidr);
+    let b: wg_k8s_types::WireGuardAddressBlock = serde_json::from_value(json!({
+        "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardAddressBlock",
+        "metadata": {"name": wg_k8s_types::WireGuardAddressBlock::name_for("n0", &cidr)},
+        "spec": {"network": "n0", "cidr": cidr.to_string(), "nodeName": "node-2"},
+    }))
+    .unwrap();
+    t.agent.index.lock().unwrap().block(&b);
     let d = t.agent.index.lock().unwrap().attachment(&a, NODE);
     assert_eq!(d, vec![Dirty::Network("n0".into())]);
 }
@@ -499,20 +555,15 @@ fn external_peer(t: &TestAgent, ns: &str, name: &str, k: &PublicKey, app: &str) 
     t.agent.index.lock().unwrap().peer(&p)
 }
 
-/// Reconcile what `dirty` touches; the `set=1` requests it sent.
-async fn reconcile(t: &TestAgent, dev: &FakeUapi, dirty: Vec<Dirty>) -> Vec<String> {
-    let before = dev.sets().len();
-    t.agent.reconcile(&dirty.into_iter().collect()).await;
-    dev.sets()[before..].to_vec()
-}
-
-#[tokio::test]
-async fn the_reconciler_sends_a_device_only_what_changed() {
-    let mut t = test_agent(|_| status(500, "InternalError"));
-    t.agent.index.lock().unwrap().network(&network_obj(
-        "n0",
-        json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}),
-    ));
+/// One pod `ns1/web` (UID `u1`) of network `n0` (`spec`) with its
+/// interface held and a fake device (its key and port, no peer) answering
+/// for it: what the reconcile tests start from.
+fn held_device(t: &TestAgent, spec: Value) -> (Key, FakeUapi) {
+    t.agent
+        .index
+        .lock()
+        .unwrap()
+        .network(&network_obj("n0", spec));
     t.agent
         .index
         .lock()
@@ -532,6 +583,147 @@ async fn the_reconciler_sends_a_device_only_what_changed() {
             hex(own_private.as_bytes())
         ),
     );
+    (key, dev)
+}
+
+/// A device write that fails is retried after a backoff, by itself: not
+/// left until some other change touches the interface (the trust issue's
+/// "a daemon stopped across a peer edit: the route never reached the
+/// pod").
+#[tokio::test]
+async fn a_failed_device_write_is_retried_with_backoff() {
+    let mut t = test_agent(|_| status(500, "InternalError"));
+    let (key, dev) = held_device(&t, json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}));
+    t.agent.set_synced();
+    let _ = t.marked();
+    let other = PrivateKey::generate().unwrap().public_key();
+    member(&t, "db", "u2", &other, "10.77.0.3/16");
+    dev.fail_next_sets(2);
+    let agent = Arc::clone(&t.agent);
+    let errors = || metric(&agent, "wg_agent_reconcile_errors_total");
+    assert_eq!(
+        reconcile(&t, &dev, vec![Dirty::Network("n0".into())])
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(errors(), 1.0);
+    // Nothing else happens in the cluster; the retry comes by itself.
+    let started = std::time::Instant::now();
+    let mut marked = Vec::new();
+    while marked.is_empty() && started.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        marked = t.marked();
+    }
+    assert_eq!(marked, vec![Dirty::Pod("u1".into())], "no retry queued");
+    let first = started.elapsed();
+    // It fails again: the next retry waits longer.
+    assert_eq!(reconcile(&t, &dev, marked).await.len(), 1);
+    assert_eq!(errors(), 2.0);
+    let started = std::time::Instant::now();
+    let mut marked = Vec::new();
+    while marked.is_empty() && started.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        marked = t.marked();
+    }
+    assert_eq!(marked, vec![Dirty::Pod("u1".into())], "no second retry");
+    assert!(started.elapsed() > first, "the backoff did not grow");
+    // The third write goes through: the member is on the device.
+    let sets = reconcile(&t, &dev, marked).await;
+    assert_eq!(sets.len(), 1);
+    assert!(sets[0].contains(&format!("public_key={}", hex(other.as_bytes()))));
+    assert_eq!(errors(), 2.0);
+    // And no retry is pending any more.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(t.marked().is_empty());
+    let _ = key;
+}
+
+/// A network's peerEndpoints bound where its WireGuardPeers may send: a
+/// peer outside is left off the device and its status says why; one
+/// inside is applied.
+#[tokio::test]
+async fn peers_outside_the_networks_peer_endpoints_are_not_applied() {
+    let t = test_agent(|s| match s.method {
+        Method::PATCH => (200, json!({})),
+        _ => status(500, "InternalError"),
+    });
+    let (_key, dev) = held_device(
+        &t,
+        json!({"addressPools": [{"cidr": "10.77.0.0/16"}], "peerEndpoints": ["10.250.0.0/24"]}),
+    );
+    t.agent.set_synced();
+    let peer = |name: &str, k: &PublicKey, endpoint: &str| {
+        let p: wg_k8s_types::WireGuardPeer = serde_json::from_value(json!({
+            "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardPeer",
+            "metadata": {"name": name, "namespace": "ns1"},
+            "spec": {"network": "n0", "publicKey": k.to_base64(), "allowedIPs": ["10.77.200.0/24"],
+                     "endpoint": endpoint},
+        }))
+        .unwrap();
+        t.agent.index.lock().unwrap().peer(&p)
+    };
+    let outside = PrivateKey::generate().unwrap().public_key();
+    let inside = PrivateKey::generate().unwrap().public_key();
+    peer("far", &outside, "10.99.0.1:51820");
+    peer("near", &inside, "10.250.0.9:51820");
+    let sets = reconcile(&t, &dev, vec![Dirty::All]).await;
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert!(sets[0].contains(&format!("public_key={}", hex(inside.as_bytes()))));
+    assert!(
+        !sets[0].contains(&hex(outside.as_bytes())),
+        "a peer outside peerEndpoints reached the device: {}",
+        sets[0]
+    );
+    // Both peers' status is written (in the background).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let patched = |name: &str| {
+        t.log.all().iter().any(|s| {
+            s.method == Method::PATCH && s.path.ends_with(&format!("/wireguardpeers/{name}/status"))
+        })
+    };
+    while !(patched("far") && patched("near")) && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let far = t
+        .log
+        .all()
+        .into_iter()
+        .find(|s| s.path.ends_with("/wireguardpeers/far/status"))
+        .expect("far's status");
+    let cond = &far.body["status"]["conditions"][0];
+    assert_eq!(cond["reason"], "EndpointNotAllowed", "{}", far.body);
+    assert_eq!(cond["status"], "False", "{}", far.body);
+    let near = t
+        .log
+        .all()
+        .into_iter()
+        .find(|s| s.path.ends_with("/wireguardpeers/near/status"))
+        .expect("near's status");
+    assert_eq!(
+        near.body["status"]["conditions"][0]["reason"], "Applied",
+        "{}",
+        near.body
+    );
+}
+
+/// Reconcile what `dirty` touches; the `set=1` requests it sent.
+async fn reconcile(t: &TestAgent, dev: &FakeUapi, dirty: Vec<Dirty>) -> Vec<String> {
+    let before = dev.sets().len();
+    t.agent.reconcile(&dirty.into_iter().collect()).await;
+    dev.sets()[before..].to_vec()
+}
+
+#[tokio::test]
+async fn the_reconciler_sends_a_device_only_what_changed() {
+    let mut t = test_agent(|_| status(500, "InternalError"));
+    let (key, dev) = held_device(&t, json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}));
+    let own_private = t
+        .agent
+        .keys
+        .get_or_create(&KeyId::new("u1", "wg0").unwrap(), "")
+        .unwrap()
+        .0;
     let all = || vec![Dirty::All];
 
     // Before the caches are synced, nothing is touched.
@@ -637,7 +829,7 @@ async fn the_reconciler_sends_a_device_only_what_changed() {
     assert!(!sets[0].contains(&hex(own_private.as_bytes())));
     let saved = t.agent.records.load_all().0;
     assert_eq!(saved[0].key_generation, "1");
-    assert_ne!(saved[0].public_key, rec.public_key);
+    assert_ne!(saved[0].public_key, own_private.public_key());
     let stored = t
         .agent
         .keys
@@ -691,6 +883,47 @@ async fn a_device_that_cannot_be_reached_is_a_reconcile_error() {
     assert_eq!(metric(&t.agent, "wg_agent_reconcile_errors_total"), 1.0);
 }
 
+/// The grace period runs from when the pod went missing, not from the
+/// interface's creation: a long-lived pod whose object disappears (or
+/// that a watch hiccup hides) keeps its interface for the whole grace
+/// period, and a pod seen again starts the count over.
+#[tokio::test]
+async fn gc_grace_counts_from_when_the_pod_went_missing() {
+    let t = test_agent_with(&[("WG_AGENT_GC_GRACE", "1s")], |_| {
+        status(500, "InternalError")
+    });
+    let mut rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
+    rec.created = 0; // made long ago
+    let key = hold(&t.agent, rec);
+    t.agent.set_synced();
+    t.agent.gc().await;
+    assert_eq!(t.agent.keys(), vec![key.clone()], "removed at first sight");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    // Seen again, then missing again: the count starts over.
+    t.agent
+        .index
+        .lock()
+        .unwrap()
+        .pod(&pod_obj("web", "u1", json!({})));
+    t.agent.gc().await;
+    t.agent
+        .index
+        .lock()
+        .unwrap()
+        .pod_gone(&pod_obj("web", "u1", json!({})));
+    t.agent.gc().await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    t.agent.gc().await;
+    assert_eq!(
+        t.agent.keys(),
+        vec![key.clone()],
+        "the count did not start over"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    t.agent.gc().await;
+    assert!(t.agent.keys().is_empty(), "kept past the grace period");
+}
+
 #[tokio::test]
 async fn gc_keeps_live_interfaces_and_their_keys_and_deletes_orphan_objects() {
     let mut t = test_agent(|_| status(500, "InternalError"));
@@ -733,7 +966,15 @@ async fn gc_keeps_live_interfaces_and_their_keys_and_deletes_orphan_objects() {
         "the ghost's key goes, the live one stays"
     );
     assert!(t.agent.keys.public_key(&held).unwrap().is_some());
-    assert!(t.log.all().is_empty());
+    // Only this node's address blocks are listed (tend_blocks).
+    assert!(
+        t.log
+            .all()
+            .iter()
+            .all(|s| s.line() == format!("GET {BLOCKS}")),
+        "{:?}",
+        t.log.lines()
+    );
 }
 
 #[tokio::test]
@@ -894,6 +1135,21 @@ async fn an_interface_that_cannot_be_reopened_keeps_its_address_while_its_pod_ru
         .unwrap()
         .pod(&pod_obj("web", "u1", json!({})));
     t.agent.gc().await;
+    assert_eq!(metric(&t.agent, "wg_agent_orphan_interfaces"), 1.0);
+    // And the pod says so (a Warning Event, tried at each collection until
+    // the apiserver takes it: this one answers 500).
+    let unreachable = t
+        .log
+        .all()
+        .into_iter()
+        .filter(|s| s.method == Method::POST && s.path == "/api/v1/namespaces/ns1/events")
+        .filter(|s| s.body["reason"] == "WireGuardInterfaceUnreachable")
+        .collect::<Vec<_>>();
+    assert_eq!(unreachable.len(), 1, "{:?}", t.log.lines());
+    assert!(unreachable[0].body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("/nonexistent/netns/cni-1"));
     let kid = KeyId::new("u1", "wg0").unwrap();
     assert_eq!(t.agent.keys.list().unwrap(), vec![kid.clone()]);
     assert_eq!(t.agent.records.load_all().0.len(), 1);

@@ -98,6 +98,29 @@ fn attachment(
     )
 }
 
+/// An address block of `network` claimed by `node`, created at second
+/// `created`.
+fn block(network: &str, cidr: &str, node: &str, created: i64) -> WireGuardAddressBlock {
+    let name = WireGuardAddressBlock::name_for(network, &cidr.parse().unwrap());
+    let ts = k8s_openapi::jiff::Timestamp::from_second(created).unwrap();
+    obj(
+        "WireGuardAddressBlock",
+        json!({"name": name, "creationTimestamp": ts.to_string()}),
+        json!({"network": network, "cidr": cidr, "nodeName": node}),
+        None,
+    )
+}
+
+/// An index that knows the blocks the fixtures' addresses (10.77.0.x)
+/// lie in: of node 2 in networks n0 and n2, of node 1 in n1.
+fn idx() -> Index {
+    let mut i = Index::default();
+    i.block(&block("n0", "10.77.0.0/24", OTHER, 1));
+    i.block(&block("n1", "10.77.0.0/24", NODE, 1));
+    i.block(&block("n2", "10.77.0.0/24", OTHER, 1));
+    i
+}
+
 fn pod(ns: &str, name: &str, uid: Option<&str>, app: u8, ann: u8) -> Pod {
     let mut meta = json!({"name": name, "namespace": ns, "labels": {"app": format!("web{app}")}});
     if let Some(u) = uid {
@@ -212,7 +235,7 @@ fn a_peer_applied_again_dirties_its_slot_so_its_secret_is_read_again() {
 
 #[test]
 fn attachments_become_mesh_members_once_their_status_has_a_key() {
-    let mut i = Index::default();
+    let mut i = idx();
     let a = |st| attachment("ns1", "web-0", "n0", OTHER, "uid-a", status(st, 7));
     let n0 = vec![Dirty::Network("n0".into())];
     assert_eq!(i.attachment(&a(0), NODE), vec![], "no status: not a member");
@@ -256,7 +279,7 @@ fn attachments_become_mesh_members_once_their_status_has_a_key() {
 
 #[test]
 fn own_attachments_are_only_this_nodes() {
-    let mut i = Index::default();
+    let mut i = idx();
     i.attachment(&attachment("ns1", "a", "n0", NODE, "u1", None), NODE);
     i.attachment(
         &attachment("ns1", "b", "n0", OTHER, "u2", status(2, 2)),
@@ -293,6 +316,193 @@ fn own_attachments_are_only_this_nodes() {
         vec![Dirty::All]
     );
     assert!(i.own_attachments.is_empty());
+    assert_eq!(i.mesh_of("n0").len(), 1);
+}
+
+// ------------------------------------------------ who may publish an address
+
+/// The attack of the trust issue: an attachment of node 1 publishing an
+/// address of node 2's block (a victim pod's) with its own key. It is not
+/// a member: no pod routes the victim's address to the forger.
+#[test]
+fn an_address_outside_the_attachments_node_blocks_is_not_routed_to_it() {
+    let mut i = idx();
+    let victim = attachment("ns1", "victim", "n0", OTHER, "uid-v", status(2, 7));
+    assert_eq!(
+        i.attachment(&victim, NODE),
+        vec![Dirty::Network("n0".into())]
+    );
+    // Same address, another key, written as node 1's attachment.
+    let forged = attachment("ns9", "forged", "n0", NODE, "uid-f", status(3, 7));
+    let mut forged = forged;
+    forged.status.as_mut().unwrap().public_key = Some(key(66).parse().unwrap());
+    assert_eq!(
+        i.attachment(&forged, NODE),
+        vec![],
+        "nothing routed changes"
+    );
+    let m = i.mesh_of("n0");
+    assert_eq!(m.len(), 1, "only the victim is a member: {m:?}");
+    assert_eq!(m[0].public_key, key(7).parse().unwrap());
+    assert_eq!(
+        i.rejected.get("ns9/forged"),
+        Some(&(
+            "n0".to_string(),
+            Rejection::AddressNotOwned {
+                address: "10.77.0.7/16".parse().unwrap(),
+                owner: Some(OTHER.to_string()),
+            }
+        ))
+    );
+    assert_eq!(
+        i.rejected_by_network(),
+        BTreeMap::from([("n0".to_string(), 1)])
+    );
+    let new = i.take_new_rejections();
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].0, "ns9/forged");
+    assert!(i.take_new_rejections().is_empty(), "reported once");
+    // Written again, the same: not reported again.
+    i.attachment(&forged, NODE);
+    assert!(i.take_new_rejections().is_empty());
+    // Gone: nothing rejected any more.
+    i.attachment_gone(&forged);
+    assert!(i.rejected.is_empty());
+    assert_eq!(i.mesh_of("n0").len(), 1);
+}
+
+/// An address in no block at all (a Service IP, another range): refused.
+/// Every address must be owned, not just one.
+#[test]
+fn an_address_in_no_block_is_refused_and_one_bad_address_refuses_the_member() {
+    let mut i = idx();
+    let mut a = attachment("ns1", "a", "n0", OTHER, "uid-a", status(2, 7));
+    a.status.as_mut().unwrap().addresses = vec![
+        "10.77.0.7/16".parse().unwrap(),
+        "10.96.0.10/32".parse().unwrap(),
+    ];
+    assert_eq!(i.attachment(&a, NODE), vec![]);
+    assert!(i.mesh_of("n0").is_empty());
+    assert_eq!(
+        i.rejected["ns1/a"].1,
+        Rejection::AddressNotOwned {
+            address: "10.96.0.10/32".parse().unwrap(),
+            owner: None
+        }
+    );
+    assert!(i.rejected["ns1/a"]
+        .1
+        .to_string()
+        .contains("no address block"));
+    // Blocks are per network: the same range claimed in another network
+    // entitles nothing here.
+    let mut i = Index::default();
+    i.block(&block("n1", "10.77.0.0/24", OTHER, 1));
+    i.attachment(
+        &attachment("ns1", "a", "n0", OTHER, "u", status(2, 7)),
+        NODE,
+    );
+    assert!(i.mesh_of("n0").is_empty());
+}
+
+/// A network with a namespaceSelector takes members only from the
+/// namespaces it selects; a namespace's labels or the network's selector
+/// changing re-decides them.
+#[test]
+fn a_network_admits_members_only_from_the_namespaces_it_selects() {
+    let mut i = idx();
+    let ns = |name: &str, labels: Value| -> Namespace {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+    };
+    i.relisted_namespaces(&[ns("ns1", json!({"team": "a"})), ns("ns2", json!({}))]);
+    let selective: WireGuardNetwork = obj(
+        "WireGuardNetwork",
+        json!({"name": "n0"}),
+        json!({"addressPools": [{"cidr": "10.77.0.0/16"}],
+               "namespaceSelector": {"matchLabels": {"team": "a"}}}),
+        None,
+    );
+    i.network(&selective);
+    let a1 = attachment("ns1", "a", "n0", OTHER, "u1", status(2, 1));
+    let a2 = attachment("ns2", "b", "n0", OTHER, "u2", status(2, 2));
+    i.attachment(&a1, NODE);
+    i.attachment(&a2, NODE);
+    assert_eq!(i.mesh_of("n0").len(), 1);
+    assert_eq!(i.mesh_of("n0")[0].pod_uid, "u1");
+    assert_eq!(
+        i.rejected["ns2/b"].1,
+        Rejection::NamespaceNotAllowed {
+            namespace: "ns2".into()
+        }
+    );
+    assert!(i.namespace_allowed("n0", "ns1"));
+    assert!(!i.namespace_allowed("n0", "ns2"));
+    assert!(!i.namespace_allowed("n0", "not-seen-yet"));
+    assert!(i.namespace_allowed("n1", "ns2"), "n1 has no selector");
+    // ns2 gets the label: admitted, the mesh changes.
+    assert_eq!(
+        i.namespace(&ns("ns2", json!({"team": "a"}))),
+        vec![Dirty::Network("n0".into())]
+    );
+    assert_eq!(i.mesh_of("n0").len(), 2);
+    // ns1 goes: its member goes.
+    assert_eq!(
+        i.namespace_gone(&ns("ns1", json!({"team": "a"}))),
+        vec![Dirty::Network("n0".into())]
+    );
+    assert_eq!(i.mesh_of("n0").len(), 1);
+    // The selector is dropped from the network: everyone is admitted.
+    i.network(&network("n0", 0));
+    assert_eq!(i.mesh_of("n0").len(), 2);
+    assert!(i.rejected.is_empty());
+}
+
+/// Blocks that arrive, go or overlap re-decide the members they cover,
+/// and dirty the network exactly when the mesh changes.
+#[test]
+fn block_events_readmit_and_the_oldest_of_overlapping_blocks_owns() {
+    let mut i = Index::default();
+    let a = attachment("ns1", "a", "n0", OTHER, "uid-a", status(2, 7));
+    assert_eq!(i.attachment(&a, NODE), vec![], "no block yet");
+    assert_eq!(i.rejected.len(), 1);
+    let b = block("n0", "10.77.0.0/24", OTHER, 100);
+    assert_eq!(i.block(&b), vec![Dirty::Network("n0".into())]);
+    assert_eq!(i.mesh_of("n0").len(), 1);
+    assert!(i.rejected.is_empty());
+    assert_eq!(i.block(&b), vec![], "the same block again");
+    // A younger overlapping block of node 1 (the forger's) takes nothing.
+    let young = block("n0", "10.77.0.0/25", NODE, 200);
+    assert_eq!(i.block(&young), vec![]);
+    assert_eq!(i.mesh_of("n0").len(), 1);
+    // An older overlapping block of node 1 does own the address: node 2's
+    // attachment is refused (its block was claimed over an existing one).
+    let old = block("n0", "10.77.0.0/26", NODE, 50);
+    assert_eq!(i.block(&old), vec![Dirty::Network("n0".into())]);
+    assert!(i.mesh_of("n0").is_empty());
+    assert_eq!(
+        i.rejected["ns1/a"].1,
+        Rejection::AddressNotOwned {
+            address: "10.77.0.7/16".parse().unwrap(),
+            owner: Some(NODE.to_string())
+        }
+    );
+    // Same creation second: the smaller name wins, whatever the order of
+    // events.
+    assert_eq!(i.block_gone(&old), vec![Dirty::Network("n0".into())]);
+    assert_eq!(i.mesh_of("n0").len(), 1);
+    let twin = block("n0", "10.77.0.0/25", NODE, 100);
+    i.block(&twin);
+    let by_name = WireGuardAddressBlock::name_for("n0", &"10.77.0.0/24".parse().unwrap())
+        < WireGuardAddressBlock::name_for("n0", &"10.77.0.0/25".parse().unwrap());
+    assert_eq!(i.mesh_of("n0").len(), usize::from(by_name));
+    i.block_gone(&twin);
+    i.block_gone(&young);
+    // The block goes: the member goes.
+    assert_eq!(i.block_gone(&b), vec![Dirty::Network("n0".into())]);
+    assert!(i.mesh_of("n0").is_empty());
+    assert_eq!(i.block_gone(&b), vec![], "already gone");
+    // A relist of blocks re-decides too.
+    assert_eq!(i.relisted_blocks(&[b]), vec![Dirty::All]);
     assert_eq!(i.mesh_of("n0").len(), 1);
 }
 
@@ -359,6 +569,8 @@ struct Snap {
     mesh: BTreeMap<String, BTreeMap<String, MeshMember>>,
     pods: BTreeMap<String, PodInfo>,
     own: BTreeMap<String, String>,
+    blocks: BTreeMap<String, BTreeMap<String, BlockInfo>>,
+    rejected: BTreeMap<String, (String, Rejection)>,
 }
 
 fn snap(i: &Index) -> Snap {
@@ -392,6 +604,13 @@ fn snap(i: &Index) -> Snap {
             .collect(),
         pods: i.pods.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         own: i.own_attachments.clone(),
+        blocks: i
+            .blocks
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(k, m)| (k.clone(), m.clone()))
+            .collect(),
+        rejected: i.rejected.clone(),
     }
 }
 
@@ -444,6 +663,7 @@ enum Obj {
     Peer(WireGuardPeer),
     Att(WireGuardAttachment),
     Pod(Box<Pod>),
+    Block(WireGuardAddressBlock),
 }
 
 #[derive(Clone, Debug)]
@@ -458,6 +678,8 @@ fn handle(i: &mut Index, ev: &Ev) -> Vec<Dirty> {
         Ev::Apply(Obj::Peer(o)) => i.peer(o),
         Ev::Apply(Obj::Att(o)) => i.attachment(o, NODE),
         Ev::Apply(Obj::Pod(o)) => i.pod(o),
+        Ev::Apply(Obj::Block(o)) => i.block(o),
+        Ev::Delete(Obj::Block(o)) => i.block_gone(o),
         Ev::Delete(Obj::Net(o)) => i.network_gone(o),
         Ev::Delete(Obj::Peer(o)) => i.peer_gone(o),
         Ev::Delete(Obj::Att(o)) => i.attachment_gone(o),
@@ -496,6 +718,12 @@ enum Act {
         uid: u8,
         app: u8,
         ann: u8,
+    },
+    Block {
+        i: u8,
+        net: u8,
+        own: bool,
+        created: u8,
     },
     Delete {
         kind: u8,
@@ -548,7 +776,13 @@ fn act() -> impl Strategy<Value = Act> {
             app,
             ann
         }),
-        (0u8..4, 0u8..2, 0u8..3).prop_map(|(kind, ns, i)| Act::Delete { kind, ns, i }),
+        (0u8..3, 0u8..3, any::<bool>(), 0u8..3).prop_map(|(i, net, own, created)| Act::Block {
+            i,
+            net,
+            own,
+            created
+        }),
+        (0u8..5, 0u8..2, 0u8..3).prop_map(|(kind, ns, i)| Act::Delete { kind, ns, i }),
     ]
 }
 
@@ -620,14 +854,42 @@ impl World {
                     ann,
                 ))),
             ),
+            Act::Block {
+                i,
+                net,
+                own,
+                created,
+            } => {
+                // Three ranges: two overlapping ones that cover the
+                // fixtures' addresses (10.77.0.x) and one that covers none.
+                let cidr = ["10.77.0.0/24", "10.77.0.0/25", "10.78.0.0/24"][usize::from(i % 3)];
+                (
+                    (4, String::new(), format!("b{i}")),
+                    Obj::Block(block(
+                        &format!("n{net}"),
+                        cidr,
+                        if own { NODE } else { OTHER },
+                        i64::from(created),
+                    )),
+                )
+            }
             Act::Delete { kind, ns: n, i } => {
                 let name = match kind {
                     0 => format!("n{i}"),
                     1 => format!("p{i}"),
                     2 => format!("a{i}"),
-                    _ => format!("pod{i}"),
+                    3 => format!("pod{i}"),
+                    _ => format!("b{i}"),
                 };
-                let key = (kind, if kind == 0 { String::new() } else { ns(n) }, name);
+                let key = (
+                    kind,
+                    if kind == 0 || kind == 4 {
+                        String::new()
+                    } else {
+                        ns(n)
+                    },
+                    name,
+                );
                 if let Some(old) = self.objects.remove(&key) {
                     out.push(Ev::Delete(old));
                 }
@@ -640,6 +902,10 @@ impl World {
         let replaced = match (self.objects.get(&slot), &new) {
             (Some(Obj::Att(old)), Obj::Att(n)) => old.spec != n.spec,
             (Some(Obj::Pod(old)), Obj::Pod(n)) => old.metadata.uid != n.metadata.uid,
+            // A block's spec is immutable and its name follows its range.
+            (Some(Obj::Block(old)), Obj::Block(n)) => {
+                old.spec != n.spec || old.metadata.name != n.metadata.name
+            }
             _ => false,
         };
         if replaced {
@@ -663,18 +929,29 @@ impl World {
         let mut peers = Vec::new();
         let mut atts = Vec::new();
         let mut pods = Vec::new();
+        let mut blocks = Vec::new();
         for (o, _) in all {
             match o {
                 Obj::Net(o) => nets.push(o.clone()),
                 Obj::Peer(o) => peers.push(o.clone()),
                 Obj::Att(o) => atts.push(o.clone()),
                 Obj::Pod(o) => pods.push((**o).clone()),
+                Obj::Block(o) => blocks.push(o.clone()),
             }
+        }
+        // Blocks before or after the attachments (the order the watches
+        // of a starting agent list them in is not fixed).
+        let blocks_first = order.first().is_some_and(|w| w % 2 == 0);
+        if blocks_first {
+            assert_eq!(i.relisted_blocks(&blocks), vec![Dirty::All]);
         }
         assert_eq!(i.relisted_networks(&nets), vec![Dirty::All]);
         assert_eq!(i.relisted_peers(&peers), vec![Dirty::All]);
         assert_eq!(i.relisted_attachments(&atts, NODE), vec![Dirty::All]);
         assert_eq!(i.relisted_pods(&pods), vec![Dirty::All]);
+        if !blocks_first {
+            assert_eq!(i.relisted_blocks(&blocks), vec![Dirty::All]);
+        }
     }
 }
 

@@ -652,7 +652,9 @@ fn install_then_uninstall_gives_back_the_exact_bytes() {
     );
     assert_eq!(
         fs::read(&f).unwrap(),
-        chain(FLANNEL.as_bytes(), &plugin()).unwrap().unwrap()
+        chain(FLANNEL.as_bytes(), &InstallOptions::default().plugin)
+            .unwrap()
+            .unwrap()
     );
     assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o640);
     assert_eq!(fs::read(n.bin.join("wg-cni")).unwrap(), b"wg-cni binary v1");
@@ -1266,6 +1268,551 @@ fn watch_creates_a_missing_conf_dir_and_chains_what_appears() {
     watcher.join().unwrap().unwrap();
 }
 
+// --- the watch puts the binaries back -------------------------------------------
+
+/// A watch of `inst` on a thread: its results, in order, and a way to stop it.
+struct Watching {
+    stop: Arc<AtomicBool>,
+    rx: std::sync::mpsc::Receiver<Result<bool, String>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Watching {
+    fn start(inst: &Installer) -> Watching {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let inst = inst.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                inst.watch(&stop, |r| {
+                    let _ = tx.send(r.as_ref().map(|c| *c).map_err(|e| e.to_string()));
+                })
+            })
+        };
+        Watching {
+            stop,
+            rx,
+            thread: Some(thread),
+        }
+    }
+
+    /// The result of the next check.
+    fn next(&self) -> Result<bool, String> {
+        self.rx
+            .recv_timeout(Duration::from_secs(3))
+            .expect("a check within 3 s")
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let r = t.join();
+            if !std::thread::panicking() {
+                r.unwrap().unwrap();
+            }
+        }
+    }
+}
+
+/// Waits up to 2 s for `path` to hold `bytes` with mode 0755.
+fn comes_back(path: &Path, bytes: &[u8]) -> Duration {
+    let t = Instant::now();
+    while !(fs::read(path).is_ok_and(|b| b == bytes) && mode(path) == 0o755) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{} not put back within 2 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.elapsed()
+}
+
+#[test]
+fn watch_puts_a_deleted_or_replaced_binary_back() {
+    let n = node("watch-bin");
+    let f = n.flannel();
+    let inst = n.installer(Mode::Chain);
+    inst.install().unwrap();
+    let plugin = n.bin.join("wg-cni");
+    let wg = n.bin.join(USERSPACE_BINARY);
+    let (ours, wg_ours) = (fs::read(&n.src).unwrap(), fs::read(&n.wg_src).unwrap());
+    let w = Watching::start(&inst);
+    assert_eq!(w.next(), Ok(false), "the first check: all in place");
+
+    let mut took = Vec::new();
+    // Deleted (the plugin, then its companion).
+    fs::remove_file(&plugin).unwrap();
+    took.push(comes_back(&plugin, &ours));
+    fs::remove_file(&wg).unwrap();
+    took.push(comes_back(&wg, &wg_ours));
+    // Replaced by other bytes, written in place and renamed over it.
+    write(&plugin, "not the image's wg-cni");
+    took.push(comes_back(&plugin, &ours));
+    let tmp = n.bin.join(".elsewhere");
+    write(&tmp, "not the image's wireguard-go");
+    fs::rename(&tmp, &wg).unwrap();
+    took.push(comes_back(&wg, &wg_ours));
+    // Its mode changed.
+    fs::set_permissions(&plugin, fs::Permissions::from_mode(0o644)).unwrap();
+    took.push(comes_back(&plugin, &ours));
+    eprintln!("binaries put back after {took:?}");
+    assert!(w.rx.try_iter().any(|r| r == Ok(true)));
+    drop(w);
+    // Nothing else was written: no temporary file, the conflist untouched,
+    // the records unchanged (uninstall still removes both).
+    assert_eq!(names(&n.bin), ["wg-cni", USERSPACE_BINARY]);
+    assert_eq!(entry_count(&f), 1);
+    let u = inst.uninstall().unwrap();
+    assert_eq!(
+        (u.binary, u.userspace),
+        (BinaryUninstall::Removed, BinaryUninstall::Removed)
+    );
+    assert!(names(&n.bin).is_empty());
+    assert_eq!(fs::read(&f).unwrap(), FLANNEL.as_bytes());
+}
+
+#[test]
+fn a_restarted_watch_puts_missing_binaries_back_before_any_event() {
+    // The container restarts (liveness, OOM): no init container runs, the
+    // agent's watch starts with the binaries gone.
+    let n = node("watch-restart");
+    let f = n.flannel();
+    let inst = n.installer(Mode::Chain);
+    inst.install().unwrap();
+    let plugin = n.bin.join("wg-cni");
+    let wg = n.bin.join(USERSPACE_BINARY);
+    fs::remove_file(&plugin).unwrap();
+    fs::remove_file(&wg).unwrap();
+    let w = Watching::start(&inst);
+    assert_eq!(w.next(), Ok(true), "the first check puts them back");
+    assert_eq!(fs::read(&plugin).unwrap(), fs::read(&n.src).unwrap());
+    assert_eq!(fs::read(&wg).unwrap(), fs::read(&n.wg_src).unwrap());
+    assert_eq!((mode(&plugin), mode(&wg)), (0o755, 0o755));
+    drop(w);
+
+    // All in place: a restarted watch writes nothing.
+    let before = [&plugin, &wg, &n.state, &f].map(|p| stamp(p));
+    let w = Watching::start(&inst);
+    assert_eq!(w.next(), Ok(false));
+    drop(w);
+    assert_eq!([&plugin, &wg, &n.state, &f].map(|p| stamp(p)), before);
+}
+
+#[test]
+fn the_watch_keeps_the_installers_ownership_rules() {
+    // A wg-cni that was there before (other bytes): saved by install; the
+    // watch puts ours back when it goes, and uninstall still restores theirs.
+    let n = node("watch-owner");
+    let plugin = n.bin.join("wg-cni");
+    write(&plugin, "someone else's wg-cni");
+    // The companion was there before with our bytes: not ours.
+    let wg = n.bin.join(USERSPACE_BINARY);
+    write(&wg, "wireguard-go v1");
+    fs::set_permissions(&wg, fs::Permissions::from_mode(0o700)).unwrap();
+    let inst = n.installer(Mode::Secondary);
+    let r = inst.install().unwrap();
+    assert!(r.binary.backup.is_some());
+    assert!(!r.userspace.unwrap().written);
+    let wg_stamp = stamp(&wg);
+    let w = Watching::start(&inst);
+    assert_eq!(w.next(), Ok(false), "not ours, our bytes: left as it is");
+    fs::remove_file(&plugin).unwrap();
+    comes_back(&plugin, b"wg-cni binary v1");
+    drop(w);
+    assert_eq!(stamp(&wg), wg_stamp);
+    assert_eq!(mode(&wg), 0o700);
+    assert_eq!(inst.state().unwrap().userspace, None);
+    let u = inst.uninstall().unwrap();
+    assert_eq!(u.binary, BinaryUninstall::Restored);
+    assert_eq!(u.userspace, BinaryUninstall::NotOurs);
+    assert_eq!(fs::read(&plugin).unwrap(), b"someone else's wg-cni");
+    assert_eq!(fs::read(&wg).unwrap(), b"wireguard-go v1");
+}
+
+#[test]
+fn ensure_binaries_leaves_a_kernel_only_image_alone() {
+    let n = node("ensure-kernel");
+    fs::remove_file(&n.wg_src).unwrap();
+    let inst = n.installer(Mode::Secondary);
+    inst.install().unwrap();
+    assert!(!inst.ensure_binaries().unwrap());
+    assert_eq!(names(&n.bin), ["wg-cni"]);
+    fs::remove_file(n.bin.join("wg-cni")).unwrap();
+    assert!(inst.ensure_binaries().unwrap());
+    assert_eq!(names(&n.bin), ["wg-cni"]);
+    // The image's plugin gone (never expected): an error naming it.
+    fs::remove_file(&n.src).unwrap();
+    let e = inst.ensure_binaries().unwrap_err().to_string();
+    assert!(e.contains(&n.src.display().to_string()), "{e}");
+}
+
+#[test]
+fn same_bytes_compares_whole_files_in_chunks() {
+    let t = TempDir::new("same");
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(&a, &big).unwrap();
+    assert!(!same_bytes(&a, &b).unwrap(), "missing");
+    fs::write(&b, &big).unwrap();
+    assert!(same_bytes(&a, &b).unwrap());
+    let mut other = big.clone();
+    other[150_000] ^= 1;
+    fs::write(&b, &other).unwrap();
+    assert!(!same_bytes(&a, &b).unwrap(), "one byte in the third chunk");
+    fs::write(&b, &big[..199_999]).unwrap();
+    assert!(!same_bytes(&a, &b).unwrap(), "shorter");
+    fs::remove_file(&b).unwrap();
+    fs::create_dir(&b).unwrap();
+    assert!(!same_bytes(&a, &b).unwrap(), "a directory");
+}
+
+// --- uninstall on delete: the decision at SIGTERM -------------------------------
+
+mod removal_decision {
+    use super::removal::{decide, DaemonSetWatch, Gone, Limits, Owner, Verdict, Watched};
+    use crate::testutil::{apiserver, status, Log, Seen};
+    use serde_json::{json, Value};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    const DS: &str = "/apis/apps/v1/namespaces/wireguard-system/daemonsets";
+    const DS_GET: &str = "/apis/apps/v1/namespaces/wireguard-system/daemonsets/wg-agent";
+    const NS_GET: &str = "/api/v1/namespaces/wireguard-system";
+
+    fn owner() -> Owner {
+        Owner::from_lookup(|_| None)
+    }
+
+    fn limits(wait_ms: u64) -> Limits {
+        Limits {
+            request: Duration::from_secs(2),
+            wait: Duration::from_millis(wait_ms),
+        }
+    }
+
+    fn meta(name: &str, rv: u32, deleting: bool) -> Value {
+        let mut m = json!({"name": name, "uid": format!("uid-{name}"),
+                           "resourceVersion": rv.to_string(),
+                           "creationTimestamp": "2026-12-07T10:00:00Z"});
+        if deleting {
+            m["deletionTimestamp"] = json!("2026-12-07T12:00:00Z");
+        }
+        m
+    }
+
+    fn ds(rv: u32, deleting: bool) -> (u16, Value) {
+        let mut m = meta("wg-agent", rv, deleting);
+        m["namespace"] = json!("wireguard-system");
+        (
+            200,
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": m}),
+        )
+    }
+
+    fn namespace(deleting: bool) -> (u16, Value) {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": meta("wireguard-system", 3, deleting)}),
+        )
+    }
+
+    /// The apiserver's own NotFound for `kind` `name`.
+    fn not_found(kind: &str, name: &str) -> (u16, Value) {
+        let (code, mut v) = status(404, "NotFound");
+        v["details"] = json!({"name": name, "kind": kind});
+        (code, v)
+    }
+
+    fn list(items: Vec<Value>) -> (u16, Value) {
+        (
+            200,
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSetList",
+                   "metadata": {"resourceVersion": "10"}, "items": items}),
+        )
+    }
+
+    fn event(ty: &str, (_, obj): (u16, Value)) -> (u16, Value) {
+        (200, json!({"type": ty, "object": obj}))
+    }
+
+    /// An apiserver answering the DaemonSet's GET with `get`, its
+    /// namespace's with `ns`, the watch's list with `list`, and its watch
+    /// requests with `watches` in turn, then 403 (its Role gone).
+    fn server(
+        get: (u16, Value),
+        ns: (u16, Value),
+        list: (u16, Value),
+        watches: Vec<(u16, Value)>,
+    ) -> (kube::Client, Log) {
+        let mut watches = watches.into_iter();
+        apiserver(move |s: &Seen| {
+            if s.path == DS_GET {
+                get.clone()
+            } else if s.path == NS_GET {
+                ns.clone()
+            } else if s.path == DS && s.query.contains("watch=true") {
+                assert!(s.query.contains("metadata.name%3Dwg-agent"), "{}", s.query);
+                watches.next().unwrap_or_else(|| status(403, "Forbidden"))
+            } else if s.path == DS {
+                assert!(s.query.contains("metadata.name%3Dwg-agent"), "{}", s.query);
+                list.clone()
+            } else {
+                status(404, "NotFound")
+            }
+        })
+    }
+
+    /// Waits (up to 5 s) until the watch knows `want`.
+    async fn until(w: &DaemonSetWatch, want: Watched) {
+        let t = Instant::now();
+        while w.current() != want {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the watch knows {:?}, not {want:?}",
+                w.current()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    const PRESENT: Watched = Watched {
+        listed: true,
+        gone: false,
+    };
+    const GONE: Watched = Watched {
+        listed: true,
+        gone: true,
+    };
+
+    #[tokio::test]
+    async fn a_refusal_or_an_error_at_shutdown_keeps_the_install() {
+        // The issue's case: the apiserver answers 401 or 403 (or fails) at
+        // SIGTERM, and nothing says the DaemonSet is going: a container
+        // restart must find wg-cni installed.
+        for code in [401, 403, 500, 503] {
+            let reason = match code {
+                401 => "Unauthorized",
+                403 => "Forbidden",
+                _ => "InternalError",
+            };
+            // No watch at all, then a watch whose list was refused too.
+            let (client, log) = server(
+                status(code, reason),
+                namespace(true),
+                status(code, reason),
+                vec![],
+            );
+            let v = decide(&client, &owner(), None, limits(5000)).await;
+            assert!(matches!(v, Verdict::Keep(_)), "{code}: {v:?}");
+            assert!(v.to_string().contains("cannot read the DaemonSet"), "{v}");
+            let w = DaemonSetWatch::start(client.clone(), &owner());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let t = Instant::now();
+            let v = decide(&client, &owner(), Some(&w), limits(5000)).await;
+            assert!(matches!(v, Verdict::Keep(_)), "{code}: {v:?}");
+            assert!(v.to_string().contains("never listed"), "{v}");
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "no wait without a watch"
+            );
+            assert!(log.lines().contains(&format!("GET {DS_GET}")));
+            // A refused DaemonSet is not a reason to look at the namespace.
+            assert!(!log.lines().contains(&format!("GET {NS_GET}")));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_with_a_quiet_watch_waits_then_keeps() {
+        // The watch listed the DaemonSet, then was refused (its Role
+        // removed); the GET at SIGTERM is refused: wait for news, keep.
+        let (client, _log) = server(
+            status(403, "Forbidden"),
+            namespace(false),
+            list(vec![ds(7, false).1]),
+            vec![],
+        );
+        let w = DaemonSetWatch::start(client.clone(), &owner());
+        until(&w, PRESENT).await;
+        let t = Instant::now();
+        let v = decide(&client, &owner(), Some(&w), limits(400)).await;
+        assert!(matches!(v, Verdict::Keep(_)), "{v:?}");
+        assert!(v.to_string().contains("saw no deletion"), "{v}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn not_found_uninstalls_but_not_any_404() {
+        let (client, _) = server(
+            not_found("daemonsets", "wg-agent"),
+            namespace(false),
+            list(vec![]),
+            vec![],
+        );
+        let v = decide(&client, &owner(), None, limits(0)).await;
+        assert_eq!(v, Verdict::Uninstall(Gone::NotFound));
+        // A 404 that is not the apiserver's NotFound of this DaemonSet (a
+        // proxy, a wrong address, another object): unknown, kept.
+        for reply in [
+            status(404, "NotFound"),
+            not_found("daemonsets", "other"),
+            (404, json!("404 page not found")),
+        ] {
+            let (client, _) = server(reply.clone(), namespace(false), list(vec![]), vec![]);
+            let v = decide(&client, &owner(), None, limits(0)).await;
+            assert!(matches!(v, Verdict::Keep(_)), "{reply:?}: {v:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deletion_timestamp_uninstalls() {
+        let (client, _) = server(ds(9, true), namespace(false), list(vec![]), vec![]);
+        let v = decide(&client, &owner(), None, limits(0)).await;
+        assert_eq!(v, Verdict::Uninstall(Gone::Deleting));
+    }
+
+    #[tokio::test]
+    async fn the_namespace_being_deleted_uninstalls_and_a_rolling_update_keeps() {
+        // `kubectl delete namespace`: the namespace controller stops the
+        // pods before it deletes the DaemonSet.
+        let (client, log) = server(ds(9, false), namespace(true), list(vec![]), vec![]);
+        let v = decide(&client, &owner(), None, limits(0)).await;
+        assert_eq!(v, Verdict::Uninstall(Gone::NamespaceDeleting));
+        assert_eq!(
+            log.lines(),
+            [format!("GET {DS_GET}"), format!("GET {NS_GET}")]
+        );
+        // A rolling update, a drain, a restart: both there.
+        let (client, _) = server(ds(9, false), namespace(false), list(vec![]), vec![]);
+        let v = decide(&client, &owner(), None, limits(0)).await;
+        assert_eq!(v, Verdict::Keep("the DaemonSet is there".into()));
+        // The namespace unreadable (an older Role): the DaemonSet is there.
+        let (client, _) = server(ds(9, false), status(403, "Forbidden"), list(vec![]), vec![]);
+        let v = decide(&client, &owner(), None, limits(0)).await;
+        assert!(matches!(v, Verdict::Keep(_)), "{v:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_after_the_watch_saw_the_deletion_uninstalls() {
+        // `kubectl delete -f manifests/`: the watch, opened before the RBAC
+        // objects went, sees the DaemonSet deleted; the GET is refused.
+        let (client, _) = server(
+            status(403, "Forbidden"),
+            namespace(true),
+            list(vec![ds(7, false).1]),
+            vec![event("DELETED", ds(11, false))],
+        );
+        let w = DaemonSetWatch::start(client.clone(), &owner());
+        until(&w, GONE).await;
+        let t = Instant::now();
+        let v = decide(&client, &owner(), Some(&w), limits(5000)).await;
+        assert_eq!(v, Verdict::Uninstall(Gone::SeenByWatch));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // A deletionTimestamp (foreground deletion) counts the same; so
+        // does a list without it; a 401 is refused like a 403.
+        for (l, watches) in [
+            (
+                list(vec![ds(7, false).1]),
+                vec![event("MODIFIED", ds(12, true))],
+            ),
+            (list(vec![]), vec![]),
+            (list(vec![ds(7, true).1]), vec![]),
+        ] {
+            let (client, _) = server(status(401, "Unauthorized"), namespace(false), l, watches);
+            let w = DaemonSetWatch::start(client.clone(), &owner());
+            until(&w, GONE).await;
+            let v = decide(&client, &owner(), Some(&w), limits(5000)).await;
+            assert_eq!(v, Verdict::Uninstall(Gone::SeenByWatch));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watch_seeing_the_deletion_during_the_wait_uninstalls() {
+        // SIGTERM came first (the namespace controller stops the pods as
+        // soon as the namespace is deleted); kubectl deletes the DaemonSet
+        // a moment later. Here the watch fails twice (backoff ~0.75 s)
+        // before it delivers the deletion.
+        let (client, _) = server(
+            status(403, "Forbidden"),
+            namespace(true),
+            list(vec![ds(7, false).1]),
+            vec![
+                status(500, "InternalError"),
+                status(500, "InternalError"),
+                event("DELETED", ds(11, false)),
+            ],
+        );
+        let w = DaemonSetWatch::start(client.clone(), &owner());
+        until(&w, PRESENT).await;
+        let t = Instant::now();
+        let v = decide(&client, &owner(), Some(&w), limits(5000)).await;
+        assert_eq!(v, Verdict::Uninstall(Gone::SeenByWatch));
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_daemonset_created_again_is_not_gone() {
+        // Deleted and created again (`kubectl replace --force`): the latest
+        // news wins.
+        let (client, log) = server(
+            ds(20, false),
+            namespace(false),
+            list(vec![ds(7, false).1]),
+            vec![
+                event("DELETED", ds(11, false)),
+                event("ADDED", ds(12, false)),
+            ],
+        );
+        let w = DaemonSetWatch::start(client.clone(), &owner());
+        let t = Instant::now();
+        while log
+            .all()
+            .iter()
+            .filter(|s| s.query.contains("watch=true"))
+            .count()
+            < 3
+        {
+            assert!(t.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        until(&w, PRESENT).await;
+        let v = decide(&client, &owner(), Some(&w), limits(0)).await;
+        assert_eq!(v, Verdict::Keep("the DaemonSet is there".into()));
+    }
+
+    #[test]
+    fn the_owner_comes_from_the_environment() {
+        assert_eq!(
+            owner(),
+            Owner {
+                namespace: "wireguard-system".into(),
+                daemonset: "wg-agent".into()
+            }
+        );
+        let o = Owner::from_lookup(|k| match k {
+            "POD_NAMESPACE" => Some("wg".into()),
+            "WG_AGENT_DAEMONSET" => Some("agent".into()),
+            _ => None,
+        });
+        assert_eq!(
+            (o.namespace.as_str(), o.daemonset.as_str()),
+            ("wg", "agent")
+        );
+    }
+}
+
 // --- options ------------------------------------------------------------------
 
 #[test]
@@ -1277,7 +1824,12 @@ fn options_from_the_environment() {
     assert_eq!(none.conf_dir, Path::new("/host/etc/cni/net.d"));
     assert_eq!(none.state_file, Path::new("/var/lib/wg-agent/install.json"));
     assert_eq!(none.mode, Mode::Chain);
-    assert_eq!(none.plugin, plugin());
+    assert_eq!(
+        none.plugin,
+        json!({"type": "wg-cni", "managed": true,
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true}}),
+        "the runtime passes wg-cni the pod's annotations"
+    );
     assert_eq!(
         none.userspace_src.as_deref(),
         Some(Path::new("/opt/wg/bin/wireguard-go"))
@@ -1305,6 +1857,22 @@ fn options_from_the_environment() {
     assert_eq!(o.bin_src, Path::new("/src/wg-cni"));
     assert_eq!(o.state_file, Path::new("/s/install.json"));
     assert_eq!(o.plugin["agentSocket"], "/run/wg/agent.sock");
+    assert_eq!(
+        o.plugin["capabilities"],
+        json!({"io.kubernetes.cri.pod-annotations": true}),
+        "declared in a given entry too"
+    );
+    let kept = InstallOptions::from_lookup(|k| {
+        (k == "WG_CNI_PLUGIN").then(|| {
+            r#"{"type":"wg-cni","managed":true,"capabilities":{"portMappings":true,"io.kubernetes.cri.pod-annotations":false}}"#.to_string()
+        })
+    })
+    .unwrap();
+    assert_eq!(
+        kept.plugin["capabilities"],
+        json!({"portMappings": true, "io.kubernetes.cri.pod-annotations": false}),
+        "what the entry says is kept"
+    );
     assert_eq!(
         o.userspace_src.as_deref(),
         Some(Path::new("/src/wireguard-go"))

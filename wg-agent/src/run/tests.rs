@@ -419,3 +419,34 @@ async fn urgent_writes_pass_counter_refreshes() {
         .collect();
     assert_eq!(objects, vec!["c-wg0", "a-wg0", "b-wg0"], "{objects:?}");
 }
+
+/// A device that answers late (a stopped daemon) holds up its own read,
+/// never the heartbeat: the timers beat at every tick while the counters
+/// read waits (before, the loop awaited the read and `/healthz` failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_device_does_not_stop_the_heartbeat() {
+    let t = crate::testutil::test_agent_with(&[("WG_AGENT_STATS_INTERVAL", "100ms")], |_| {
+        status(500, "InternalError")
+    });
+    let rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
+    hold(&t.agent, rec.clone());
+    let dev = crate::testutil::FakeUapi::start(
+        &t.uapi_dir,
+        rec.attachment.birth_name.as_str(),
+        "listen_port=51820\n".to_string(),
+    );
+    dev.delay_replies(3_000);
+    t.agent.set_synced();
+    let h = Arc::new(Heartbeat::new(Duration::from_millis(1_000)));
+    let timers = tokio::spawn(timers(Arc::clone(&t.agent), Arc::clone(&h)));
+    // Well past the heartbeat's limit, and the device has not answered.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert!(!dev.requests().is_empty(), "the counters were not read");
+    let alive = h.check();
+    timers.abort();
+    dev.delay_replies(0);
+    assert!(
+        alive.is_ok(),
+        "a slow device stopped the heartbeat: {alive:?}"
+    );
+}

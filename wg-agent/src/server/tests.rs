@@ -243,6 +243,7 @@ async fn http_metrics_health_and_readiness() {
         listener,
         Arc::clone(&t.agent),
         Arc::clone(&alive),
+        HttpLimits::default(),
     ));
 
     let (code, _, body) = get(port, "/readyz").await;
@@ -265,5 +266,258 @@ async fn http_metrics_health_and_readiness() {
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
     assert!(body.contains("wg_agent_devices 3"), "{body}");
     assert_eq!(get(port, "/other").await.0, 404);
+    server.abort();
+}
+
+/// The CNI socket serves root only, and a peer whose credentials cannot
+/// be read is refused like a non-root one (not let through).
+#[test]
+fn a_cni_peer_must_be_known_to_be_root() {
+    assert_eq!(peer_allowed(Ok(0)), Ok(()));
+    let e = peer_allowed(Ok(1000)).unwrap_err();
+    assert!(e.contains("uid 1000"), "{e}");
+    let e = peer_allowed(Err(std::io::Error::from(std::io::ErrorKind::NotConnected)))
+        .expect_err("an unknown peer is refused");
+    assert!(e.contains("cannot read the peer's credentials"), "{e}");
+    let e = peer_allowed(Err(std::io::Error::other("no SO_PEERCRED")))
+        .expect_err("an unknown peer is refused");
+    assert!(e.contains("no SO_PEERCRED"), "{e}");
+}
+
+/// A TCP connection to the agent's port on 127.0.0.1 from the loopback
+/// address `src` (each 127.x.y.z is its own client address).
+async fn connect_from(src: [u8; 4], port: u16) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(std::net::SocketAddr::from((src, 0))).unwrap();
+    s.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap()
+}
+
+/// Whether the server closes `s` within `within`: end of stream or a reset
+/// (whatever it sent before, e.g. a response, is read and dropped).
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// GET `path` from `src`: the status code, or `None` when the server closed
+/// the connection without answering.
+async fn get_from(src: [u8; 4], port: u16, path: &str) -> Option<u16> {
+    let mut s = connect_from(src, port).await;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    let out = String::from_utf8_lossy(&out);
+    out.split(' ').nth(1)?.parse().ok()
+}
+
+/// The start of a request whose head never ends.
+const PARTIAL_HEAD: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n";
+
+async fn http_server(limits: HttpLimits) -> (u16, tokio::task::JoinHandle<()>) {
+    let t = test_agent(|_| status(500, "InternalError"));
+    t.agent.metrics.devices.set(7);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let alive = Arc::new(crate::Heartbeat::new(Duration::from_secs(600)));
+    alive.beat();
+    let server = tokio::spawn(serve_http(listener, Arc::clone(&t.agent), alive, limits));
+    (port, server)
+}
+
+/// Slowloris against the caps: connections that never finish their request
+/// hold at most `max_per_address` slots of one address (the rest are closed
+/// at once) and `max_connections` in all; a scrape from another address
+/// answers during the attack, is refused while the port is full, and
+/// answers again once the attackers hang up.
+#[tokio::test]
+async fn http_caps_hold_against_slowloris_and_scrapes_still_answer() {
+    let (port, server) = http_server(HttpLimits {
+        max_connections: 6,
+        max_per_address: 3,
+        // Nothing is cut by time here: only the caps act.
+        header_timeout: Duration::from_secs(120),
+        connection_lifetime: Duration::from_secs(120),
+    })
+    .await;
+    let mut attack = Vec::new();
+    for _ in 0..5 {
+        let mut s = connect_from([127, 0, 0, 2], port).await;
+        s.write_all(PARTIAL_HEAD).await.unwrap();
+        attack.push(s);
+    }
+    let closed = futures::future::join_all(
+        attack
+            .iter_mut()
+            .map(|s| closed_within(s, Duration::from_secs(3))),
+    )
+    .await;
+    assert_eq!(
+        closed.iter().filter(|c| **c).count(),
+        2,
+        "one address holds 3 connections, the 2 more are closed: {closed:?}"
+    );
+    let mut held: Vec<_> = attack
+        .into_iter()
+        .zip(&closed)
+        .filter(|(_, c)| !**c)
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        get_from([127, 0, 0, 1], port, "/metrics").await,
+        Some(200),
+        "a scrape answers during the attack"
+    );
+    // Two more addresses fill the port (6 in all).
+    let mut more = Vec::new();
+    for src in [[127, 0, 0, 3], [127, 0, 0, 3], [127, 0, 0, 4]] {
+        let mut s = connect_from(src, port).await;
+        s.write_all(PARTIAL_HEAD).await.unwrap();
+        more.push(s);
+    }
+    for s in &mut more {
+        assert!(!closed_within(s, Duration::from_millis(300)).await);
+    }
+    assert_eq!(
+        get_from([127, 0, 0, 1], port, "/metrics").await,
+        None,
+        "the port is full: the seventh connection is closed unanswered"
+    );
+    for s in &mut held {
+        assert!(
+            !closed_within(s, Duration::from_millis(100)).await,
+            "still held"
+        );
+    }
+    // The attackers hang up: their slots come back.
+    drop(more);
+    drop(held);
+    let mut answered = None;
+    for _ in 0..50 {
+        answered = get_from([127, 0, 0, 1], port, "/healthz").await;
+        if answered.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered, Some(200));
+    server.abort();
+}
+
+/// Slowloris against the clock: a client that sends its request head a
+/// byte at a time, one that sends nothing, and one idle after its answer
+/// are all closed by the server (header timeout), as is one that lives
+/// past the connection lifetime; a scrape answers meanwhile.
+#[tokio::test]
+async fn http_closes_slow_and_idle_connections() {
+    let (port, server) = http_server(HttpLimits {
+        max_connections: 64,
+        max_per_address: 64,
+        header_timeout: Duration::from_millis(400),
+        connection_lifetime: Duration::from_secs(120),
+    })
+    .await;
+    // Trickled heads: one byte every 50 ms, until the server hangs up.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let s = connect_from([127, 0, 0, 2], port).await;
+        let (mut rd, mut wr) = s.into_split();
+        let writer = tokio::spawn(async move {
+            let endless = PARTIAL_HEAD.iter().copied().chain(std::iter::repeat(b'a'));
+            for b in endless {
+                if wr.write_all(&[b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        slow.push((
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    loop {
+                        match rd.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await
+                .is_ok()
+            }),
+            writer,
+        ));
+    }
+    let mut silent = connect_from([127, 0, 0, 3], port).await;
+    let mut idle = connect_from([127, 0, 0, 4], port).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        get_from([127, 0, 0, 1], port, "/metrics").await,
+        Some(200),
+        "a scrape answers during the attack"
+    );
+    for (reader, writer) in slow {
+        assert!(reader.await.unwrap(), "a trickled request head is cut off");
+        writer.abort();
+    }
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "a connection that sends nothing is closed"
+    );
+    let mut answer = Vec::new();
+    let idle_closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut answer))
+        .await
+        .is_ok();
+    assert!(
+        idle_closed && String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "answered, then closed once idle: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A request head larger than the agent reads is refused, not buffered.
+    let mut big = connect_from([127, 0, 0, 5], port).await;
+    let filler = "a".repeat(HTTP_MAX_BUF + 1024);
+    let _ = big
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {filler}\r\n\r\n").as_bytes(),
+        )
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), big.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.starts_with("HTTP/1.1 200"),
+        "a {} byte head was served: {answer:?}",
+        filler.len()
+    );
+    server.abort();
+
+    // The lifetime bounds a connection whatever it does.
+    let (port, server) = http_server(HttpLimits {
+        max_connections: 64,
+        max_per_address: 64,
+        header_timeout: Duration::from_secs(120),
+        connection_lifetime: Duration::from_millis(400),
+    })
+    .await;
+    let mut s = connect_from([127, 0, 0, 2], port).await;
+    s.write_all(PARTIAL_HEAD).await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(10)).await);
     server.abort();
 }
