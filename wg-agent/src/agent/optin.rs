@@ -293,7 +293,18 @@ mod tests {
         );
         a.report_pods_without_interface().await;
         a.report_pods_without_interface().await;
-        let ev = events(&t.log);
+        // The orphan (its interface recorded, its namespace unreachable)
+        // is not missing: it gets its own Warning, once.
+        let (ev, unreachable): (Vec<Value>, Vec<Value>) = events(&t.log)
+            .into_iter()
+            .partition(|e| e["reason"] == REASON_MISSING);
+        assert_eq!(unreachable.len(), 1, "{unreachable:?}");
+        assert_eq!(unreachable[0]["reason"], REASON_UNREACHABLE);
+        assert_eq!(unreachable[0]["involvedObject"]["name"], "orphan");
+        assert_eq!(
+            unreachable[0]["metadata"]["name"],
+            "uid-orphan.wireguard-unreachable"
+        );
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert_eq!(ev[0]["reason"], REASON_MISSING);
         assert_eq!(ev[0]["type"], "Warning");
