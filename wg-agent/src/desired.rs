@@ -353,4 +353,84 @@ mod tests {
             }
         }
     }
+
+    /// Each operator of a `matchExpressions` requirement, both ways: a
+    /// pod without the key is selected by `DoesNotExist` and `NotIn`, not
+    /// by `In` or `Exists`; every requirement must hold, with the labels.
+    #[test]
+    fn selector_operators_both_ways() {
+        let l = labels(&[("app", "web"), ("tier", "front")]);
+        let req = |k: &str, op: &str, v: Option<&[&str]>| LabelSelectorRequirement {
+            key: k.into(),
+            operator: op.into(),
+            values: v.map(|v| v.iter().map(|s| s.to_string()).collect()),
+        };
+        let sel = |reqs: Vec<LabelSelectorRequirement>| LabelSelector {
+            match_labels: None,
+            match_expressions: Some(reqs),
+        };
+        for (r, want) in [
+            (req("zone", "DoesNotExist", None), true),
+            (req("tier", "DoesNotExist", None), false),
+            (req("zone", "Exists", None), false),
+            (req("tier", "Exists", None), true),
+            (req("zone", "In", Some(&["a"])), false),
+            (req("app", "In", Some(&["db"])), false),
+            (req("app", "In", None), false),
+            (req("app", "NotIn", Some(&["db"])), true),
+            (req("app", "NotIn", None), true),
+            (req("zone", "NotIn", None), true),
+            (req("app", "in", Some(&["web"])), false),
+        ] {
+            assert_eq!(selects(Some(&sel(vec![r.clone()])), &l), want, "{r:?}");
+        }
+        // All requirements and all labels must hold.
+        let both = sel(vec![
+            req("zone", "DoesNotExist", None),
+            req("app", "In", Some(&["web"])),
+        ]);
+        assert!(selects(Some(&both), &l));
+        let one_fails = sel(vec![
+            req("zone", "DoesNotExist", None),
+            req("app", "In", Some(&["db"])),
+        ]);
+        assert!(!selects(Some(&one_fails), &l));
+        let mut labelled = LabelSelector::match_labels([("app", "web")]);
+        labelled.match_expressions = Some(vec![req("tier", "DoesNotExist", None)]);
+        assert!(!selects(Some(&labelled), &l));
+        labelled.match_expressions = Some(vec![req("zone", "DoesNotExist", None)]);
+        assert!(selects(Some(&labelled), &l));
+        labelled.match_labels = Some(BTreeMap::from([("app".into(), "db".into())]));
+        assert!(!selects(Some(&labelled), &l));
+    }
+
+    /// A keepalive of 0 is no keepalive: neither the mesh's nor a peer's
+    /// is written as a zero interval.
+    #[test]
+    fn a_zero_keepalive_is_none() {
+        let me = key();
+        let mesh = vec![MeshMember {
+            pod_uid: "a".into(),
+            public_key: key(),
+            endpoint: None,
+            addresses: vec![net("10.77.0.2/16")],
+        }];
+        let ext = vec![ExternalPeer {
+            public_key: key(),
+            endpoint: None,
+            allowed_ips: vec![net("10.99.0.0/24")],
+            persistent_keepalive: Some(0),
+            preshared_key: None,
+        }];
+        let d = compute(&me, &[], &mesh, Some(0), &ext, &[]);
+        assert_eq!(d.device.peers.len(), 2);
+        for p in &d.device.peers {
+            assert_eq!(p.persistent_keepalive, None, "{p:?}");
+        }
+        let d = compute(&me, &[], &mesh, Some(1), &ext, &[]);
+        assert_eq!(
+            d.device.peers[0].persistent_keepalive,
+            Some(Duration::from_secs(1))
+        );
+    }
 }

@@ -1750,4 +1750,40 @@ mod tests {
         assert!(Ipam::new("pods", &[(n("10.0.0.0/16"), 24), (n("10.1.0.0/16"), 24)]).is_ok());
         assert!(Ipam::new("pods", &[(n("10.1.0.0/16"), 24), (n("10.0.0.0/16"), 24)]).is_ok());
     }
+
+    /// What the allocator says about itself and in its errors names the
+    /// right pool: its accessors, a pool's text, the pools an error lists,
+    /// a stray's block in the second pool, a block's holders counted.
+    #[test]
+    fn accessors_and_errors_name_the_right_pool() {
+        let (v4, v6) = (n("10.77.0.0/16"), n("fd00:77::/64"));
+        let mut ipam = Ipam::new("pods", &[(v4, 26), (v6, 122)]).unwrap();
+        assert_eq!(ipam.network(), "pods");
+        assert_eq!(ipam.pool(&v4).map(Pool::block_prefix), Some(26));
+        assert_eq!(ipam.pool(&v6).map(Pool::block_prefix), Some(122));
+        assert!(ipam.pool(&n("10.78.0.0/16")).is_none());
+        assert_eq!(
+            ipam.pool(&v4).unwrap().to_string(),
+            "10.77.0.0/16 (/26 blocks)"
+        );
+        let e = ipam.add_block(n("10.99.0.0/26")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "network pods: 10.99.0.0/26 is not a block of any of its pools \
+             (10.77.0.0/16 (/26 blocks), fd00:77::/64 (/122 blocks))"
+        );
+        // A stray of the second pool: its block is that pool's, and owning
+        // the block makes it no stray.
+        let strays = ipam.restore("x", &[n("fd00:77::5/64")]).unwrap();
+        assert_eq!(strays.len(), 1);
+        assert_eq!(strays[0].block, Some(n("fd00:77::/122")));
+        assert!(ipam.add_block(n("fd00:77::/122")).unwrap());
+        assert!(ipam.strays().is_empty(), "{:?}", ipam.strays());
+        // A block with two holders says two.
+        ipam.add_block(n("10.77.0.0/26")).unwrap();
+        ipam.allocate("a").unwrap();
+        ipam.allocate("b").unwrap();
+        let e = ipam.remove_block(n("10.77.0.0/26")).unwrap_err();
+        assert!(matches!(e, IpamError::BlockInUse { held: 2, .. }), "{e}");
+    }
 }

@@ -279,6 +279,168 @@ mod tests {
         assert_eq!(d.len(), 9, "{text:?}");
     }
 
+    /// Each drift carries the values on both sides, exactly: a keepalive
+    /// turned on says what it should be, one that should be off says `None`.
+    #[test]
+    fn device_drifts_carry_both_values() {
+        let net = |s: &str| -> IpNetwork { s.parse().unwrap() };
+        let mut have = Device::default();
+        have.apply(
+            &DeviceConfig::new()
+                .listen_port(1)
+                .fwmark(1)
+                .peer(
+                    PeerConfig::new(key(1))
+                        .allowed_ips([net("10.0.0.0/24"), net("fd00::/64")])
+                        .endpoint("10.9.9.8:1".parse().unwrap()),
+                )
+                .peer(PeerConfig::new(key(2)).persistent_keepalive(Duration::from_secs(25))),
+        );
+        let want = DeviceConfig::new()
+            .listen_port(2)
+            .fwmark(2)
+            .replace_peers()
+            .peer(
+                PeerConfig::new(key(1))
+                    .allowed_ip(net("10.0.1.0/24"))
+                    .endpoint("10.9.9.9:1".parse().unwrap())
+                    .persistent_keepalive(Duration::from_secs(30)),
+            )
+            .peer(PeerConfig::new(key(2)));
+        assert_eq!(
+            Drift::of_device(&want, &have),
+            vec![
+                Drift::ListenPort { have: 1, want: 2 },
+                Drift::Fwmark { have: 1, want: 2 },
+                Drift::PeerEndpoint {
+                    peer: key(1),
+                    have: Some("10.9.9.8:1".parse().unwrap()),
+                    want: "10.9.9.9:1".parse().unwrap(),
+                },
+                Drift::PeerKeepalive {
+                    peer: key(1),
+                    have: None,
+                    want: Some(Duration::from_secs(30)),
+                },
+                Drift::PeerAllowedIps {
+                    peer: key(1),
+                    have: vec![net("10.0.0.0/24"), net("fd00::/64")],
+                    want: vec![net("10.0.1.0/24")],
+                },
+                Drift::PeerKeepalive {
+                    peer: key(2),
+                    have: Some(Duration::from_secs(25)),
+                    want: None,
+                },
+            ]
+        );
+    }
+
+    /// What `verify` reports is read by people: each drift says what it is
+    /// and both values, and never a key.
+    #[test]
+    fn drifts_read_as_sentences() {
+        let p = key(1);
+        let net = |s: &str| -> IpNetwork { s.parse().unwrap() };
+        let cases = [
+            (
+                Drift::Missing {
+                    interface: IfName::new("wg0").unwrap(),
+                },
+                "interface wg0 is missing".to_string(),
+            ),
+            (
+                Drift::PrivateKey,
+                "the interface's key is not the configured one".into(),
+            ),
+            (
+                Drift::ListenPort { have: 1, want: 2 },
+                "listen port is 1, configured 2".into(),
+            ),
+            (
+                Drift::Fwmark {
+                    have: 0x51,
+                    want: 0,
+                },
+                "fwmark is 0x51, configured 0x0".into(),
+            ),
+            (
+                Drift::PeerMissing { peer: p },
+                format!("peer {p} is missing"),
+            ),
+            (
+                Drift::PeerUnexpected { peer: p },
+                format!("unexpected peer {p}"),
+            ),
+            (
+                Drift::PeerAllowedIps {
+                    peer: p,
+                    have: vec![net("10.0.0.0/24"), net("fd00::/64")],
+                    want: vec![],
+                },
+                format!("peer {p} allowed IPs are [10.0.0.0/24, fd00::/64], configured []"),
+            ),
+            (
+                Drift::PeerKeepalive {
+                    peer: p,
+                    have: None,
+                    want: Some(Duration::from_secs(25)),
+                },
+                format!("peer {p} keepalive is None, configured Some(25s)"),
+            ),
+            (
+                Drift::PeerPresharedKey { peer: p },
+                format!("peer {p} preshared key differs from the configuration (values not shown)"),
+            ),
+            (
+                Drift::PeerEndpoint {
+                    peer: p,
+                    have: Some("10.0.0.1:1".parse().unwrap()),
+                    want: "10.0.0.2:2".parse().unwrap(),
+                },
+                format!("peer {p} endpoint is 10.0.0.1:1, configured 10.0.0.2:2"),
+            ),
+            (
+                Drift::PeerEndpoint {
+                    peer: p,
+                    have: None,
+                    want: "10.0.0.2:2".parse().unwrap(),
+                },
+                format!("peer {p} has no endpoint, configured 10.0.0.2:2"),
+            ),
+            (
+                Drift::AddressMissing {
+                    address: net("10.1.0.2/24"),
+                },
+                "address 10.1.0.2/24 is missing".into(),
+            ),
+            (
+                Drift::AddressUnexpected {
+                    address: net("10.1.0.3/24"),
+                },
+                "unexpected address 10.1.0.3/24".into(),
+            ),
+            (
+                Drift::RouteMissing {
+                    destination: net("0.0.0.0/0"),
+                    table: 254,
+                },
+                "route 0.0.0.0/0 (table 254) is missing".into(),
+            ),
+            (
+                Drift::Mtu {
+                    have: 1420,
+                    want: 1380,
+                },
+                "mtu is 1420, configured 1380".into(),
+            ),
+            (Drift::Down, "the interface is down".into()),
+        ];
+        for (drift, text) in cases {
+            assert_eq!(drift.to_string(), text);
+        }
+    }
+
     fn arb_config() -> impl Strategy<Value = DeviceConfig> {
         let peer = (
             1u8..6,

@@ -265,6 +265,7 @@ fn managed_mode_and_its_defaults() {
             socket: crate::managed::DEFAULT_SOCKET.into(),
             hint_dir: crate::managed::DEFAULT_HINT_DIR.into(),
             timeout: Duration::from_secs(60),
+            annotations: PodAnnotations::Unknown,
         })
     );
     let c = parse(
@@ -397,4 +398,239 @@ fn managed_fields_are_checked() {
             "{ok}"
         );
     }
+}
+
+/// A key file is read by the runtime's plugin process, whose working
+/// directory nobody chose: a relative path is refused, naming the field.
+#[test]
+fn a_relative_private_key_file_is_refused() {
+    for p in ["key", "./key", "../etc/wg/key", "etc/wg/key"] {
+        let e =
+            parse(json!({"cniVersion": "1.0.0", "name": "n", "privateKeyFile": p})).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig, "{p}");
+        assert!(
+            e.details.starts_with("privateKeyFile:") && e.details.contains("not an absolute path"),
+            "{p}: {e}"
+        );
+    }
+    let c = parse(json!({"cniVersion": "1.0.0", "name": "n", "privateKeyFile": "/etc/wg/key"}))
+        .unwrap();
+    assert_eq!(c.private_key, Some(KeySource::File("/etc/wg/key".into())));
+}
+
+/// `"logFile": ""` is no file name: the default (in the state directory)
+/// is used, as when the field is absent.
+#[test]
+fn an_empty_log_file_means_the_default() {
+    let log_of = |extra: Value| {
+        let mut v = json!({"cniVersion": "1.0.0", "name": "n"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        parse(v).unwrap().log_file
+    };
+    let default = PathBuf::from(DEFAULT_STATE_DIR).join("wg-cni.log");
+    assert_eq!(log_of(json!({})), default);
+    assert_eq!(log_of(json!({"logFile": ""})), default);
+    assert_eq!(log_of(json!({"logFile": null})), default);
+    assert_eq!(
+        log_of(json!({"stateDir": "/run/wgs", "logFile": ""})),
+        PathBuf::from("/run/wgs/wg-cni.log")
+    );
+    assert_eq!(
+        log_of(json!({"stateDir": "/run/wgs", "logFile": "/var/log/wg.log"})),
+        PathBuf::from("/var/log/wg.log")
+    );
+}
+
+/// The network name becomes a directory under the state directory: a
+/// slash or a `..` anywhere in it is refused, each on its own.
+#[test]
+fn network_names_that_could_leave_the_state_directory_are_refused() {
+    for name in ["a/b", "/", "a..b", "..", "../x", "x/.."] {
+        let e = parse(json!({"cniVersion": "1.0.0", "name": name})).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig, "{name}");
+        assert!(e.details.starts_with("name:"), "{name}: {e}");
+    }
+    for name in ["a.b", "wg-net_1", "a.b.c"] {
+        assert_eq!(
+            parse(json!({"cniVersion": "1.0.0", "name": name}))
+                .unwrap()
+                .name,
+            name
+        );
+    }
+}
+
+/// `mtu`: absent or null is the default, `"auto"` the underlay's, a
+/// number in 576..=65535 itself; any other string or number is refused.
+#[test]
+fn mtu_is_auto_or_a_number_in_range() {
+    let mtu = |v: Value| parse(json!({"cniVersion": "1.0.0", "name": "n", "mtu": v}));
+    assert_eq!(mtu(Value::Null).unwrap().mtu, Mtu::Default);
+    assert_eq!(mtu(json!("auto")).unwrap().mtu, Mtu::Auto);
+    assert_eq!(mtu(json!(576)).unwrap().mtu, Mtu::Value(576));
+    assert_eq!(mtu(json!(65535)).unwrap().mtu, Mtu::Value(65535));
+    for bad in [
+        json!(575),
+        json!(65536),
+        json!(-1),
+        json!(1420.5),
+        json!("1420"),
+        json!("Auto"),
+        json!(""),
+        json!(true),
+    ] {
+        let e = mtu(bad.clone()).unwrap_err();
+        assert!(e.details.starts_with("mtu:"), "{bad}: {e}");
+    }
+}
+
+/// The hint to set `allowInsecureKeyFile` comes with either refusal of the
+/// key file check, and with nothing else.
+#[test]
+fn the_insecure_key_file_hint_comes_with_either_refusal() {
+    let hint = "; fix it or set allowInsecureKeyFile";
+    assert_eq!(
+        key_file_hint("/k is owned by uid 1000".into()),
+        format!("/k is owned by uid 1000{hint}")
+    );
+    assert_eq!(
+        key_file_hint("/k is accessible by group or others (mode 644)".into()),
+        format!("/k is accessible by group or others (mode 644){hint}")
+    );
+    assert_eq!(
+        key_file_hint("/k: No such file or directory".into()),
+        "/k: No such file or directory"
+    );
+}
+
+/// Keepalives: whole seconds in 0..=65535, as a number or as a duration in
+/// any of Go's units; one past the top, a fraction, or another type is
+/// refused.
+#[test]
+fn keepalive_bounds_in_every_unit() {
+    for (v, secs) in [
+        (json!(0), 0),
+        (json!(65535), 65535),
+        (json!("0"), 0),
+        (json!("65535s"), 65535),
+        (json!("18h12m15s"), 65535),
+        (json!("1092m15s"), 65535),
+        (json!("1000ms"), 1),
+        (json!("1000000us"), 1),
+        (json!("1000000µs"), 1),
+        (json!("1000000000ns"), 1),
+    ] {
+        assert_eq!(parse_keepalive(&v), Ok(Duration::from_secs(secs)), "{v}");
+    }
+    for v in [
+        json!(65536),
+        json!("65536s"),
+        json!("18h12m16s"),
+        json!(-1),
+        json!(1.5),
+        json!("1500us"),
+        json!("999999999ns"),
+        json!("65535001ms"),
+        json!(true),
+        Value::Null,
+    ] {
+        assert!(parse_keepalive(&v).is_err(), "{v}");
+    }
+}
+
+/// Every unit of Go's `time.ParseDuration` that the subset takes, and the
+/// guard against values no `Duration` of whole nanoseconds should come
+/// from: at most 1e18 ns (about 31.7 years) per term, nothing infinite.
+#[test]
+fn go_duration_units_and_the_size_guard() {
+    for (s, d) in [
+        ("1h", Duration::from_secs(3600)),
+        ("1.5h", Duration::from_secs(5400)),
+        ("1m", Duration::from_secs(60)),
+        ("1s", Duration::from_secs(1)),
+        (".5s", Duration::from_millis(500)),
+        ("1ms", Duration::from_millis(1)),
+        ("1us", Duration::from_micros(1)),
+        ("1µs", Duration::from_micros(1)),
+        ("1ns", Duration::from_nanos(1)),
+        ("1h1m1s1ms1us1ns", Duration::new(3661, 1_001_001)),
+        ("1000000000s", Duration::from_secs(1_000_000_000)),
+    ] {
+        assert_eq!(parse_go_duration(s), Some(d), "{s}");
+    }
+    let huge = format!("1{}s", "0".repeat(400));
+    for s in [
+        "1000000001s",
+        "10000000000s",
+        "300000h",
+        huge.as_str(),
+        "1e3s",
+        "1u",
+        "1n",
+        "1mus",
+        "1 s",
+    ] {
+        assert_eq!(parse_go_duration(s), None, "{s}");
+    }
+}
+
+/// Secrets the parser did not take (the parse stopped before them, or they
+/// sit where no field reads them) are wiped from the JSON tree all the
+/// same, at any depth; nothing else is touched.
+#[test]
+fn wipe_secrets_wipes_every_key_at_every_depth() {
+    let mut v = json!({
+        "privateKey": K1,
+        "name": K1,
+        "peers": [{"publicKey": P1, "presharedKey": K1}, {"presharedKey": K1}],
+        "prevResult": {"nested": {"privateKey": K1, "list": [{"presharedKey": K1}]}},
+        "other": [[{"privateKey": K1}]],
+    });
+    wipe_secrets(&mut v);
+    let text = v.to_string();
+    assert_eq!(
+        text.matches(K1).count(),
+        1,
+        "only the non-secret field keeps the value: {text}"
+    );
+    assert_eq!(v["name"], K1);
+    assert_eq!(v["privateKey"], "");
+    assert_eq!(v["peers"][0]["presharedKey"], "");
+    assert_eq!(v["peers"][0]["publicKey"], P1);
+    assert_eq!(v["peers"][1]["presharedKey"], "");
+    assert_eq!(v["prevResult"]["nested"]["privateKey"], "");
+    assert_eq!(v["prevResult"]["nested"]["list"][0]["presharedKey"], "");
+    assert_eq!(v["other"][0][0]["privateKey"], "");
+}
+
+/// A teardown (DEL, GC) reads `"managed": true` as managed mode, with or
+/// without a `network`: the static fields the agent owns are dropped
+/// unread, so they cannot fail it, as they are refused at ADD.
+#[test]
+fn teardown_takes_managed_true_without_a_network_as_managed() {
+    for extra in [
+        json!({"managed": true}),
+        json!({"managed": true, "network": "pods"}),
+        json!({"network": "pods"}),
+    ] {
+        let mut v = json!({"cniVersion": "1.0.0", "name": "n",
+            "interfaceName": "not a valid name", "backend": "kernel"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let c = NetConf::parse_teardown(v.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert!(matches!(c.mode, Mode::Managed(_)), "{v}: {:?}", c.mode);
+    }
+    // Static: those fields are read, and checked.
+    let e = NetConf::parse_teardown(
+        json!({"cniVersion": "1.0.0", "name": "n", "managed": false,
+            "interfaceName": "not a valid name"})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap_err();
+    assert!(e.details.starts_with("interfaceName:"), "{e}");
 }
