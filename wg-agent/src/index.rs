@@ -358,7 +358,7 @@ impl Index {
 
     /// An attachment (of any node) changed or appeared: a mesh member once
     /// its status has a key and every address it publishes lies in an
-    /// address block of its own node ([`Index::check`]). `node` is this
+    /// address block of its own node (`Index::check`). `node` is this
     /// node (its own attachments are remembered for garbage collection).
     pub fn attachment(&mut self, a: &WireGuardAttachment, node: &str) -> Vec<Dirty> {
         let key = ns_name(a.namespace().as_deref(), &a.name_any());

@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// What an interface should be (see [`Agent::target`]).
+/// What an interface should be (see `Agent::target`).
 pub(crate) struct Target {
     /// The complete device configuration: key, port, every peer.
     pub(crate) config: DeviceConfig,

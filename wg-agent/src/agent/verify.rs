@@ -5,7 +5,7 @@ use super::*;
 
 impl Agent {
     /// Read one device back, compare it with what it should be now
-    /// ([`Agent::target`]: the resources, not what was last written, so a
+    /// (`Agent::target`: the resources, not what was last written, so a
     /// write that failed is found here too) and, when `repair`, fix what
     /// drifted. Returns the drift, described.
     pub async fn verify_one(
