@@ -790,22 +790,8 @@ fn rbac_and_admission(ctx: &Ctx) {
              spec: {{network: pods, podName: x, podUID: x, nodeName: {node}, interface: wg0}}\n"
         )
     };
-    let as_agent = |yaml: &str| {
-        let mut p = c
-            .kubectl_as(&ctx.kubeconfig(1))
-            .args(["create", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        p.stdin
-            .take()
-            .expect("stdin")
-            .write_all(yaml.as_bytes())
-            .expect("write");
-        p.wait_with_output().expect("kubectl")
-    };
+    let agent1 = ctx.kubeconfig(1);
+    let as_agent = |yaml: &str| trust::kubectl_as(ctx, &agent1, &["create", "-f", "-"], yaml);
     let denied = as_agent(&att("wgk8s-n2"));
     let err = String::from_utf8_lossy(&denied.stderr).into_owned();
     assert!(

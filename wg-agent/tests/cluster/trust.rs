@@ -21,7 +21,12 @@ fn kubeconfig_with(ctx: &Ctx, name: &str, token: &str) -> std::path::PathBuf {
 }
 
 /// `kubectl ARGS` as the holder of `kubeconfig`, `stdin` fed.
-fn kubectl_as(ctx: &Ctx, kubeconfig: &std::path::Path, args: &[&str], stdin: &str) -> Output {
+pub(crate) fn kubectl_as(
+    ctx: &Ctx,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    stdin: &str,
+) -> Output {
     let mut p: std::process::Child = ctx
         .c
         .kubectl_as(kubeconfig)
