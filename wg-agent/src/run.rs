@@ -406,13 +406,24 @@ pub async fn timers(agent: Arc<Agent>, heartbeat: Arc<Heartbeat>) {
         }
         let a = Arc::clone(&agent);
         tokio::spawn(async move {
+            // Cleared however the run ends (a panic included): a job that
+            // failed once still runs at its next tick.
+            let _running = Running(flag);
             match job {
                 0 => a.refresh_stats().await,
                 1 => a.verify().await,
                 _ => a.gc().await,
             }
-            flag.store(false, Ordering::Release);
         });
+    }
+}
+
+/// A timer job's "still running" flag, cleared when the run ends.
+struct Running(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -6,6 +6,11 @@
 
 use super::*;
 use crate::blocks::{self, Taken};
+use std::time::Duration;
+
+/// How long [`Agent::tend_blocks`] waits, in all, for the interfaces'
+/// slots other jobs hold to learn the addresses their records hold.
+const RECORD_WAIT: Duration = Duration::from_secs(10);
 
 impl Agent {
     /// An address per pool for `key`, claiming blocks as needed.
@@ -212,15 +217,21 @@ impl Agent {
     }
 
     /// The addresses the node's interfaces hold by network, from their
-    /// records (orphans included): `None` while an ADD or DEL holds an
-    /// interface's slot (its addresses are not known then).
-    fn recorded_addresses(&self) -> Option<BTreeMap<String, Vec<IpNetwork>>> {
+    /// records (orphans included). A slot held by another job (an ADD, a
+    /// DEL, a verify or a peer update: each holds it for at most one
+    /// device operation's timeout) is waited for, up to
+    /// [`RECORD_WAIT`] in all; `None` when one is still held then (its
+    /// addresses are not known: nothing is given back this round).
+    /// Called without the allocators' lock: an ADD holds its slot while
+    /// it waits for that lock.
+    async fn recorded_addresses(&self) -> Option<BTreeMap<String, Vec<IpNetwork>>> {
         let mut out: BTreeMap<String, Vec<IpNetwork>> = BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + RECORD_WAIT;
         for key in self.keys() {
             let Some(slot) = self.slot(&key) else {
                 continue;
             };
-            let g = slot.try_lock().ok()?;
+            let g = tokio::time::timeout_at(deadline, slot.lock()).await.ok()?;
             if let Some(e) = g.as_ref() {
                 out.entry(e.rec.network.clone())
                     .or_default()
@@ -263,6 +274,10 @@ impl Agent {
         }
         let api: Api<WireGuardAddressBlock> = Api::all(self.client.clone());
         let node = self.settings.node_name.clone();
+        // Before the allocators' lock (see `recorded_addresses`): an
+        // address allocated after this read is held by its allocator, so
+        // its block is not releasable anyway.
+        let recorded = self.recorded_addresses().await;
         let mut ipam = self.ipam.lock().await;
         let mine = match blocks::of_node(&api, &node).await {
             Ok(m) => m,
@@ -272,7 +287,6 @@ impl Agent {
                 return;
             }
         };
-        let recorded = self.recorded_addresses();
         let in_use = |network: &str, block: &IpNetwork| {
             recorded.as_ref().is_none_or(|r| {
                 r.get(network)
@@ -721,6 +735,41 @@ mod tests {
         }
         t.agent.tend_blocks().await;
         assert_eq!(names(&store), vec!["n0.10-77-0-64-28"]);
+        assert!(t.agent.ipam.lock().await["n0"].blocks().is_empty());
+    }
+
+    /// A slot held by another job when the blocks are tended (a verify
+    /// or a peer update holds it for one device operation): waited for,
+    /// and the empty block still goes back. (Before, any held slot made
+    /// the whole round give nothing back; a node whose verify ran at each
+    /// collection kept its blocks for ever.)
+    #[tokio::test]
+    async fn a_slot_held_briefly_does_not_stop_the_give_back() {
+        let store = Store::default();
+        let t = agent_with(
+            &store,
+            vec![block("n0", "10.77.0.16/28", NODE, Some(NODE_UID))],
+        );
+        t.agent.set_synced();
+        t.agent.index.lock().unwrap().network(&network_obj(
+            "n0",
+            json!({"addressPools": [{"cidr": "10.77.0.0/24", "blockSize": 28}]}),
+        ));
+        let mut ipam = Ipam::new("n0", &[(n("10.77.0.0/24"), 28)]).unwrap();
+        ipam.add_block(n("10.77.0.16/28")).unwrap();
+        t.agent.ipam.lock().await.insert("n0".into(), ipam);
+        let slot: Slot = Arc::default();
+        t.agent
+            .slots()
+            .insert(Key::new("u9", "wg0").unwrap(), Arc::clone(&slot));
+        let held = Arc::clone(&slot).lock_owned().await;
+        let job = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(held);
+        });
+        t.agent.tend_blocks().await;
+        job.await.unwrap();
+        assert!(names(&store).is_empty(), "{:?}", t.log.lines());
         assert!(t.agent.ipam.lock().await["n0"].blocks().is_empty());
     }
 
