@@ -169,6 +169,10 @@ pub struct Agent {
     retry: Retry,
     /// Interfaces whose pod the index no longer shows, since when.
     missing_since: Mutex<BTreeMap<Key, Instant>>,
+    /// Each device's last counters as exported: kept for a device whose
+    /// slot another job holds at a refresh, so its series do not vanish
+    /// for that round.
+    last_samples: Mutex<BTreeMap<Key, crate::metrics::DeviceSample>>,
     /// Peer endpoints' host names, resolved aside.
     resolver: Arc<resolve::Resolver>,
 }
@@ -294,6 +298,7 @@ impl Agent {
             peer_status: Arc::new(Mutex::new(BTreeMap::new())),
             retry: Retry::default(),
             missing_since: Mutex::new(BTreeMap::new()),
+            last_samples: Mutex::new(BTreeMap::new()),
             resolver: Arc::new(resolve::Resolver::default()),
             orphans: Mutex::new(Vec::new()),
             dirty,

@@ -30,11 +30,22 @@ impl Agent {
     /// Read every device's counters (metrics, status).
     pub async fn refresh_stats(self: &Arc<Self>) {
         let mut samples = Vec::new();
+        let mut last =
+            std::mem::take(&mut *self.last_samples.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut kept = BTreeMap::new();
         for key in self.keys() {
             let Some(slot) = self.slot(&key) else {
                 continue;
             };
-            let Ok(mut g) = slot.try_lock() else { continue };
+            // Held by another job (a reconcile, a verify): its last
+            // counters stand for this round.
+            let Ok(mut g) = slot.try_lock() else {
+                if let Some(s) = last.remove(&key) {
+                    samples.push(s.clone());
+                    kept.insert(key, s);
+                }
+                continue;
+            };
             let Some(e) = g.as_mut() else { continue };
             let place = Arc::clone(&e.place);
             let attachment = e.attachment.clone();
@@ -46,7 +57,9 @@ impl Agent {
             .await;
             match read {
                 Ok(Ok(s)) => {
-                    samples.push(crate::metrics::DeviceSample::new(&e.rec, &s));
+                    let sample = crate::metrics::DeviceSample::new(&e.rec, &s);
+                    kept.insert(key.clone(), sample.clone());
+                    samples.push(sample);
                     e.stats = Some(s);
                     let status = self.status_of(e);
                     let write = match &e.written {
@@ -70,6 +83,7 @@ impl Agent {
                 Err(_) => {}
             }
         }
+        *self.last_samples.lock().unwrap_or_else(|e| e.into_inner()) = kept;
         self.metrics.set_devices(samples);
     }
 

@@ -1267,3 +1267,33 @@ async fn an_add_launches_through_the_plugin_only_when_told_and_able() {
     }
     assert!(t.agent.warned_old_plugin.load(Ordering::Acquire));
 }
+
+/// A device whose slot another job holds at a counters refresh keeps its
+/// series (its last counters): before, it vanished from /metrics for
+/// that round, and a scrape then (the cluster test's read of the peers'
+/// allowed IPs right after a reconcile) saw no such device.
+#[tokio::test]
+async fn a_busy_device_keeps_its_metrics() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    let (key, _dev) = held_device(&t, json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}));
+    let series = |agent: &Agent| {
+        agent
+            .metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("wireguard_") && l.contains("pod=\"web\""))
+            .count()
+    };
+    t.agent.refresh_stats().await;
+    let before = series(&t.agent);
+    assert!(before > 0, "{}", t.agent.metrics.encode());
+    let slot = t.agent.slot(&key).unwrap();
+    let held = slot.lock().await;
+    t.agent.refresh_stats().await;
+    assert_eq!(series(&t.agent), before, "{}", t.agent.metrics.encode());
+    drop(held);
+    // Gone for good: its series go.
+    t.agent.slots().remove(&key);
+    t.agent.refresh_stats().await;
+    assert_eq!(series(&t.agent), 0);
+}
