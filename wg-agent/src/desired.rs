@@ -22,6 +22,15 @@ use wg_netns::{DeviceConfig, IpNetwork, PeerConfig, PresharedKey, PublicKey};
 /// A label selector (Kubernetes' `LabelSelector`).
 pub type Selector = LabelSelector;
 
+/// Whether `addr` lies in one of a network's `peerEndpoints` (the rule
+/// the agents apply to a WireGuardPeer's literal endpoint, and
+/// `showconf` too).
+pub fn endpoint_allowed(allowed: &[IpNetwork], addr: SocketAddr) -> bool {
+    allowed
+        .iter()
+        .any(|n| n.is_ipv4() == addr.is_ipv4() && n.contains(addr.ip()))
+}
+
 /// Builders for selectors in tests and examples.
 pub trait SelectorExt {
     /// A selector of `matchLabels` only.

@@ -30,6 +30,7 @@ pub mod run;
 pub mod server;
 pub mod settings;
 #[cfg(test)]
+pub mod showconf;
 mod testutil;
 
 pub use run::Heartbeat;

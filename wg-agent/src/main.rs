@@ -12,6 +12,10 @@
 //!   entry in the primary conflist (`wg_agent::install`). It logs one line
 //!   saying what became of each.
 //! - `wg-agent uninstall`: remove exactly what `install` added.
+//! - `wg-agent showconf [-n NAMESPACE] PEER`: print the WireGuard
+//!   configuration of the host outside the cluster that a WireGuardPeer
+//!   describes (`wg_agent::showconf`); installed as `kubectl-wg`, the same
+//!   is `kubectl wg showconf`.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,14 +45,23 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // Installed as `kubectl-wg`, it is the kubectl plugin `kubectl wg`.
+    let plugin = std::env::args()
+        .next()
+        .is_some_and(|a| a.rsplit('/').next() == Some("kubectl-wg"));
     match std::env::args().nth(1).as_deref() {
+        Some("showconf") => return showconf(),
+        _ if plugin => {
+            eprintln!("usage: kubectl wg showconf [-n NAMESPACE] PEER [--format setconf|wg-quick]");
+            return ExitCode::from(2);
+        }
         None => {}
         Some("install") => return install_step("install", Installer::install),
         Some("uninstall") => return install_step("uninstall", Installer::uninstall),
         Some(other) => {
             error!(
                 argument = other,
-                "unknown command: wg-agent [install | uninstall]"
+                "unknown command: wg-agent [install | uninstall | showconf]"
             );
             return ExitCode::from(2);
         }
@@ -69,6 +82,47 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "wg-agent stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `wg-agent showconf ...`: print an outside host's WireGuard
+/// configuration for a WireGuardPeer (wg_agent::showconf), with the
+/// caller's kubeconfig.
+fn showconf() -> ExitCode {
+    let args = match wg_agent::showconf::Args::parse(std::env::args().skip(2)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = rt.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("no cluster: {e}"))?;
+        wg_agent::showconf::showconf(client, &args)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("showconf: {e}");
             ExitCode::FAILURE
         }
     }

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wg_netns::{
-    Backend, Birthplace, DeviceConfig, InterfaceSpec, IpNetwork, Netns, PeerConfig, PrivateKey,
-    Userspace,
+    Backend, Birthplace, DeviceConfig, InterfaceSpec, IpNetwork, Netns, PrivateKey, Userspace,
 };
 use wg_netns_testkit::cluster::{mesh_network_yaml, pod_yaml, Cluster};
 use wg_netns_testkit::{eventually, must, TestNs};
@@ -431,7 +430,10 @@ impl External {
         }
     }
 
-    fn configure(&self, pod_key: &str, pod_endpoint: &str, nets: &[&str]) {
+    /// The host's interface: its own key, port and addresses, a route to
+    /// the pods' pool, no peer yet (`wg setconf` of showconf's output
+    /// gives it those).
+    fn configure(&self, nets: &[&str]) {
         let mut spec = InterfaceSpec::new(
             wg_netns::IfName::new("wgk8sext0").expect("name"),
             wg_netns::IfName::new("wgext").expect("name"),
@@ -440,12 +442,7 @@ impl External {
             DeviceConfig::new()
                 .private_key(self.key.clone())
                 .listen_port(EXT_PORT)
-                .replace_peers()
-                .peer(
-                    PeerConfig::new(pod_key.parse().expect("pod key"))
-                        .endpoint(pod_endpoint.parse().expect("endpoint"))
-                        .allowed_ip(POOL.parse().expect("pool")),
-                ),
+                .replace_peers(),
         )
         .route(wg_netns::Route::new(
             POOL.parse::<IpNetwork>().expect("pool"),
@@ -675,15 +672,47 @@ fn drift(ctx: &Ctx) {
 /// its allowedIPs edited live; the peer deleted and traffic stops.
 fn external_peer(ctx: &Ctx, ext: &External) {
     let c = ctx.c;
-    let wa = ctx.attachment("wa").expect("wa attachment");
-    let pod_key = wa["status"]["publicKey"].as_str().expect("key").to_string();
-    let endpoint = wa["status"]["endpoint"]
-        .as_str()
-        .expect("endpoint")
-        .to_string();
-    ext.configure(&pod_key, &endpoint, &[EXT_NET, EXT_NET2]);
+    let key_of = |pod: &str| {
+        ctx.attachment(pod).expect("attachment")["status"]["publicKey"]
+            .as_str()
+            .expect("key")
+            .to_string()
+    };
+    let (wa_key, wb_key) = (key_of("wa"), key_of("wb"));
+    ext.configure(&[EXT_NET, EXT_NET2]);
     let ext_key = ext.key.public_key().to_base64().to_string();
     c.apply(&peer_yaml(&ext_key, &[EXT_NET]));
+    // The host learns its peers from `wg-agent showconf` alone (with the
+    // user's kubeconfig): wa (app=a), not wb; no private key in it.
+    let conf = showconf(ctx, "gateway");
+    assert!(conf.contains(&format!("PublicKey = {wa_key}")), "{conf}");
+    assert!(!conf.contains(&wb_key), "wb is not selected:\n{conf}");
+    assert!(!conf.contains("PrivateKey ="), "{conf}");
+    // As docs/join-from-outside.md says: setconf (which also clears the
+    // private key it does not carry), then the host's own key.
+    let file = ctx.c.node_dir(1).join("gateway.conf");
+    std::fs::write(&file, &conf).expect("conf");
+    let key_file = ctx.c.node_dir(1).join("gateway.key");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&key_file)
+            .expect("key file");
+        std::io::Write::write_all(&mut f, ext.key.to_base64().as_bytes()).expect("key");
+    }
+    must(&["wg", "setconf", "wgk8sext0", file.to_str().expect("path")]);
+    must(&[
+        "wg",
+        "set",
+        "wgk8sext0",
+        "private-key",
+        key_file.to_str().expect("path"),
+    ]);
+    let _ = std::fs::remove_file(&key_file);
     let t = Instant::now();
     assert!(
         ctx.ping("wa", "10.99.0.1"),

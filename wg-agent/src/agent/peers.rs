@@ -6,12 +6,7 @@ use wg_k8s_types::{conditions, WireGuardPeer};
 
 use super::*;
 
-/// Whether `addr` lies in one of a network's `peerEndpoints`.
-fn endpoint_allowed(allowed: &[IpNetwork], addr: std::net::SocketAddr) -> bool {
-    allowed
-        .iter()
-        .any(|n| n.is_ipv4() == addr.is_ipv4() && n.contains(addr.ip()))
-}
+use crate::desired::endpoint_allowed;
 
 /// Why a peer is left off the pods' devices: its preshared key could not
 /// be had (names the Secret, never its content), or its endpoint is not
