@@ -13,6 +13,12 @@
 //! the agent's unix socket with the pod's network namespace as a
 //! descriptor. `managed` is that wire protocol, `managed_cmd` the verbs
 //! that speak it. See docs/configuration.md, "Managed mode".
+//!
+//! Stdout is the CNI protocol (one result or error object, written by the
+//! binary's `main` alone): nothing in the library may print to it.
+
+#![deny(missing_docs)]
+#![deny(clippy::print_stdout, clippy::dbg_macro)]
 
 pub mod cmd;
 pub mod cni;

@@ -1,6 +1,9 @@
 //! The wg-cni binary: one CNI invocation per process. stdout carries only the
 //! CNI result or error JSON; logs go to the configured file.
 
+// The one write to stdout is main's, through the locked handle below.
+#![deny(clippy::print_stdout, clippy::print_stderr, clippy::dbg_macro)]
+
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
