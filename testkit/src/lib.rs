@@ -243,6 +243,21 @@ pub fn ifname(prefix: &str) -> IfName {
     IfName::new(format!("{prefix}{}", tag())).expect("ifname")
 }
 
+/// Write a key file as `wg` wants it: `bytes` (a base64 key), mode 0600
+/// from its creation.
+pub fn write_key_file(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("key file");
+    f.write_all(bytes).expect("write key");
+}
+
 /// Wait until `cond` holds, for at most `within`.
 pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;

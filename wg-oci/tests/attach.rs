@@ -95,19 +95,7 @@ impl Net {
         let peer_if = format!("wgoci-p{t}");
         must(&["ip", "netns", "exec", &peer.name, "wireguard-go", &peer_if]);
         let key_file = dir.join("peer.key");
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&key_file)
-                .expect("key file");
-            f.write_all(peer_key.to_base64().as_bytes())
-                .expect("write key");
-        }
+        wg_netns_testkit::write_key_file(&key_file, peer_key.to_base64().as_bytes());
         let key_path = key_file.display().to_string();
         must(&[
             "ip",
