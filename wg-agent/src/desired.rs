@@ -237,6 +237,20 @@ mod tests {
     }
 
     #[test]
+    fn peer_endpoints() {
+        let allowed = [net("10.250.0.0/24"), net("fd00::/64")];
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(endpoint_allowed(&allowed, at("10.250.0.7:51820")));
+        assert!(endpoint_allowed(&allowed, at("[fd00::7]:51820")));
+        assert!(!endpoint_allowed(&allowed, at("10.251.0.7:51820")));
+        assert!(!endpoint_allowed(&allowed, at("[fd01::7]:51820")));
+        assert!(!endpoint_allowed(&[], at("10.250.0.7:51820")));
+        // A family's "everything" admits nothing of the other family.
+        assert!(!endpoint_allowed(&[net("0.0.0.0/0")], at("[fd00::7]:1")));
+        assert!(endpoint_allowed(&[net("0.0.0.0/0")], at("10.9.9.9:1")));
+    }
+
+    #[test]
     fn selectors() {
         let l = labels(&[("app", "web"), ("tier", "front")]);
         let req = |k: &str, op: &str, v: &[&str]| LabelSelector {
