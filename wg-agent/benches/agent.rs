@@ -430,7 +430,7 @@ fn main() {
     let st = Command::new(&kubectl)
         .arg(format!("--kubeconfig={}", lite.kubeconfig.display()))
         .args(["apply", "-f"])
-        .arg(repo().join("manifests/00-crds.yaml"))
+        .arg(repo().join("manifests/base/00-crds.yaml"))
         .stdout(Stdio::null())
         .status()
         .expect("kubectl");

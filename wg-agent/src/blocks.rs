@@ -998,7 +998,7 @@ mod tests {
 
     fn review(extra: Value) -> Value {
         json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
-               "metadata": {}, "status": {"userInfo": {"username": "system:serviceaccount:wireguard-system:wg-agent", "extra": extra}}})
+               "metadata": {}, "status": {"userInfo": {"username": "system:serviceaccount:kube-system:wg-agent", "extra": extra}}})
     }
 
     #[tokio::test]

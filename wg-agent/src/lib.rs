@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod apiserver;
 pub mod blocks;
 pub mod desired;
 pub mod index;
@@ -29,8 +30,8 @@ pub mod metrics;
 pub mod run;
 pub mod server;
 pub mod settings;
-#[cfg(test)]
 pub mod showconf;
+#[cfg(test)]
 mod testutil;
 
 pub use run::Heartbeat;

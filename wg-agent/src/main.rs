@@ -179,9 +179,12 @@ async fn agent() -> Result<(), String> {
             );
         }
     }
-    let client = kube::Client::try_default()
+    // In-cluster, or the apiserver named by the wg-cni-env ConfigMap
+    // (clusters without kube-proxy).
+    let endpoint = std::env::var(wg_agent::apiserver::ENDPOINT_VAR).ok();
+    let client = wg_agent::apiserver::client(endpoint.as_deref())
         .await
-        .map_err(|e| format!("apiserver client: {e}"))?;
+        .map_err(|e| e.to_string())?;
     // The CNI installer's watch: wg-cni back in the chain whenever the
     // primary CNI rewrites its conflist, its binaries back when they go
     // missing; and the watch of the DaemonSet whose deletion uninstalls.

@@ -136,7 +136,7 @@ impl Ctx<'_> {
             "token",
             "wg-agent",
             "-n",
-            "wireguard-system",
+            "kube-system",
             "--bound-object-kind",
             "Node",
             "--bound-object-name",
@@ -533,8 +533,8 @@ fn managed_mode_on_a_real_cluster() {
 
 fn setup(ctx: &mut Ctx) {
     let c = ctx.c;
-    let crds = std::fs::read_to_string(repo().join("manifests/00-crds.yaml"))
-        .expect("manifests/00-crds.yaml");
+    let crds = std::fs::read_to_string(repo().join("manifests/base/00-crds.yaml"))
+        .expect("manifests/base/00-crds.yaml");
     c.apply(&crds);
     c.kubectl_ok(&[
         "wait",
@@ -546,8 +546,8 @@ fn setup(ctx: &mut Ctx) {
         "wireguardattachments.wireguard.wg-netns.io",
         "wireguardaddressblocks.wireguard.wg-netns.io",
     ]);
-    for f in ["10-namespace.yaml", "20-rbac.yaml", "30-admission.yaml"] {
-        c.apply(&std::fs::read_to_string(repo().join("manifests").join(f)).expect("manifest"));
+    for f in ["20-rbac.yaml", "30-admission.yaml"] {
+        c.apply(&std::fs::read_to_string(repo().join("manifests/base").join(f)).expect("manifest"));
     }
     // A bad object is refused by the apiserver itself (the CRD's rules).
     let bad = c.kubectl_stdin(
@@ -693,17 +693,7 @@ fn external_peer(ctx: &Ctx, ext: &External) {
     let file = ctx.c.node_dir(1).join("gateway.conf");
     std::fs::write(&file, &conf).expect("conf");
     let key_file = ctx.c.node_dir(1).join("gateway.key");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&key_file)
-            .expect("key file");
-        std::io::Write::write_all(&mut f, ext.key.to_base64().as_bytes()).expect("key");
-    }
+    wg_netns_testkit::write_key_file(&key_file, ext.key.to_base64().as_bytes());
     must(&["wg", "setconf", "wgk8sext0", file.to_str().expect("path")]);
     must(&[
         "wg",
@@ -779,11 +769,34 @@ fn external_peer(ctx: &Ctx, ext: &External) {
     );
 }
 
+/// `wg-agent showconf -n default PEER`, run as a user would (the admin
+/// kubeconfig), once it lists a pod.
+fn showconf(ctx: &Ctx, peer: &str) -> String {
+    let mut out = String::new();
+    let ok = eventually(Duration::from_secs(20), || {
+        // Where the cluster's kubectl runs (the apiserver's side).
+        let o = Command::new("ip")
+            .args(["netns", "exec", "wgk8s-cp"])
+            .arg(env!("CARGO_BIN_EXE_wg-agent"))
+            .args(["showconf", "-n", "default", peer])
+            .env("KUBECONFIG", ctx.c.kubeconfig())
+            .output()
+            .expect("wg-agent showconf");
+        out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if !o.status.success() {
+            out.push_str(&String::from_utf8_lossy(&o.stderr));
+        }
+        o.status.success() && out.contains("[Peer]")
+    });
+    assert!(ok, "showconf: {out}");
+    out
+}
+
 /// RBAC grants the agent what it needs and no more; the admission policy
 /// refuses a write of another node's attachment by a real agent token.
 fn rbac_and_admission(ctx: &Ctx) {
     let c = ctx.c;
-    let sa = "system:serviceaccount:wireguard-system:wg-agent";
+    let sa = "system:serviceaccount:kube-system:wg-agent";
     let can = |verb: &str, what: &str| {
         let out = c.kubectl(&["auth", "can-i", "--as", sa, verb, what]);
         String::from_utf8_lossy(&out.stdout).trim() == "yes"

@@ -6,9 +6,14 @@
 //!    fresh storage must give the same digests), and an "upgrade" image
 //!    (another version), imported into each node's containerd (there is
 //!    no registry);
-//! 2. `kubectl apply -f manifests/`, unchanged: the DaemonSet becomes
-//!    Ready on every node, each node's conflist chains wg-cni after its
-//!    plugins and is otherwise byte-identical, the binaries are in
+//! 2. the original wireguard-cni README's two commands, verbatim
+//!    (`kubectl -n kube-system create configmap wg-cni-env
+//!    --from-literal=KUBERNETES_APISERVER_ENDPOINT=https://<apiserver>:6443`,
+//!    `kubectl apply -f manifests/wg-cni.yml`), on a cluster without
+//!    kube-proxy (the `kubernetes` Service unserved on the nodes, so only
+//!    the ConfigMap's endpoint reaches the apiserver): the DaemonSet
+//!    becomes Ready on every node, each node's conflist chains wg-cni after
+//!    its plugins and is otherwise byte-identical, the binaries are in
 //!    `/opt/cni/bin`;
 //! 3. annotated pods on two nodes get WireGuard and ping each other;
 //! 4. the primary CNI rewriting its conflist (as flannel does at every
@@ -22,7 +27,11 @@
 //!    a new pod gets WireGuard; then a container restart with both
 //!    binaries deleted: they come back, and a new pod works;
 //! 7. the agents' logs hold no token and no key;
-//! 8. `kubectl delete -f manifests/`: the conflists are byte-identical to
+//! 8. the original's conflist shape: a user's own static wg-cni entry
+//!    (`address`, `privateKey`, `peers` with `persistentKeepalive: "25s"`)
+//!    written into the primary conflist is left alone (no managed entry
+//!    beside it) and gives a new pod its interface as written;
+//! 9. `kubectl delete -f manifests/`: the conflists are byte-identical to
 //!    what they were, no binary is left in `/opt/cni/bin`.
 //!
 //! One test on one cluster (its drop brings the cluster down, also on
@@ -39,7 +48,10 @@ use wg_netns_testkit::{eventually, require_all};
 
 /// The primary conflist `scripts/cluster` writes on every node.
 const CONFLIST: &str = "10-wgk8s.conflist";
-const NS: &str = "wireguard-system";
+const NS: &str = "kube-system";
+/// The apiserver as the nodes reach it without the `kubernetes` Service
+/// (scripts/cluster's CP_IP; its serving certificate names it).
+const APISERVER: &str = "10.250.0.1:6443";
 const IMAGE: &str = "wg-netns.local/wg-agent";
 /// The binaries the installer puts into each node's `/opt/cni/bin`.
 const INSTALLED: [&str; 2] = ["wg-cni", "wg-cni-wireguard-go"];
@@ -460,21 +472,44 @@ fn install_upgrade_uninstall_with_kubectl() {
         }
     }
 
-    // 2. kubectl apply -f manifests/, as it is.
+    // 2. The original project's two commands, verbatim, on a cluster
+    //    without kube-proxy.
+    let script = c.script();
+    let script = script.to_str().expect("path");
+    let off = Command::new(script)
+        .args(["service", "off"])
+        .status()
+        .expect("scripts/cluster service off");
+    assert!(off.success(), "scripts/cluster service off");
     let t = Instant::now();
     let manifests = repo().join("manifests");
     let manifests = manifests.to_str().expect("path");
-    c.kubectl_ok(&["apply", "-f", manifests]);
+    c.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "create",
+        "configmap",
+        "wg-cni-env",
+        &format!("--from-literal=KUBERNETES_APISERVER_ENDPOINT=https://{APISERVER}"),
+    ]);
+    c.kubectl_ok(&["apply", "-f", &format!("{manifests}/wg-cni.yml")]);
     let ready = eventually(Duration::from_secs(240), || {
         std::thread::sleep(Duration::from_millis(250));
         ctx.rolled_out()
     });
     assert!(ready, "the DaemonSet is not Ready:\n{}", ctx.describe());
     eprintln!(
-        "kubectl apply -f manifests/: DaemonSet Ready on {} nodes {:?} after the apply",
+        "kubectl apply -f manifests/wg-cni.yml: DaemonSet Ready on {} nodes {:?} after the apply",
         c.nodes(),
         t.elapsed()
     );
+    for i in 1..=c.nodes() {
+        let log = ctx.agent_log(i, false);
+        assert!(
+            log.contains("reaching the apiserver at KUBERNETES_APISERVER_ENDPOINT"),
+            "node {i}'s agent did not use wg-cni-env's endpoint:\n{log}"
+        );
+    }
     for i in 1..=c.nodes() {
         let after = ctx.conflist(i);
         let unchained = wg_agent::install::unchain(&after)
@@ -678,7 +713,7 @@ fn install_upgrade_uninstall_with_kubectl() {
     //    b. A container restart with both binaries deleted (the RoleBinding
     //       back): the restarted agent puts them back, the init container
     //       still does not run.
-    c.kubectl_ok(&["apply", "-f", &format!("{manifests}/20-rbac.yaml")]);
+    c.kubectl_ok(&["apply", "-f", &format!("{manifests}/base/20-rbac.yaml")]);
     ctx.watching_daemonset(1);
     let stop = ctx.stop_agent(1);
     for b in INSTALLED {
@@ -758,7 +793,10 @@ fn install_upgrade_uninstall_with_kubectl() {
         secrets.len()
     );
 
-    // 8. kubectl delete -f manifests/: the nodes as they were.
+    // 8. The original's conflist shape on node 1.
+    original_static_entry(&ctx, &before[&1]);
+
+    // 9. kubectl delete -f manifests/: the nodes as they were.
     c.kubectl_ok(&[
         "delete",
         "pod",
@@ -822,5 +860,67 @@ fn install_upgrade_uninstall_with_kubectl() {
     eprintln!(
         "kubectl delete -f manifests/: conflists byte-identical to before, no binary left ({:?})",
         t.elapsed()
+    );
+}
+
+/// The original wireguard-cni README's way: the user puts a static wg-cni
+/// entry into the primary CNI's conflist (there, flannel's ConfigMap;
+/// here, node 1's conflist rewritten as a primary CNI does). The
+/// installer leaves it alone (its watch sees the rewrite and adds no
+/// managed entry beside it), and a new pod gets the interface as written.
+/// Then the conflist is put back and the managed entry returns.
+fn original_static_entry(ctx: &Ctx, before: &[u8]) {
+    let c = ctx.c;
+    let key = wg_netns::PrivateKey::generate().expect("key");
+    let peer = wg_netns::PrivateKey::generate()
+        .expect("key")
+        .public_key()
+        .to_base64();
+    let mut conf: Value = serde_json::from_slice(before).expect("conflist");
+    // The original README's entry, field for field (the peer's endpoint is
+    // an unused address of the cluster's own bridge).
+    let entry = serde_json::json!({
+        "type": "wg-cni",
+        "address": "10.200.0.2/24",
+        "privateKey": key.to_base64().as_str(),
+        "peers": [{
+            "endpoint": "10.250.0.250:51820",
+            "publicKey": peer,
+            "allowedIPs": ["10.200.0.0/24"],
+            "persistentKeepalive": "25s"
+        }]
+    });
+    conf["plugins"].as_array_mut().expect("plugins").push(entry);
+    let text = serde_json::to_string_pretty(&conf).expect("json");
+    c.write_cni_conf(1, CONFLIST, &text);
+    // The installer's watch reacts within milliseconds (step 4): give it
+    // seconds, then the file must be exactly the user's.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        String::from_utf8_lossy(&ctx.conflist(1)),
+        text,
+        "the installer changed a conflist holding the user's own wg-cni entry"
+    );
+    c.apply(&pod_yaml("io", &c.node_netns(1), "wgorig", None));
+    c.wait_pod_running("io", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx.describe()));
+    let addr = c.exec("io", &["ip", "-o", "addr", "show", "wg0"]);
+    let addr = String::from_utf8_lossy(&addr.stdout).into_owned();
+    assert!(addr.contains("10.200.0.2/24"), "io's wg0: {addr}");
+    let routes = String::from_utf8_lossy(&c.exec("io", &["ip", "route"]).stdout).into_owned();
+    assert!(
+        routes.contains("10.200.0.0/24 dev wg0"),
+        "io's routes: {routes}"
+    );
+    c.kubectl_ok(&["delete", "pod", "io", "--wait=true", "--timeout=60s"]);
+    c.write_cni_conf(1, CONFLIST, &String::from_utf8_lossy(before));
+    let rechained = eventually(Duration::from_secs(15), || {
+        std::thread::sleep(Duration::from_millis(20));
+        wg_agent::install::unchain(&ctx.conflist(1)).is_ok_and(|u| u.is_some())
+    });
+    assert!(rechained, "the managed entry did not come back");
+    eprintln!(
+        "the original's static entry in the primary conflist: left alone, pod io got wg0 {}; managed entry back after",
+        addr.split_whitespace().nth(3).unwrap_or("?")
     );
 }

@@ -42,7 +42,7 @@
 //! ```
 //!
 //! [`crds`] gives the CustomResourceDefinitions; the repository's
-//! `manifests/00-crds.yaml` (applied first by `kubectl apply -f manifests/`)
+//! `manifests/base/00-crds.yaml` (applied first by `kubectl apply -f manifests/`)
 //! is their YAML, written by `cargo run -p wg-k8s-types --example gen-crds`
 //! and checked by a test to be up to date.
 

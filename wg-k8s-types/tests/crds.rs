@@ -1,5 +1,6 @@
-//! The committed CRD YAML (the repository's manifests/00-crds.yaml) is what
-//! the types generate, and the example objects under this crate's
+//! The committed CRD YAML (the repository's manifests/base/00-crds.yaml) is
+//! what the types generate, manifests/wg-cni.yml is manifests/base/ in one
+//! file, and the example objects under this crate's
 //! manifests/examples agree with the Rust-side validation.
 
 #[path = "../examples/gen-crds/render.rs"]
@@ -23,7 +24,20 @@ fn committed_crds_are_generated_output() {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(
         committed == render::render(),
-        "manifests/00-crds.yaml is out of date: run `cargo run -p wg-k8s-types --example gen-crds`"
+        "manifests/base/00-crds.yaml is out of date: run `cargo run -p wg-k8s-types --example gen-crds`"
+    );
+}
+
+/// `kubectl apply -f manifests/wg-cni.yml` (the original project's install
+/// step) installs exactly what `kubectl apply -k manifests/base` does.
+#[test]
+fn the_one_file_install_is_the_parts() {
+    let path = render::bundle_path();
+    let committed =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        committed == render::bundle().unwrap(),
+        "manifests/wg-cni.yml differs from manifests/base/: run `cargo run -p wg-k8s-types --example gen-crds`"
     );
 }
 

@@ -14,7 +14,7 @@ use crate::desired::endpoint_allowed;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PeerProblem {
     /// The agent may not read Secrets in the namespace.
-    #[error("the agent may not read Secret {namespace}/{name}: the namespace has no RoleBinding of ClusterRole wg-agent-preshared-keys to wireguard-system/wg-agent (docs/kubernetes.md, \"Preshared keys\")")]
+    #[error("the agent may not read Secret {namespace}/{name}: the namespace has no RoleBinding of ClusterRole wg-agent-preshared-keys to kube-system/wg-agent (docs/kubernetes.md, \"Preshared keys\")")]
     Forbidden {
         /// The namespace.
         namespace: String,

@@ -49,7 +49,7 @@ use tracing::{info, warn};
 use crate::run::WatchBackoff;
 
 /// The DaemonSet whose deletion means "uninstall": `POD_NAMESPACE`
-/// (default `wireguard-system`) and `WG_AGENT_DAEMONSET` (default
+/// (default `kube-system`) and `WG_AGENT_DAEMONSET` (default
 /// `wg-agent`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -73,7 +73,7 @@ impl Owner {
                 .unwrap_or_else(|| default.to_string())
         };
         Owner {
-            namespace: get("POD_NAMESPACE", "wireguard-system"),
+            namespace: get("POD_NAMESPACE", "kube-system"),
             daemonset: get("WG_AGENT_DAEMONSET", "wg-agent"),
         }
     }

@@ -1479,9 +1479,9 @@ mod removal_decision {
     use std::time::Duration;
     use tokio::time::Instant;
 
-    const DS: &str = "/apis/apps/v1/namespaces/wireguard-system/daemonsets";
-    const DS_GET: &str = "/apis/apps/v1/namespaces/wireguard-system/daemonsets/wg-agent";
-    const NS_GET: &str = "/api/v1/namespaces/wireguard-system";
+    const DS: &str = "/apis/apps/v1/namespaces/kube-system/daemonsets";
+    const DS_GET: &str = "/apis/apps/v1/namespaces/kube-system/daemonsets/wg-agent";
+    const NS_GET: &str = "/api/v1/namespaces/kube-system";
 
     fn owner() -> Owner {
         Owner::from_lookup(|_| None)
@@ -1506,7 +1506,7 @@ mod removal_decision {
 
     fn ds(rv: u32, deleting: bool) -> (u16, Value) {
         let mut m = meta("wg-agent", rv, deleting);
-        m["namespace"] = json!("wireguard-system");
+        m["namespace"] = json!("kube-system");
         (
             200,
             json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": m}),
@@ -1517,7 +1517,7 @@ mod removal_decision {
         (
             200,
             json!({"apiVersion": "v1", "kind": "Namespace",
-                   "metadata": meta("wireguard-system", 3, deleting)}),
+                   "metadata": meta("kube-system", 3, deleting)}),
         )
     }
 
@@ -1797,7 +1797,7 @@ mod removal_decision {
         assert_eq!(
             owner(),
             Owner {
-                namespace: "wireguard-system".into(),
+                namespace: "kube-system".into(),
                 daemonset: "wg-agent".into()
             }
         );

@@ -99,7 +99,7 @@ fn kubeconfig_bound_to(ctx: &Ctx, node: &str) -> std::path::PathBuf {
         "token",
         "wg-agent",
         "-n",
-        "wireguard-system",
+        "kube-system",
         "--bound-object-kind",
         "Node",
         "--bound-object-name",

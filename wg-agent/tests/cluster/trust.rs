@@ -377,7 +377,7 @@ pub fn secrets_opt_in(ctx: &Ctx) {
         "rolebinding",
         "wg-agent-preshared-keys",
         "--clusterrole=wg-agent-preshared-keys",
-        "--serviceaccount=wireguard-system:wg-agent",
+        "--serviceaccount=kube-system:wg-agent",
     ]);
     let read = read_secret();
     assert!(
