@@ -37,6 +37,34 @@ impl RouteScope {
 /// The main routing table's id.
 pub const TABLE_MAIN: u32 = 254;
 
+/// What the kernel does with a packet the route matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RouteKind {
+    /// Send it (through `oif`, via `gateway`): `RTN_UNICAST`.
+    #[default]
+    Unicast,
+    /// Refuse it at once, the sender gets `EHOSTUNREACH` (an ICMP host
+    /// unreachable for forwarded packets): `RTN_UNREACHABLE`, `ip route add
+    /// unreachable PREFIX`. No interface, no gateway.
+    Unreachable,
+}
+
+impl RouteKind {
+    fn to_raw(self) -> Rtn {
+        match self {
+            RouteKind::Unicast => Rtn::Unicast,
+            RouteKind::Unreachable => Rtn::Unreachable,
+        }
+    }
+    fn from_raw(t: Rtn) -> Option<Self> {
+        match t {
+            Rtn::Unicast => Some(RouteKind::Unicast),
+            Rtn::Unreachable => Some(RouteKind::Unreachable),
+            _ => None,
+        }
+    }
+}
+
 /// A unicast route.
 ///
 /// ```
@@ -61,6 +89,8 @@ pub struct Route {
     pub scope: RouteScope,
     /// Metric (`RTA_PRIORITY`).
     pub metric: Option<u32>,
+    /// Unicast (the default) or unreachable.
+    pub kind: RouteKind,
 }
 
 impl Route {
@@ -73,6 +103,18 @@ impl Route {
             table: TABLE_MAIN,
             scope: RouteScope::Link,
             metric: None,
+            kind: RouteKind::Unicast,
+        }
+    }
+
+    /// An unreachable route to `destination` in the main table (`ip route
+    /// add unreachable DESTINATION`): what matches it is refused, never
+    /// sent anywhere.
+    pub fn unreachable(destination: IpNetwork) -> Self {
+        Route {
+            scope: RouteScope::Universe,
+            kind: RouteKind::Unreachable,
+            ..Route::new(destination)
         }
     }
 
@@ -108,8 +150,17 @@ impl Route {
     }
 }
 
-/// The `RTM_NEWROUTE`/`RTM_DELROUTE` message for `r`.
+/// The `RTM_NEWROUTE` message for `r` (made by us: protocol `boot`, as
+/// `ip route add` does).
 fn route_msg(r: &Route) -> Result<Rtmsg> {
+    route_msg_with(r, Rtprot::Boot)
+}
+
+/// The message for `r` with `protocol`: `Unspec` for `RTM_DELROUTE`, so
+/// the kernel deletes the route whoever added it (a primary plugin's
+/// default route may be `proto kernel`, `dhcp` or unspecified; with
+/// `boot` the delete would find nothing).
+fn route_msg_with(r: &Route, protocol: Rtprot) -> Result<Rtmsg> {
     let dst = normalize(r.destination);
     let ip = dst.ip();
     let mut attrs = Vec::new();
@@ -137,9 +188,9 @@ fn route_msg(r: &Route) -> Result<Rtmsg> {
         .rtm_src_len(0)
         .rtm_tos(0)
         .rtm_table(RtTable::from(table8))
-        .rtm_protocol(Rtprot::Boot)
+        .rtm_protocol(protocol)
         .rtm_scope(RtScope::from(r.scope.to_raw()))
-        .rtm_type(Rtn::Unicast)
+        .rtm_type(r.kind.to_raw())
         .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
         .build()
         .map_err(|e| Error::Internal(format!("building a netlink message: {e}")))
@@ -213,7 +264,7 @@ impl Rtnl {
 
     /// Delete a route. [`Error::is_not_found`] when it was not there.
     pub fn del_route(&self, r: &Route) -> Result<()> {
-        let msg = route_msg(r)?;
+        let msg = route_msg_with(r, Rtprot::Unspec)?;
         self.ack(
             "RTM_DELROUTE",
             &|| describe_route(r),
@@ -225,6 +276,14 @@ impl Rtnl {
 
     /// Unicast routes of both families in table `table` (all tables if `None`).
     pub fn routes(&self, table: Option<u32>) -> Result<Vec<Route>> {
+        let mut all = self.all_routes(table)?;
+        all.retain(|r| r.kind == RouteKind::Unicast);
+        Ok(all)
+    }
+
+    /// Unicast and unreachable routes of both families in table `table`
+    /// (all tables if `None`).
+    pub fn all_routes(&self, table: Option<u32>) -> Result<Vec<Route>> {
         let mut out = Vec::new();
         for family in [RtAddrFamily::Inet, RtAddrFamily::Inet6] {
             let msg = RtmsgBuilder::default()
@@ -259,7 +318,11 @@ impl Rtnl {
 }
 
 fn describe_route(r: &Route) -> String {
-    let mut s = r.destination.to_string();
+    let mut s = match r.kind {
+        RouteKind::Unicast => String::new(),
+        RouteKind::Unreachable => "unreachable ".to_string(),
+    };
+    s.push_str(&r.destination.to_string());
     if let Some(gw) = r.gateway {
         s.push_str(&format!(" via {gw}"));
     }
@@ -275,9 +338,9 @@ fn describe_route(r: &Route) -> String {
 pub(super) fn parse_route(p: &[u8]) -> Result<Option<Route>> {
     let m = Rtmsg::from_bytes_with_input(&mut Cursor::new(p), p.len())
         .map_err(decode_err("RTM_GETROUTE"))?;
-    if *m.rtm_type() != Rtn::Unicast {
+    let Some(kind) = RouteKind::from_raw(*m.rtm_type()) else {
         return Ok(None);
-    }
+    };
     let mut table = u32::from(u8::from(*m.rtm_table()));
     let mut dst = None;
     let mut gateway = None;
@@ -308,6 +371,7 @@ pub(super) fn parse_route(p: &[u8]) -> Result<Option<Route>> {
         table,
         scope: RouteScope::from_raw(u8::from(*m.rtm_scope())),
         metric,
+        kind,
     }))
 }
 
@@ -347,6 +411,8 @@ mod tests {
                 .via("10.0.0.1".parse().unwrap())
                 .dev(9)
                 .table(100),
+            Route::unreachable("0.0.0.0/0".parse().unwrap()).metric(u32::MAX),
+            Route::unreachable("::/0".parse().unwrap()),
         ] {
             assert_eq!(encoded(&r), r);
         }
