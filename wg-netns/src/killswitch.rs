@@ -220,11 +220,11 @@ impl KillSwitch {
         }
         for leak in leaks {
             if let Leak::Route(r) = leak {
-                match rtnl.del_route(&r) {
-                    Ok(()) => changes.push(KillSwitchChange::Removed(r)),
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e),
-                }
+                // A route gone meanwhile is an error too: the namespace
+                // changed under us (its interface going), and the caller
+                // runs ensure again.
+                rtnl.del_route(&r)?;
+                changes.push(KillSwitchChange::Removed(r));
             }
         }
         Ok(changes)
@@ -242,7 +242,8 @@ mod tests {
 
     #[test]
     fn what_leaks() {
-        let ks = KillSwitch::new(vec![net("10.244.0.0/16"), net("10.96.0.0/12")]);
+        let ks = KillSwitch::new(vec![net("10.244.7.1/16"), net("10.96.0.0/12")]);
+        assert_eq!(ks.local(), &[net("10.244.0.0/16"), net("10.96.0.0/12")]);
         let gw: IpAddr = "10.244.1.1".parse().unwrap();
         let leaks = |r: Route, tunnel: Option<u32>| ks.leaks_by(&r, tunnel);
         // The primary default route, with or without a tunnel.
@@ -298,6 +299,60 @@ mod tests {
         ));
         assert!(KillSwitch::new(vec![net("0.0.0.0/0")]).is_local(&net("10.0.0.0/8")));
         assert!(!KillSwitch::new(vec![net("0.0.0.0/0")]).is_local(&net("fd00::/8")));
+    }
+
+    /// `find` on route lists: IPv4 always needs its unreachable default;
+    /// IPv6 only with a route out or a local IPv6 network.
+    #[test]
+    fn which_families_need_the_unreachable_default() {
+        let gw4: IpAddr = "10.244.1.1".parse().unwrap();
+        let gw6: IpAddr = "fe80::1".parse().unwrap();
+        let v4_only = KillSwitch::new(vec![net("10.244.0.0/16")]);
+        let unreach4 = Route::unreachable(net("0.0.0.0/0")).metric(KILL_SWITCH_METRIC);
+        let unreach6 = Route::unreachable(net("::/0")).metric(KILL_SWITCH_METRIC);
+        let link6 = Route::new(net("fe80::/64"))
+            .dev(2)
+            .scope(RouteScope::Universe);
+        // Nothing at all: IPv4's is missing, IPv6 needs none.
+        assert_eq!(
+            v4_only.find(&[], None),
+            vec![Leak::NoUnreachableDefault(net("0.0.0.0/0"))]
+        );
+        // IPv4 locked, IPv6 only on the link: holds.
+        assert_eq!(
+            v4_only.find(&[unreach4.clone(), link6.clone()], None),
+            vec![]
+        );
+        // An IPv6 default out: that route, and IPv6's missing unreachable.
+        let out6 = Route::new(net("::/0")).via(gw6).dev(2);
+        assert_eq!(
+            v4_only.find(&[unreach4.clone(), out6.clone()], None),
+            vec![
+                Leak::Route(out6.clone()),
+                Leak::NoUnreachableDefault(net("::/0"))
+            ]
+        );
+        // A local IPv6 network: IPv6 needs its unreachable default too.
+        let dual = KillSwitch::new(vec![net("10.244.0.0/16"), net("fd00::/8")]);
+        assert_eq!(
+            dual.find(&[unreach4.clone()], None),
+            vec![Leak::NoUnreachableDefault(net("::/0"))]
+        );
+        assert_eq!(dual.find(&[unreach4.clone(), unreach6], None), vec![]);
+        // An unreachable route that is not a default does not count.
+        let partial = Route::unreachable(net("10.0.0.0/8"));
+        assert_eq!(
+            v4_only.find(&[partial], None),
+            vec![Leak::NoUnreachableDefault(net("0.0.0.0/0"))]
+        );
+        // The primary default: a leak until a tunnel is named, and still
+        // one when the tunnel is another interface.
+        let primary = Route::new(net("0.0.0.0/0")).via(gw4).dev(2);
+        assert_eq!(
+            v4_only.find(&[unreach4.clone(), primary.clone()], Some(5)),
+            vec![Leak::Route(primary.clone())]
+        );
+        assert_eq!(v4_only.find(&[unreach4, primary], Some(2)), vec![]);
     }
 
     #[test]
