@@ -335,7 +335,7 @@ mod tests {
         // A local IPv6 network: IPv6 needs its unreachable default too.
         let dual = KillSwitch::new(vec![net("10.244.0.0/16"), net("fd00::/8")]);
         assert_eq!(
-            dual.find(&[unreach4.clone()], None),
+            dual.find(std::slice::from_ref(&unreach4), None),
             vec![Leak::NoUnreachableDefault(net("::/0"))]
         );
         assert_eq!(dual.find(&[unreach4.clone(), unreach6], None), vec![]);
