@@ -214,6 +214,8 @@ pub struct Metrics {
     pub device_updates: Counter,
     /// Drift found by the periodic verify and repaired.
     pub drift_repairs: Counter,
+    /// Kill switches found leaking by the periodic verify and repaired.
+    pub kill_switch_repairs: Counter,
     /// Status writes.
     pub status_writes: Counter,
     /// Interfaces of running pods the agent cannot reach (their record
@@ -266,6 +268,12 @@ impl Metrics {
             "Drift found by the periodic verify and repaired",
             drift_repairs.clone(),
         );
+        let kill_switch_repairs = Counter::default();
+        r.register(
+            "wg_agent_kill_switch_repairs",
+            "Pods whose kill switch the periodic verify found leaking and repaired",
+            kill_switch_repairs.clone(),
+        );
         let status_writes = Counter::default();
         r.register(
             "wg_agent_status_writes",
@@ -306,6 +314,7 @@ impl Metrics {
             reconcile_errors,
             device_updates,
             drift_repairs,
+            kill_switch_repairs,
             status_writes,
             cni,
             apiserver_errors,

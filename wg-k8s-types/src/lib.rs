@@ -63,8 +63,8 @@ pub use attachment::{
 };
 pub use block::{WireGuardAddressBlock, WireGuardAddressBlockSpec, WireGuardAddressBlockStatus};
 pub use network::{
-    AddressPool, FailurePolicy, NetworkConfig, PortRange, SocketNamespace, WireGuardNetwork,
-    WireGuardNetworkSpec, WireGuardNetworkStatus,
+    AddressPool, FailurePolicy, KillSwitchSpec, NetworkConfig, PortRange, SocketNamespace,
+    WireGuardNetwork, WireGuardNetworkSpec, WireGuardNetworkStatus,
 };
 pub use peer::{PeerConfig, SecretKeyRef, WireGuardPeer, WireGuardPeerSpec, WireGuardPeerStatus};
 pub use values::{

@@ -34,6 +34,7 @@ use crate::values::{check_each, CidrString, Duration, FieldError, InterfaceName,
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(KILL_SWITCH_FAILS_CLOSED_RULE).message("a network with a killSwitch must have failurePolicy \"fail\": a pod must never start without its kill switch"))]
 pub struct WireGuardNetworkSpec {
     /// Networks the pods' addresses are taken from, IPv4 and/or IPv6 (one
     /// address per family and pod). Each node claims blocks of a pool
@@ -116,6 +117,35 @@ pub struct WireGuardNetworkSpec {
     #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub peer_endpoints: Option<Vec<CidrString>>,
+
+    /// A full tunnel's kill switch for the network's pods: their traffic
+    /// leaves only through WireGuard (a WireGuardPeer whose allowedIPs is
+    /// 0.0.0.0/0 selecting them) and, through their primary interface, to
+    /// these local networks (the cluster's pod and Service CIDRs, node
+    /// addresses, the cluster DNS); anything else is refused inside the
+    /// pod, also while the tunnel is down or not made yet. Set at the
+    /// pod's creation before its interface exists, checked and repaired
+    /// by the node agent. Requires failurePolicy "fail".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_switch: Option<KillSwitchSpec>,
+}
+
+/// The spec rule: a kill switch only with failurePolicy "fail" (absent
+/// means "fail").
+const KILL_SWITCH_FAILS_CLOSED_RULE: &str =
+    "!has(self.killSwitch) || !has(self.failurePolicy) || self.failurePolicy == 'fail'";
+
+/// A network's kill switch: what stays on the pods' primary interface.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KillSwitchSpec {
+    /// Networks that keep going through the pod's primary interface (via
+    /// its default route's gateway): the cluster's pod and Service CIDRs,
+    /// the nodes' addresses. 1 to 64 CIDRs.
+    #[serde(rename = "localCIDRs")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub local_cidrs: Vec<CidrString>,
 }
 
 fn default_true() -> bool {
@@ -321,6 +351,8 @@ pub struct NetworkConfig {
     pub namespace_selector: Option<LabelSelector>,
     /// Where peers may send (`None`: anywhere).
     pub peer_endpoints: Option<Vec<IpNetwork>>,
+    /// The pods' kill switch (`None`: none).
+    pub kill_switch: Option<wg_netns::KillSwitch>,
 }
 
 impl WireGuardNetworkSpec {
@@ -382,6 +414,31 @@ impl WireGuardNetworkSpec {
                 Some(nets)
             }
         };
+        let kill_switch = match &self.kill_switch {
+            None => None,
+            Some(k) => {
+                if self.failure_policy != FailurePolicy::Fail {
+                    return Err(spec(FieldError::new(
+                        "killSwitch",
+                        "requires failurePolicy \"fail\": a pod must never start without its kill switch",
+                    )));
+                }
+                if k.local_cidrs.is_empty() || k.local_cidrs.len() > 64 {
+                    return Err(spec(FieldError::new(
+                        "killSwitch.localCIDRs",
+                        "must list 1 to 64 networks",
+                    )));
+                }
+                let mut nets = Vec::with_capacity(k.local_cidrs.len());
+                for (i, c) in k.local_cidrs.iter().enumerate() {
+                    nets.push(
+                        c.parse()
+                            .map_err(|e| spec(e.within(&format!("killSwitch.localCIDRs[{i}]"))))?,
+                    );
+                }
+                Some(wg_netns::KillSwitch::new(nets))
+            }
+        };
         Ok(NetworkConfig {
             pools,
             mtu: self.mtu,
@@ -398,6 +455,7 @@ impl WireGuardNetworkSpec {
             failure_policy: self.failure_policy,
             namespace_selector: self.namespace_selector.clone(),
             peer_endpoints,
+            kill_switch,
         })
     }
 }

@@ -297,8 +297,15 @@ impl Agent {
         let mtu = net.mtu;
         let netns_path = req.netns_path.clone();
         let node_ip = self.settings.node_ip;
+        let kill_switch = net.kill_switch.clone();
         let made = tokio::task::spawn_blocking(move || {
             let pod_ns = Netns::from_fd(fd, &netns_path)?;
+            // The kill switch first, before the device exists: from here
+            // on the pod reaches only its local networks and, once made,
+            // the tunnel (docs/egress.md).
+            if let Some(ks) = &kill_switch {
+                ks.ensure(&wg_netns::Rtnl::open(&pod_ns)?, None)?;
+            }
             let place = Birthplace::for_container(&me.node, &pod_ns, socket_ns, &backend)?;
             if let Mtu::Bytes(b) = mtu {
                 spec = spec.mtu(u32::from(b));

@@ -24,17 +24,36 @@ impl Agent {
         let place = Arc::clone(&entry.place);
         let attachment = entry.attachment.clone();
         let addresses = entry.rec.addresses.clone();
+        let kill_switch = self
+            .index()
+            .networks
+            .get(&entry.rec.network)
+            .and_then(|c| c.as_ref().ok())
+            .and_then(|c| c.kill_switch.clone());
+        let metrics = self.metrics.clone();
         let read = tokio::task::spawn_blocking(move || {
             let found = place.find(&attachment.name, &attachment.birth_name)?;
+            let mut drift = Vec::new();
+            // The kill switch first, with or without the interface: a leak
+            // is repaired at once, not with the device (docs/egress.md).
+            if let Some(ks) = &kill_switch {
+                let rtnl = Rtnl::open(place.target())?;
+                let tunnel = found.as_ref().map(|f| f.index);
+                let leaks = ks.leaks(&rtnl, tunnel)?;
+                if !leaks.is_empty() {
+                    drift.extend(leaks.iter().map(|l| format!("kill switch: {l}")));
+                    if repair {
+                        metrics.kill_switch_repairs.inc();
+                        ks.ensure(&rtnl, tunnel)?;
+                    }
+                }
+            }
             let Some(found) = found else {
-                return Ok::<_, wg_netns::Error>((
-                    vec!["the interface is missing".to_string()],
-                    None,
-                ));
+                drift.push("the interface is missing".to_string());
+                return Ok::<_, wg_netns::Error>((drift, None));
             };
             let dev = place.device(&found)?;
             let now = dev.get()?;
-            let mut drift = Vec::new();
             if let Some(t) = &target {
                 // A roaming peer's learned endpoint is not drift.
                 let mut want = t.config.clone();
