@@ -32,6 +32,9 @@ mod optin;
 #[path = "cluster/addresses.rs"]
 mod addresses;
 
+#[path = "cluster/egress.rs"]
+mod egress;
+
 const CONF: &str = "00-wgk8s-managed.conflist";
 const POOL: &str = "10.77.0.0/16";
 const EXT_NET: &str = "10.99.0.0/24";
@@ -500,6 +503,12 @@ fn managed_mode_on_a_real_cluster() {
     eprintln!("setup: {:?}", t.elapsed());
     mesh(&ctx);
     eprintln!("mesh: {:?}", t.elapsed());
+    // The egress scenario alone (iterating on it): WG_AGENT_TEST_EGRESS_ONLY=1.
+    if std::env::var_os("WG_AGENT_TEST_EGRESS_ONLY").is_some() {
+        egress::egress_with_kill_switch(&ctx);
+        teardown(&mut ctx);
+        return;
+    }
     if std::env::var_os("WG_AGENT_TEST_ROTATION_FIRST").is_some() {
         rotation(&ctx);
     }
@@ -510,6 +519,8 @@ fn managed_mode_on_a_real_cluster() {
     let ext = External::new();
     external_peer(&ctx, &ext);
     eprintln!("external peer: {:?}", t.elapsed());
+    egress::egress_with_kill_switch(&ctx);
+    eprintln!("egress with a kill switch: {:?}", t.elapsed());
     rbac_and_admission(&ctx);
     eprintln!("rbac: {:?}", t.elapsed());
     trust::forged_attachments(&ctx);
