@@ -381,51 +381,40 @@ struct External {
     key: PrivateKey,
 }
 
+/// A host outside the cluster: a namespace `wgk8s-*-ROLE` whose `eth0`
+/// (address `ip/24`) is a veth onto the cluster's bridge in wgk8s-cp (the
+/// bridge end named `veth`, deleted by the caller), with a userspace
+/// WireGuard birthplace in it.
+fn bridge_host(role: &str, veth: &str, ip: &str) -> (TestNs, Birthplace) {
+    let ns = TestNs::with_prefix("wgk8s", role);
+    let name = ns.name.clone();
+    must(&[
+        "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &name,
+    ]);
+    must(&["ip", "link", "set", veth, "netns", "wgk8s-cp"]);
+    must(&[
+        "ip", "-n", "wgk8s-cp", "link", "set", veth, "master", "wgk8s-br", "up",
+    ]);
+    must(&[
+        "ip",
+        "-n",
+        &name,
+        "addr",
+        "add",
+        &format!("{ip}/24"),
+        "dev",
+        "eth0",
+    ]);
+    must(&["ip", "-n", &name, "link", "set", "eth0", "up"]);
+    let backend = Backend::of_kind(wg_netns::BackendKind::Userspace, Userspace::from_env());
+    let netns = Netns::from_name(&name).expect("ns");
+    let place = Birthplace::new(&netns, &netns, &backend).expect("place");
+    (ns, place)
+}
+
 impl External {
     fn new() -> External {
-        let ns = TestNs::with_prefix("wgk8s", "ext");
-        // A veth from the namespace to the cluster bridge in wgk8s-cp.
-        let name = ns.name.clone();
-        must(&[
-            "ip",
-            "link",
-            "add",
-            "wgk8s-extv",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &name,
-        ]);
-        must(&["ip", "link", "set", "wgk8s-extv", "netns", "wgk8s-cp"]);
-        must(&[
-            "ip",
-            "-n",
-            "wgk8s-cp",
-            "link",
-            "set",
-            "wgk8s-extv",
-            "master",
-            "wgk8s-br",
-            "up",
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            &name,
-            "addr",
-            "add",
-            &format!("{EXT_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
-        must(&["ip", "-n", &name, "link", "set", "eth0", "up"]);
-        must(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        let backend = Backend::of_kind(wg_netns::BackendKind::Userspace, Userspace::from_env());
-        let netns = Netns::from_name(&name).expect("ns");
-        let place = Birthplace::new(&netns, &netns, &backend).expect("place");
+        let (ns, place) = bridge_host("ext", "wgk8s-extv", EXT_IP);
         External {
             ns,
             place,

@@ -8,9 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use wg_netns::{
-    Backend, Birthplace, DeviceConfig, InterfaceSpec, Netns, PeerConfig, PrivateKey, Userspace,
-};
+use wg_netns::{Birthplace, DeviceConfig, InterfaceSpec, PeerConfig, PrivateKey, Userspace};
 use wg_netns_testkit::{eventually, must, TestNs};
 
 use super::Ctx;
@@ -31,45 +29,9 @@ struct Provider {
 
 impl Provider {
     fn new() -> Provider {
-        let ns = TestNs::with_prefix("wgk8s", "prov");
+        let (ns, place) = super::bridge_host("prov", "wgk8s-provv", PROVIDER_IP);
         let internet = TestNs::with_prefix("wgk8s", "inet");
         let (p, i) = (ns.name.clone(), internet.name.clone());
-        must(&[
-            "ip",
-            "link",
-            "add",
-            "wgk8s-provv",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &p,
-        ]);
-        must(&["ip", "link", "set", "wgk8s-provv", "netns", "wgk8s-cp"]);
-        must(&[
-            "ip",
-            "-n",
-            "wgk8s-cp",
-            "link",
-            "set",
-            "wgk8s-provv",
-            "master",
-            "wgk8s-br",
-            "up",
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            &p,
-            "addr",
-            "add",
-            &format!("{PROVIDER_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
-        must(&["ip", "-n", &p, "link", "set", "eth0", "up"]);
         must(&[
             "ip", "-n", &p, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns",
             &i,
@@ -128,9 +90,6 @@ impl Provider {
                 "ip", "netns", "exec", &i, "iptables", "-w", "-A", "INPUT", "-p", "icmp", "-s", src,
             ]);
         }
-        let backend = Backend::of_kind(wg_netns::BackendKind::Userspace, Userspace::from_env());
-        let netns = Netns::from_name(&p).expect("ns");
-        let place = Birthplace::new(&netns, &netns, &backend).expect("place");
         Provider {
             ns,
             internet,
