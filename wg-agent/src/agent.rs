@@ -72,7 +72,9 @@ pub struct Entry {
     /// Its record.
     pub rec: LocalRecord,
     place: Arc<Birthplace>,
-    attachment: Attachment,
+    /// The interface; `None` when a restart found it missing (deleted
+    /// while the agent was away): the next verify makes it again.
+    attachment: Option<Attachment>,
     dev: Option<Arc<WgDevice>>,
     /// The device as last written or read (`None`: read it first).
     last: Option<Device>,
@@ -86,7 +88,7 @@ pub struct Entry {
 impl Entry {
     /// A kept interface as made or reopened: nothing read, routed or
     /// written through it yet.
-    fn new(rec: LocalRecord, place: Birthplace, attachment: Attachment) -> Entry {
+    fn new(rec: LocalRecord, place: Birthplace, attachment: Option<Attachment>) -> Entry {
         Entry {
             rec,
             place: Arc::new(place),
@@ -158,6 +160,8 @@ pub struct Agent {
     dirty: mpsc::UnboundedSender<Dirty>,
     publish: mpsc::UnboundedSender<Publish>,
     synced: AtomicBool,
+    /// Told once when the caches sync (the timers then verify at once).
+    pub(crate) synced_now: tokio::sync::Notify,
     /// Whether the warning that a plugin cannot start daemons was logged.
     warned_old_plugin: AtomicBool,
     /// UIDs of the pods reported as running without their interface
@@ -304,6 +308,7 @@ impl Agent {
             dirty,
             publish,
             synced: AtomicBool::new(false),
+            synced_now: tokio::sync::Notify::new(),
             warned_old_plugin: AtomicBool::new(false),
             reported_missing: Mutex::new(BTreeSet::new()),
             metrics,
@@ -341,6 +346,8 @@ impl Agent {
         if !self.synced.swap(true, Ordering::AcqRel) {
             info!("caches synced; reconciling every interface");
             self.mark(vec![Dirty::All]);
+            // A permit is kept if the timers are not waiting yet.
+            self.synced_now.notify_one();
         }
     }
 
@@ -356,8 +363,11 @@ impl Agent {
 
     // ------------------------------------------------------------ restart
 
-    /// Reopen every recorded interface (agent start). Interfaces whose
-    /// namespace is gone are removed; nothing else is touched.
+    /// Reopen every recorded interface (agent start). An interface whose
+    /// namespace is there but whose link is not (deleted while the agent
+    /// was away) is kept, to be made again by the verify that runs once
+    /// the caches sync; one whose namespace cannot be opened is an orphan
+    /// (gc decides). Nothing is touched here.
     pub async fn restore(self: &Arc<Self>) {
         let (recs, bad) = self.records.load_all();
         for e in bad {
@@ -373,10 +383,17 @@ impl Agent {
                     // Its addresses are re-reserved when the network's
                     // allocator is built (from the slots: build_ipam).
                     self.ports_lock().insert(rec.listen_port);
+                    let pod = format!("{}/{}", rec.namespace, rec.pod);
+                    if attachment.is_some() {
+                        info!(attachment = %key, pod = %pod, "restored");
+                    } else {
+                        warn!(attachment = %key, pod = %pod,
+                            "restored without its interface (deleted while the agent was away): \
+                             the verify makes it again");
+                    }
                     let entry = Entry::new(rec.clone(), place, attachment);
                     self.slots()
                         .insert(key.clone(), Arc::new(tokio::sync::Mutex::new(Some(entry))));
-                    info!(attachment = %key, pod = %format!("{}/{}", rec.namespace, rec.pod), "restored");
                 }
                 Ok(Err(e)) => {
                     // Gone with its pod, or out of this agent's sight (a
@@ -395,17 +412,17 @@ impl Agent {
         self.metrics.devices.set(self.slots().len() as i64);
     }
 
-    fn reopen(&self, rec: &LocalRecord) -> Result<(Birthplace, Attachment), wg_netns::Error> {
+    /// The recorded interface's birthplace, and the interface if its link
+    /// is there.
+    fn reopen(
+        &self,
+        rec: &LocalRecord,
+    ) -> Result<(Birthplace, Option<Attachment>), wg_netns::Error> {
         let pod = Netns::from_path(&rec.attachment.netns)?;
         let backend = rec.attachment.backend(&self.userspace);
         let place =
             Birthplace::for_container(&self.node, &pod, rec.attachment.socket_namespace, &backend)?;
-        let found = place
-            .find(&rec.attachment.interface, &rec.attachment.birth_name)?
-            .ok_or_else(|| wg_netns::Error::NotFound {
-                what: wg_netns::error::Object::Link,
-                name: rec.attachment.interface.to_string(),
-            })?;
+        let found = place.find(&rec.attachment.interface, &rec.attachment.birth_name)?;
         Ok((place, found))
     }
 

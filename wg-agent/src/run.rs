@@ -379,7 +379,10 @@ fn id(p: &Publish) -> String {
 }
 
 /// The timers: counters every `stats_interval`, verify every
-/// `verify_interval`, garbage collection every 30 s. Each runs as a task
+/// `verify_interval` and once as soon as the caches sync (what broke while
+/// the agent was away is repaired at once, not an interval later: an
+/// interface deleted then, a kill switch's leak), garbage collection every
+/// 30 s. Each runs as a task
 /// of its own (a tick while the previous run of the same job is still
 /// going is skipped), so the heartbeat — beaten here at every tick — says
 /// that the agent's loops are alive, not that every device answered: a
@@ -393,8 +396,13 @@ pub async fn timers(agent: Arc<Agent>, heartbeat: Arc<Heartbeat>) {
     }
     let busy: [Arc<std::sync::atomic::AtomicBool>; 3] = Default::default();
     verify.tick().await;
+    let mut verified_at_sync = false;
     loop {
         let job = tokio::select! {
+            _ = agent.synced_now.notified(), if !verified_at_sync => {
+                verified_at_sync = true;
+                1
+            }
             _ = stats.tick() => 0,
             _ = verify.tick() => 1,
             _ = gc.tick() => 2,

@@ -385,7 +385,7 @@ impl Agent {
         *slot = Some(Entry {
             dev: Some(Arc::new(dev)),
             routes,
-            ..Entry::new(record, place, attachment.clone())
+            ..Entry::new(record, place, Some(attachment.clone()))
         });
         Ok(Attached::new(
             network.to_string(),

@@ -47,8 +47,12 @@ impl Agent {
                 continue;
             };
             let Some(e) = g.as_mut() else { continue };
+            // No interface (a restart found it deleted): no counters until
+            // the verify makes it again.
+            let Some(attachment) = e.attachment.clone() else {
+                continue;
+            };
             let place = Arc::clone(&e.place);
-            let attachment = e.attachment.clone();
             let dev = e.dev.clone();
             let read = tokio::task::spawn_blocking(move || match dev {
                 Some(d) => d.stats(),

@@ -143,8 +143,12 @@ impl Agent {
             return Ok(());
         };
         let config = target.config;
+        // No interface (a restart found it deleted): the verify makes it
+        // again and reconciles it then.
+        let Some(attachment) = entry.attachment.clone() else {
+            return Ok(());
+        };
         let place = Arc::clone(&entry.place);
-        let attachment = entry.attachment.clone();
         let dev = entry.dev.clone();
         let last = entry.last.take();
         let old_routes = entry.routes.clone();

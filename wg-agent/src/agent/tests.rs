@@ -443,7 +443,7 @@ pub(crate) fn hold(agent: &Agent, rec: LocalRecord) -> Key {
     let entry = Entry::new(
         rec,
         Birthplace::new(&agent.node, &agent.node, &agent.backend).unwrap(),
-        attachment,
+        Some(attachment),
     );
     agent
         .slots()
@@ -1187,6 +1187,37 @@ async fn an_interface_that_cannot_be_reopened_keeps_its_address_while_its_pod_ru
         "its attachment object is deleted"
     );
     assert_eq!(held(&t), None, "its address is back in the pool");
+}
+
+/// An interface deleted while the agent was away (issue 21: a selected
+/// pod's tunnel must come back after an agent restart): the restarted
+/// agent keeps it (not an orphan, which nothing repairs), reads no
+/// counters and reconciles nothing through the missing link, and its
+/// verify finds it missing (and so makes it again).
+#[tokio::test]
+async fn an_interface_deleted_while_the_agent_was_away_is_kept_to_be_made_again() {
+    let t = test_agent(|_| status(500, "InternalError"));
+    t.agent.index.lock().unwrap().network(&network_obj(
+        "n0",
+        json!({"addressPools": [{"cidr": "10.77.0.0/16"}], "mesh": true}),
+    ));
+    t.agent
+        .index
+        .lock()
+        .unwrap()
+        .pod(&pod_obj("web", "u1", json!({})));
+    // Its namespace is there (this process's); no link named wg0 is.
+    let rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
+    t.agent.records.save(&rec).unwrap();
+    t.agent.restore().await;
+    let key = rec.key().unwrap();
+    assert_eq!(t.agent.keys(), vec![key.clone()], "kept, not an orphan");
+    assert!(t.agent.orphans.lock().unwrap().is_empty());
+    t.agent.refresh_stats().await;
+    t.agent.reconcile_one(&key).await.unwrap();
+    assert_eq!(metric(&t.agent, "wg_agent_device_updates_total"), 0.0);
+    let drift = t.agent.verify_one(&key, false).await.unwrap();
+    assert_eq!(drift, vec!["the interface is missing".to_string()]);
 }
 
 #[test]

@@ -22,7 +22,10 @@ impl Agent {
         };
         let target = self.target(entry).await?;
         let place = Arc::clone(&entry.place);
-        let attachment = entry.attachment.clone();
+        let (name, birth_name) = (
+            entry.rec.attachment.interface.clone(),
+            entry.rec.attachment.birth_name.clone(),
+        );
         let addresses = entry.rec.addresses.clone();
         let kill_switch = self
             .index()
@@ -32,7 +35,7 @@ impl Agent {
             .and_then(|c| c.kill_switch.clone());
         let metrics = self.metrics.clone();
         let read = tokio::task::spawn_blocking(move || {
-            let found = place.find(&attachment.name, &attachment.birth_name)?;
+            let found = place.find(&name, &birth_name)?;
             let mut drift = Vec::new();
             // The kill switch first, with or without the interface: a leak
             // is repaired at once, not with the device (docs/egress.md).
@@ -142,7 +145,7 @@ impl Agent {
                 }
             })
             .await??;
-            entry.attachment = done;
+            entry.attachment = Some(done);
             entry.dev = None;
             entry.last = None;
             entry.routes.clear();

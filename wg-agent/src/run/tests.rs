@@ -436,7 +436,9 @@ async fn a_slow_device_does_not_stop_the_heartbeat() {
         "listen_port=51820\n".to_string(),
     );
     dev.delay_replies(3_000);
-    t.agent.set_synced();
+    // Not synced: the verify (which runs at once on sync, and would hold
+    // the interface while it repairs this link-less one) stays out; the
+    // counters' read is the slow job here.
     let h = Arc::new(Heartbeat::new(Duration::from_millis(1_000)));
     let timers = tokio::spawn(timers(Arc::clone(&t.agent), Arc::clone(&h)));
     // Well past the heartbeat's limit, and the device has not answered.
@@ -449,4 +451,40 @@ async fn a_slow_device_does_not_stop_the_heartbeat() {
         alive.is_ok(),
         "a slow device stopped the heartbeat: {alive:?}"
     );
+}
+
+/// The verify runs as soon as the caches sync, not a verify interval
+/// later: what broke while the agent was away (an interface deleted, a
+/// kill switch's leak) is repaired at once. Here the held interface has no
+/// link, so the verify finds drift and counts a repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verify_runs_once_the_caches_sync() {
+    let t = crate::testutil::test_agent_with(&[("WG_AGENT_VERIFY_INTERVAL", "1h")], |_| {
+        status(500, "InternalError")
+    });
+    let rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
+    hold(&t.agent, rec.clone());
+    // Its control socket answers, so the repair finds a daemon and
+    // starts none.
+    let _dev = crate::testutil::FakeUapi::start(
+        &t.uapi_dir,
+        rec.attachment.birth_name.as_str(),
+        "listen_port=51820\n".to_string(),
+    );
+    let repairs = |t: &TestAgent| metric(&t.agent, "wg_agent_drift_repairs_total");
+    let h = Arc::new(Heartbeat::new(Duration::from_secs(60)));
+    let timers = tokio::spawn(timers(Arc::clone(&t.agent), h));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(repairs(&t), 0.0, "verified before the caches synced");
+    t.agent.set_synced();
+    let mut seen = false;
+    for _ in 0..50 {
+        if repairs(&t) >= 1.0 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    timers.abort();
+    assert!(seen, "no verify within 5 s of the sync (interval 1 h)");
 }
