@@ -494,7 +494,7 @@ fn managed_mode_on_a_real_cluster() {
     eprintln!("mesh: {:?}", t.elapsed());
     // The egress scenario alone (iterating on it): WG_AGENT_TEST_EGRESS_ONLY=1.
     if std::env::var_os("WG_AGENT_TEST_EGRESS_ONLY").is_some() {
-        egress::egress_with_kill_switch(&ctx);
+        egress::egress_with_kill_switch(&mut ctx);
         teardown(&mut ctx);
         return;
     }
@@ -508,7 +508,7 @@ fn managed_mode_on_a_real_cluster() {
     let ext = External::new();
     external_peer(&ctx, &ext);
     eprintln!("external peer: {:?}", t.elapsed());
-    egress::egress_with_kill_switch(&ctx);
+    egress::egress_with_kill_switch(&mut ctx);
     eprintln!("egress with a kill switch: {:?}", t.elapsed());
     rbac_and_admission(&ctx);
     eprintln!("rbac: {:?}", t.elapsed());

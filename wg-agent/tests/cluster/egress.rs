@@ -3,9 +3,10 @@
 //! (198.51.100.10, a documentation address that exists only in these
 //! namespaces), the cluster stays local, and nothing of the pod's towards
 //! the internet host ever arrives at its node in clear (an iptables
-//! counter in the node's raw PREROUTING), whichever way the tunnel breaks.
+//! counter in the node's raw PREROUTING), whichever way the tunnel breaks,
+//! node 1's agent killed included.
 
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use wg_netns::{Birthplace, DeviceConfig, InterfaceSpec, PeerConfig, PrivateKey, Userspace};
@@ -16,6 +17,10 @@ use super::Ctx;
 const PROVIDER_IP: &str = "10.250.0.101";
 const PROVIDER_PORT: u16 = 51901;
 const INTERNET: &str = "198.51.100.10";
+/// The kubelets' `clusterDNS` (scripts/cluster): the `kube-dns` Service.
+const DNS_SERVICE_IP: &str = "10.251.0.10";
+/// The DNS server behind it: a host on the cluster's bridge.
+const DNS_IP: &str = "10.250.0.102";
 
 /// The provider: a namespace on the cluster's bridge with a userspace
 /// WireGuard device, forwarding and masquerading to the internet host's
@@ -192,7 +197,218 @@ fn pings_once(ctx: &Ctx, pod: &str) -> bool {
         .success()
 }
 
-pub fn egress_with_kill_switch(ctx: &Ctx) {
+/// The cluster DNS as kube-proxy and CoreDNS would serve it, for the
+/// names this scenario asks for: a real DNS server (dnsmasq) on a host of
+/// the cluster's bridge, the `kube-system/kube-dns` Service at the
+/// kubelets' `clusterDNS` address with that host as its endpoint, and in
+/// node 1's namespace the DNAT kube-proxy would install for it (the
+/// cluster has no kube-proxy; scripts/cluster serves the `kubernetes`
+/// Service the same way).
+struct ClusterDns<'a> {
+    ctx: &'a Ctx<'a>,
+    ns: TestNs,
+    server: Option<Child>,
+}
+
+impl<'a> ClusterDns<'a> {
+    /// Serve `records` (name, address) for the `cluster.local` domain; any
+    /// other name there is NXDOMAIN.
+    fn new(ctx: &'a Ctx<'a>, records: &[(&str, &str)]) -> ClusterDns<'a> {
+        let (ns, _) = super::bridge_host("dns", "wgk8s-dnsv", DNS_IP);
+        // Answers go back to the pods by their own addresses.
+        for (i, cidr) in ctx.podcidr.iter().enumerate() {
+            must(&[
+                "ip",
+                "-n",
+                &ns.name,
+                "route",
+                "add",
+                cidr,
+                "via",
+                &ctx.c.node_ip(i + 1),
+            ]);
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name, "dnsmasq", "--keep-in-foreground"])
+            .args(["--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
+            .args(["--user=root", "--pid-file=", "--bind-interfaces"])
+            .arg(format!("--listen-address={DNS_IP}"))
+            .arg("--local=/cluster.local/")
+            .args(
+                records
+                    .iter()
+                    .map(|(name, addr)| format!("--host-record={name},{addr}")),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let server = cmd.spawn().expect("dnsmasq");
+        let dns = ClusterDns {
+            ctx,
+            ns,
+            server: Some(server),
+        };
+        ctx.c.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: kube-dns, namespace: kube-system}}\n\
+             spec:\n  clusterIP: {DNS_SERVICE_IP}\n  ports: [{{name: dns, port: 53, protocol: UDP}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: kube-dns-host, namespace: kube-system, labels: {{kubernetes.io/service-name: kube-dns}}}}\n\
+             addressType: IPv4\nports: [{{name: dns, port: 53, protocol: UDP}}]\nendpoints: [{{addresses: [\"{DNS_IP}\"]}}]\n"
+        ));
+        dns.kube_proxy("-A");
+        dns
+    }
+
+    fn kube_proxy(&self, op: &str) {
+        let to = format!("{DNS_IP}:53");
+        let out = self.ctx.c.node_exec(
+            1,
+            &[
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                op,
+                "PREROUTING",
+                "-d",
+                &format!("{DNS_SERVICE_IP}/32"),
+                "-p",
+                "udp",
+                "--dport",
+                "53",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+        );
+        assert!(op == "-D" || out.status.success(), "{out:?}");
+    }
+}
+
+impl Drop for ClusterDns<'_> {
+    fn drop(&mut self) {
+        self.kube_proxy("-D");
+        let _ = self.ctx.c.kubectl(&[
+            "-n",
+            "kube-system",
+            "delete",
+            "service,endpointslice",
+            "kube-dns",
+            "kube-dns-host",
+            "--ignore-not-found",
+        ]);
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["-n", "wgk8s-cp", "link", "del", "wgk8s-dnsv"])
+            .output();
+        let _ = &self.ns;
+    }
+}
+
+/// A Service `ws` (port 80) for an HTTP server pod on node 2, and node
+/// 1's DNAT for it as kube-proxy would install; undone on drop.
+struct WebService<'a> {
+    ctx: &'a Ctx<'a>,
+    rule: Vec<String>,
+    cluster_ip: String,
+}
+
+impl<'a> WebService<'a> {
+    fn new(ctx: &'a Ctx<'a>) -> WebService<'a> {
+        let c = ctx.c;
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: ws, namespace: default, labels: {{app: ws}}}}\n\
+             spec:\n  nodeName: {}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    \
+             image: wgk8s.local/busybox:1\n    imagePullPolicy: Never\n    \
+             command: [sh, -c, \"mkdir -p /www && echo served-by-ws > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: ws, namespace: default}}\n\
+             spec:\n  selector: {{app: ws}}\n  ports: [{{port: 80, targetPort: 8080}}]\n",
+            c.node_netns(2)
+        ));
+        c.wait_pod_running("ws", Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cluster_ip =
+            c.kubectl_ok(&["get", "service", "ws", "-o", "jsonpath={.spec.clusterIP}"]);
+        let rule = vec![
+            "PREROUTING".to_string(),
+            "-d".into(),
+            format!("{}/32", cluster_ip.trim()),
+            "-p".into(),
+            "tcp".into(),
+            "--dport".into(),
+            "80".into(),
+            "-j".into(),
+            "DNAT".into(),
+            "--to-destination".into(),
+            format!("{}:8080", c.pod_ip("ws")),
+        ];
+        let web = WebService {
+            ctx,
+            rule,
+            cluster_ip: cluster_ip.trim().to_string(),
+        };
+        web.kube_proxy("-A");
+        web
+    }
+
+    fn kube_proxy(&self, op: &str) {
+        let mut args = vec!["iptables", "-w", "-t", "nat", op];
+        args.extend(self.rule.iter().map(String::as_str));
+        let out = self.ctx.c.node_exec(1, &args);
+        assert!(op == "-D" || out.status.success(), "{out:?}");
+    }
+}
+
+impl Drop for WebService<'_> {
+    fn drop(&mut self) {
+        self.kube_proxy("-D");
+        let _ = self.ctx.c.kubectl(&[
+            "delete",
+            "service/ws",
+            "pod/ws",
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// The pod's traffic to the internet host stops (refused in the pod) and
+/// none of it arrived at node 1.
+fn refused(ctx: &Ctx, what: &str) {
+    assert!(
+        eventually(Duration::from_secs(10), || !pings_once(ctx, "we")),
+        "{what}: traffic went on"
+    );
+    assert!(!pings_once(ctx, "we"), "{what}: traffic went on");
+    assert_eq!(
+        leaked(ctx, 1),
+        0,
+        "{what}: a packet for the internet host left by the node"
+    );
+    eprintln!("egress: {what}: refused in the pod, node counter 0");
+}
+
+/// The pod reaches the internet host again, and still nothing arrived at
+/// node 1.
+fn resumes(ctx: &Ctx, what: &str) {
+    assert!(ctx.ping("we", INTERNET), "{what}: traffic did not resume");
+    assert_eq!(leaked(ctx, 1), 0, "{what}: a packet left by the node");
+}
+
+/// Run `args` in the network namespace of the process `pid`.
+fn in_netns(pid: u32, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(args)
+        .output()
+        .expect("nsenter")
+}
+
+pub fn egress_with_kill_switch(ctx: &mut Ctx) {
     let c = ctx.c;
     let prov = Provider::new();
     for i in 1..=2 {
@@ -263,6 +479,9 @@ pub fn egress_with_kill_switch(ctx: &Ctx) {
         0,
         "a packet for the internet host left by the node"
     );
+    // An unselected pod on the same node is untouched.
+    let wa_routes = String::from_utf8_lossy(&c.exec("wa", &["ip", "route"]).stdout).into_owned();
+    assert!(!wa_routes.contains("unreachable"), "{wa_routes}");
 
     let peer_yaml = format!(
         "apiVersion: wireguard.wg-netns.io/v1alpha1\nkind: WireGuardPeer\nmetadata: {{name: provider, namespace: default}}\n\
@@ -270,41 +489,57 @@ pub fn egress_with_kill_switch(ctx: &Ctx) {
          podSelector: {{matchLabels: {{app: e}}}}\n",
         prov.key.public_key().to_base64()
     );
-    let refused = |what: &str| {
-        assert!(
-            eventually(Duration::from_secs(10), || !pings_once(ctx, "we")),
-            "{what}: traffic went on"
-        );
-        assert!(!pings_once(ctx, "we"), "{what}: traffic went on");
-        assert_eq!(
-            leaked(ctx, 1),
-            0,
-            "{what}: a packet for the internet host left by the node"
-        );
-        eprintln!("egress: {what}: refused in the pod, node counter 0");
-    };
-    let resumes = |what: &str| {
-        assert!(ctx.ping("we", INTERNET), "{what}: traffic did not resume");
-        assert_eq!(leaked(ctx, 1), 0, "{what}: a packet left by the node");
-    };
 
-    // Break 1: the peer deleted; back.
-    c.kubectl_ok(&["delete", "wgpeer", "provider"]);
-    refused("peer deleted");
-    c.apply(&peer_yaml);
-    resumes("peer back");
+    // The cluster DNS and a Service, reached through the primary
+    // interface, with the tunnel up and with it broken.
+    {
+        let web = WebService::new(ctx);
+        let _dns = ClusterDns::new(ctx, &[("ws.default.svc.cluster.local", &web.cluster_ip)]);
+        let resolv = String::from_utf8_lossy(&c.exec("we", &["cat", "/etc/resolv.conf"]).stdout)
+            .into_owned();
+        assert!(
+            resolv.contains(&format!("nameserver {DNS_SERVICE_IP}")),
+            "the kubelet did not give the pod the cluster DNS: {resolv}"
+        );
+        let cluster_reached = |what: &str| {
+            // The Service's name through the cluster DNS (busybox's
+            // nslookup walks the search list: the later, unknown names are
+            // NXDOMAIN, so only its output tells).
+            let found = eventually(Duration::from_secs(15), || {
+                String::from_utf8_lossy(&c.exec("we", &["nslookup", "ws"]).stdout)
+                    .contains(&format!("Address: {}", web.cluster_ip))
+            });
+            assert!(found, "{what}: ws not resolved through the cluster DNS");
+            // (busybox's static wget crashes resolving even an address.)
+            let get = format!(
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {} 80",
+                web.cluster_ip
+            );
+            let url = format!("http://{}/", web.cluster_ip);
+            let served = eventually(Duration::from_secs(15), || {
+                String::from_utf8_lossy(&c.exec("we", &["sh", "-c", &get]).stdout)
+                    .contains("served-by-ws")
+            });
+            assert!(served, "{what}: the Service ws ({url}) not reached");
+            eprintln!("egress: {what}: the cluster DNS and the Service ws reached");
+        };
+        cluster_reached("tunnel up");
+
+        // Break 1: the peer deleted: the internet is refused, the cluster
+        // still reached; back.
+        c.kubectl_ok(&["delete", "wgpeer", "provider"]);
+        refused(ctx, "peer deleted");
+        cluster_reached("peer deleted");
+        c.apply(&peer_yaml);
+        resumes(ctx, "peer back");
+    }
 
     // Break 2: the device deleted inside the pod (as a crash would); the
     // agent's verify makes it again (every 5 s).
     let pid = c.pod_sandbox_pid(1, "we").expect("sandbox");
-    let in_pod = |args: &[&str]| {
-        Command::new("nsenter")
-            .arg(format!("--net=/proc/{pid}/ns/net"))
-            .args(args)
-            .output()
-            .expect("nsenter")
-    };
-    assert!(in_pod(&["ip", "link", "del", "wg0"]).status.success());
+    assert!(in_netns(pid, &["ip", "link", "del", "wg0"])
+        .status
+        .success());
     assert!(!pings_once(ctx, "we"), "device deleted: traffic went on");
     assert_eq!(
         leaked(ctx, 1),
@@ -312,7 +547,7 @@ pub fn egress_with_kill_switch(ctx: &Ctx) {
         "device deleted: a packet left by the node"
     );
     eprintln!("egress: device deleted: refused in the pod, node counter 0");
-    resumes("device repaired");
+    resumes(ctx, "device repaired");
 
     // Break 3: the gateway down (its daemon stopped).
     let daemon = Userspace::from_env()
@@ -324,9 +559,47 @@ pub fn egress_with_kill_switch(ctx: &Ctx) {
     assert!(down, "gateway down: traffic went on");
     assert_eq!(leaked(ctx, 1), 0, "gateway down: a packet left by the node");
     eprintln!("egress: gateway down: no answer, node counter 0");
-    resumes("gateway back");
+    resumes(ctx, "gateway back");
 
-    // Break 4: the primary default route put back (a plugin re-run): the
+    // Break 4: node 1's agent killed (SIGKILL) while the pod pings the
+    // internet host: the tunnel and the kill switch are the pod's, so
+    // nothing is lost; with the agent still away the device is deleted:
+    // refused, nothing leaves, nobody repairs it; the restarted agent
+    // makes it again.
+    let ping = c
+        .kubectl_as(&c.kubeconfig())
+        .args([
+            "exec", "we", "--", "ping", "-c", "30", "-i", "0.2", "-W", "1", INTERNET,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_secs(2));
+    ctx.agents[0].kill9();
+    let out = ping.wait_with_output().expect("ping output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("30 packets received") && text.contains(" 0% packet loss"),
+        "agent killed: the tunnel lost packets\n{text}"
+    );
+    assert_eq!(leaked(ctx, 1), 0, "agent killed: a packet left by the node");
+    eprintln!("egress: agent killed: 30/30 through the tunnel, node counter 0");
+    assert!(in_netns(pid, &["ip", "link", "del", "wg0"])
+        .status
+        .success());
+    refused(ctx, "agent away, device deleted");
+    std::thread::sleep(Duration::from_secs(6));
+    refused(ctx, "agent away, a verify interval later");
+    let t = std::time::Instant::now();
+    ctx.start_agent(1);
+    resumes(ctx, "agent restarted, device made again");
+    eprintln!(
+        "egress: agent restarted: the device made again and traffic through it in {:?}",
+        t.elapsed()
+    );
+
+    // Break 5: the primary default route put back (a plugin re-run): the
     // agent's verify finds the leak and removes it.
     let gw = routes
         .lines()
@@ -338,13 +611,14 @@ pub fn egress_with_kill_switch(ctx: &Ctx) {
                 .map(str::to_string)
         })
         .expect("a gateway of the local routes");
-    assert!(
-        in_pod(&["ip", "route", "add", "default", "via", &gw, "dev", "eth0", "metric", "100"])
-            .status
-            .success()
-    );
+    assert!(in_netns(
+        pid,
+        &["ip", "route", "add", "default", "via", &gw, "dev", "eth0", "metric", "100"]
+    )
+    .status
+    .success());
     let repaired = eventually(Duration::from_secs(15), || {
-        !String::from_utf8_lossy(&in_pod(&["ip", "route"]).stdout)
+        !String::from_utf8_lossy(&in_netns(pid, &["ip", "route"]).stdout)
             .contains(&format!("default via {gw}"))
     });
     assert!(repaired, "the leaking default route stayed");
@@ -356,7 +630,7 @@ pub fn egress_with_kill_switch(ctx: &Ctx) {
         "no kill switch repair counted"
     );
     eprintln!("egress: a default route via eth0 put back: removed by the agent's verify");
-    resumes("after the repair");
+    resumes(ctx, "after the repair");
     let (from_provider, from_any) = prov.seen();
     assert_eq!(
         from_provider, from_any,
