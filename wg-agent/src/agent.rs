@@ -37,7 +37,7 @@ use wg_netns::{
     IpNetwork, Netns, PresharedKey, PrivateKey, Route, Rtnl, SocketNamespace, Userspace, WgDevice,
 };
 
-use crate::desired::{self, ExternalPeer};
+use crate::desired;
 use crate::index::{Dirty, Index, PodInfo};
 use crate::ipam::{Ipam, IpamError};
 use crate::keys::{KeyId, KeyStore};

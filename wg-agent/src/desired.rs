@@ -95,21 +95,6 @@ pub struct MeshMember {
     pub addresses: Vec<IpNetwork>,
 }
 
-/// A WireGuardPeer that selects the pod, checked and resolved.
-#[derive(Clone, Debug)]
-pub struct ExternalPeer {
-    /// Its public key.
-    pub public_key: PublicKey,
-    /// Its endpoint, resolved.
-    pub endpoint: Option<SocketAddr>,
-    /// Allowed IPs.
-    pub allowed_ips: Vec<IpNetwork>,
-    /// Keepalive, seconds.
-    pub persistent_keepalive: Option<u16>,
-    /// The preshared key read from its Secret.
-    pub preshared_key: Option<PresharedKey>,
-}
-
 /// What an interface should be.
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
@@ -136,7 +121,9 @@ fn covered(net: &IpNetwork, within: &[IpNetwork]) -> bool {
 ///
 /// - Mesh members (all but `own_key`) get their addresses as allowed IPs
 ///   and `mesh_keepalive`.
-/// - External peers get theirs, with their own keepalive.
+/// - External peers (the WireGuardPeers that select the pod, resolved:
+///   endpoint, preshared key read from its Secret) get theirs, with their
+///   own keepalive; their other flags are the device write's.
 /// - A public key listed twice keeps the first (mesh members first, then
 ///   peers in the given order): WireGuard has one entry per key.
 /// - An allowed IP claimed by two peers goes to the first: WireGuard would
@@ -148,7 +135,7 @@ pub fn compute(
     own_nets: &[IpNetwork],
     mesh: &[MeshMember],
     mesh_keepalive: Option<u16>,
-    peers: &[ExternalPeer],
+    peers: &[PeerConfig],
     extra: &[IpNetwork],
 ) -> Desired {
     let mut device = DeviceConfig::new().replace_peers();
@@ -158,7 +145,7 @@ pub fn compute(
     let mut add = |key: PublicKey,
                    endpoint: Option<SocketAddr>,
                    ips: Vec<IpNetwork>,
-                   keepalive: Option<u16>,
+                   keepalive: Option<Duration>,
                    psk: Option<PresharedKey>,
                    routes: &mut BTreeSet<IpNetwork>| {
         if key == *own_key || !keys.insert(key) {
@@ -177,8 +164,8 @@ pub fn compute(
                 p = p.allowed_ip(ip);
             }
         }
-        if let Some(k) = keepalive.filter(|k| *k > 0) {
-            p = p.persistent_keepalive(Duration::from_secs(u64::from(k)));
+        if let Some(k) = keepalive.filter(|k| !k.is_zero()) {
+            p = p.persistent_keepalive(k);
         }
         if let Some(psk) = psk {
             p = p.preshared_key(psk);
@@ -192,7 +179,7 @@ pub fn compute(
             m.public_key,
             m.endpoint,
             ips,
-            mesh_keepalive,
+            mesh_keepalive.map(|k| Duration::from_secs(u64::from(k))),
             None,
             &mut routes,
         ) {
@@ -303,13 +290,11 @@ mod tests {
                 addresses: vec![net("10.77.1.2/16"), net("fd77::2/64")],
             },
         ];
-        let ext = vec![ExternalPeer {
-            public_key: gw,
-            endpoint: Some("10.250.0.100:51820".parse().unwrap()),
-            allowed_ips: vec![net("10.99.0.0/24"), net("10.77.0.2/32")],
-            persistent_keepalive: Some(25),
-            preshared_key: None,
-        }];
+        let ext = vec![PeerConfig::new(gw)
+            .endpoint("10.250.0.100:51820".parse().unwrap())
+            .allowed_ip(net("10.99.0.0/24"))
+            .allowed_ip(net("10.77.0.2/32"))
+            .persistent_keepalive(Duration::from_secs(25))];
         let d = compute(
             &me,
             &[net("10.77.0.3/16")],
@@ -355,13 +340,9 @@ mod tests {
                 endpoint: None,
                 addresses: vec![net(&format!("10.77.0.{}/16", octets[i % octets.len()]))],
             }).collect();
-            let ext: Vec<ExternalPeer> = (0..n_ext).map(|i| ExternalPeer {
-                public_key: pick(n_mesh + i),
-                endpoint: None,
-                allowed_ips: vec![net(&format!("10.{}.0.0/24", 90 + octets[(i + 7) % octets.len()]))],
-                persistent_keepalive: None,
-                preshared_key: None,
-            }).collect();
+            let ext: Vec<PeerConfig> = (0..n_ext).map(|i| PeerConfig::new(pick(n_mesh + i))
+                .allowed_ip(net(&format!("10.{}.0.0/24", 90 + octets[(i + 7) % octets.len()])))
+            ).collect();
             let own = [net("10.77.0.1/16")];
             let d = compute(&me, &own, &mesh, Some(25), &ext, &[]);
             let mut keys = BTreeSet::new();
@@ -438,13 +419,9 @@ mod tests {
             endpoint: None,
             addresses: vec![net("10.77.0.2/16")],
         }];
-        let ext = vec![ExternalPeer {
-            public_key: key(),
-            endpoint: None,
-            allowed_ips: vec![net("10.99.0.0/24")],
-            persistent_keepalive: Some(0),
-            preshared_key: None,
-        }];
+        let ext = vec![PeerConfig::new(key())
+            .allowed_ip(net("10.99.0.0/24"))
+            .persistent_keepalive(Duration::ZERO)];
         let d = compute(&me, &[], &mesh, Some(0), &ext, &[]);
         assert_eq!(d.device.peers.len(), 2);
         for p in &d.device.peers {

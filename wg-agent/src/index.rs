@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
 use wg_k8s_types::{
-    NetworkConfig, PeerConfig, WireGuardAddressBlock, WireGuardAttachment, WireGuardNetwork,
+    CheckedPeer, NetworkConfig, WireGuardAddressBlock, WireGuardAttachment, WireGuardNetwork,
     WireGuardPeer, ANNOTATION_NETWORK, ANNOTATION_ROTATE_KEY,
 };
 use wg_netns::IpNetwork;
@@ -71,7 +71,7 @@ pub struct PeerEntry {
     /// namespace).
     pub selector: Option<Selector>,
     /// The checked spec.
-    pub config: PeerConfig,
+    pub config: CheckedPeer,
 }
 
 /// An address block of some node (its `WireGuardAddressBlock`): the only

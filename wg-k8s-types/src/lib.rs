@@ -66,7 +66,7 @@ pub use network::{
     AddressPool, FailurePolicy, KillSwitchSpec, NetworkConfig, PortRange, SocketNamespace,
     WireGuardNetwork, WireGuardNetworkSpec, WireGuardNetworkStatus,
 };
-pub use peer::{PeerConfig, SecretKeyRef, WireGuardPeer, WireGuardPeerSpec, WireGuardPeerStatus};
+pub use peer::{CheckedPeer, SecretKeyRef, WireGuardPeer, WireGuardPeerSpec, WireGuardPeerStatus};
 pub use values::{
     AddressString, CidrString, Duration, EndpointString, FieldError, InterfaceName, Mtu,
     NetworkName, ObjectName, PublicKeyString,

@@ -166,9 +166,12 @@ pub struct WireGuardPeerStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// A peer's spec once checked: what the agent works with.
+/// A WireGuardPeer's spec once checked: what the agent works with. Not
+/// yet resolved (its endpoint may be a host name, its preshared key is a
+/// Secret reference): the agent resolves it into a `wg_netns::PeerConfig`,
+/// the one name for a peer as written to a device.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerConfig {
+pub struct CheckedPeer {
     /// The network.
     pub network: String,
     /// The peer's key.
@@ -187,7 +190,7 @@ impl WireGuardPeerSpec {
     /// Check everything the apiserver checks, returning typed values.
     /// Errors name the field (`spec.allowedIPs[2]: ...`). The pod selector
     /// is left to the caller (label selector semantics).
-    pub fn validate(&self) -> Result<PeerConfig, FieldError> {
+    pub fn validate(&self) -> Result<CheckedPeer, FieldError> {
         let spec = |e: FieldError| e.within("spec");
         self.network
             .check()
@@ -210,7 +213,7 @@ impl WireGuardPeerSpec {
             r.check()
                 .map_err(|e| spec(e.within("presharedKeySecretRef")))?;
         }
-        Ok(PeerConfig {
+        Ok(CheckedPeer {
             network: self.network.as_str().to_string(),
             public_key,
             endpoint,

@@ -149,13 +149,20 @@ impl Agent {
                 }
             }
             self.report_peer(namespace, &p.name, Ok(()));
-            ext.push(ExternalPeer {
-                public_key: p.config.public_key,
-                endpoint,
-                allowed_ips: p.config.allowed_ips.clone(),
-                persistent_keepalive: p.config.persistent_keepalive,
-                preshared_key: psk,
-            });
+            let mut peer = wg_netns::PeerConfig::new(p.config.public_key);
+            if let Some(e) = endpoint {
+                peer = peer.endpoint(e);
+            }
+            for ip in &p.config.allowed_ips {
+                peer = peer.allowed_ip(*ip);
+            }
+            if let Some(k) = p.config.persistent_keepalive {
+                peer = peer.persistent_keepalive(std::time::Duration::from_secs(u64::from(k)));
+            }
+            if let Some(psk) = psk {
+                peer = peer.preshared_key(psk);
+            }
+            ext.push(peer);
         }
         let own_nets: Vec<IpNetwork> = addresses.iter().map(|a| wg_netns::normalize(*a)).collect();
         desired::compute(

@@ -557,7 +557,7 @@ fn pods_dirty_by_uid_when_what_the_agent_uses_changes() {
 // --------------------------------------------------------------- property
 
 /// A peer entry's content.
-type PeerSnap = (Option<Selector>, PeerConfig);
+type PeerSnap = (Option<Selector>, CheckedPeer);
 
 /// What the index holds, with empty inner maps left out (an index built
 /// event by event may keep a network's emptied mesh map; a relist does not
