@@ -87,7 +87,9 @@ pub use killswitch::{KillSwitch, KillSwitchChange, Leak, KILL_SWITCH_METRIC};
 pub use netns::{Netns, NETNS_RUN_DIR};
 pub use reconcile::Ensured;
 pub use record::{AttachmentRecord, SocketNamespace};
-pub use rtnl::{normalize, IfName, Link, Route, RouteKind, RouteScope, Rtnl, TABLE_MAIN};
+pub use rtnl::{
+    normalize, IfName, Link, Route, RouteKind, RouteScope, RoutesSynced, Rtnl, TABLE_MAIN,
+};
 pub use spec::PeerSpec;
 pub use stats::{DeviceStats, PeerStats};
 pub use uapi::{LaunchCommand, Launcher, Userspace, DEFAULT_IO_TIMEOUT, DEFAULT_SOCKET_DIR};

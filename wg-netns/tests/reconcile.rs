@@ -250,3 +250,97 @@ fn a_record_detaches_whatever_is_left() {
         assert!(!record.detach(&node.ns, &Userspace::default()).unwrap());
     }
 }
+
+/// Routes a caller keeps through an interface follow a known state both
+/// ways (`Rtnl::sync_routes`, what the node agent uses): newly wanted ones
+/// are added, ones no longer wanted deleted (one already gone is fine), a
+/// route in both is not sent again, and a route nobody listed, through the
+/// same interface, is left alone.
+#[test]
+fn routes_follow_a_known_state_both_ways() {
+    let Some(backend) = environment("routes_follow_a_known_state_both_ways") else {
+        return;
+    };
+    let (node, pod) = (TestNs::new("snode"), TestNs::new("spod"));
+    let birth = ifname("wgts");
+    let _guard = BirthGuard {
+        ns: &node,
+        birth: birth.clone(),
+        backend: backend.clone(),
+    };
+    let spec = InterfaceSpec::new(birth.clone(), wg_netns::IfName::new("wg0").unwrap())
+        .device(DeviceConfig::new().private_key(PrivateKey::generate().unwrap()))
+        .address(net("10.63.0.2/24"));
+    let place = Birthplace::new(&node.ns, &pod.ns, &backend).unwrap();
+    let idx = place.ensure(&spec).unwrap().attachment.index;
+    let rtnl = Rtnl::open(&pod.ns).unwrap();
+    let through = |oif: u32| -> Vec<IpNetwork> {
+        let mut v: Vec<IpNetwork> = rtnl
+            .routes(Some(wg_netns::TABLE_MAIN))
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.oif == Some(oif) && r.destination.is_ipv4())
+            .map(|r| r.destination)
+            .collect();
+        v.sort();
+        v
+    };
+    let dests = |rs: &[Route]| -> Vec<IpNetwork> { rs.iter().map(|r| r.destination).collect() };
+    let (a, b, c) = (
+        Route::new(net("10.64.1.0/24")),
+        Route::new(net("10.64.2.0/24")),
+        Route::new(net("10.64.3.0/24")),
+    );
+    // Someone else's route through the same interface.
+    rtnl.replace_route(&Route::new(net("10.65.0.0/16")).dev(idx))
+        .unwrap();
+
+    let s = rtnl.sync_routes(idx, &[], &[a.clone(), b.clone()]).unwrap();
+    assert_eq!(dests(&s.added), vec![a.destination, b.destination]);
+    assert!(s.removed.is_empty());
+    assert_eq!(
+        through(idx),
+        vec![
+            net("10.63.0.0/24"),
+            net("10.64.1.0/24"),
+            net("10.64.2.0/24"),
+            net("10.65.0.0/16")
+        ]
+    );
+
+    let s = rtnl
+        .sync_routes(idx, &[a.clone(), b.clone()], &[b.clone(), c.clone()])
+        .unwrap();
+    assert_eq!(dests(&s.added), vec![c.destination]);
+    assert_eq!(dests(&s.removed), vec![a.destination]);
+    assert_eq!(
+        through(idx),
+        vec![
+            net("10.63.0.0/24"),
+            net("10.64.2.0/24"),
+            net("10.64.3.0/24"),
+            net("10.65.0.0/16")
+        ]
+    );
+
+    // A route of the previous state already gone: deleting it is fine.
+    rtnl.del_route(&c.clone().dev(idx)).unwrap();
+    let s = rtnl
+        .sync_routes(idx, &[b.clone(), c.clone()], std::slice::from_ref(&b))
+        .unwrap();
+    assert!(s.added.is_empty());
+    assert_eq!(dests(&s.removed), vec![c.destination]);
+    // The same state: nothing sent.
+    assert!(rtnl
+        .sync_routes(idx, std::slice::from_ref(&b), std::slice::from_ref(&b))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        through(idx),
+        vec![
+            net("10.63.0.0/24"),
+            net("10.64.2.0/24"),
+            net("10.65.0.0/16")
+        ]
+    );
+}

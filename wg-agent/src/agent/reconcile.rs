@@ -165,16 +165,16 @@ impl Agent {
             let sent = dev.update_from(&state, &config)?;
             state.apply(&sent);
             if old_routes != new_routes {
-                let rtnl = Rtnl::open(place.target())?;
-                for r in new_routes.difference(&old_routes) {
-                    rtnl.replace_route(&Route::new(*r).dev(attachment.index))?;
-                }
-                for r in old_routes.difference(&new_routes) {
-                    match rtnl.del_route(&Route::new(*r).dev(attachment.index)) {
-                        Ok(()) | Err(wg_netns::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                // Both ways against what this agent installed before
+                // (wg-netns's one rule for routes it keeps).
+                let routes = |set: &BTreeSet<IpNetwork>| -> Vec<Route> {
+                    set.iter().map(|r| Route::new(*r)).collect()
+                };
+                Rtnl::open(place.target())?.sync_routes(
+                    attachment.index,
+                    &routes(&old_routes),
+                    &routes(&new_routes),
+                )?;
             }
             Ok::<_, wg_netns::Error>((dev, state, sent))
         })

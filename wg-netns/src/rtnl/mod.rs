@@ -44,7 +44,7 @@ mod route;
 pub use crate::ifname::{IfName, IFNAMSIZ_MAX};
 pub use crate::net::normalize;
 pub(crate) use link::parse_link;
-pub use route::{Route, RouteKind, RouteScope, TABLE_MAIN};
+pub use route::{Route, RouteKind, RouteScope, RoutesSynced, TABLE_MAIN};
 
 /// A network interface as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

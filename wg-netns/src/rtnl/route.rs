@@ -65,6 +65,24 @@ impl RouteKind {
     }
 }
 
+/// What [`Rtnl::sync_routes`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RoutesSynced {
+    /// Routes added or replaced: wanted, not in the previous state.
+    pub added: Vec<Route>,
+    /// Routes deleted: in the previous state, no longer wanted (one that
+    /// was already gone is listed too).
+    pub removed: Vec<Route>,
+}
+
+impl RoutesSynced {
+    /// True when nothing was sent.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// A unicast route.
 ///
 /// ```
@@ -272,6 +290,54 @@ impl Rtnl {
             NlmF::empty(),
             msg,
         )
+    }
+
+    /// Bring the routes a caller keeps through interface `oif` from
+    /// `previous` (what it installed before: a known state) to `want`,
+    /// both ways: a wanted route not in `previous` is added (replace
+    /// semantics), a route of `previous` no longer wanted is deleted (one
+    /// already gone is fine). A route without an interface goes through
+    /// `oif`. Routes in neither list are never touched, and a route in both
+    /// is not sent again: one deleted behind the caller's back is
+    /// [`crate::Birthplace::verify`]'s `RouteMissing`, and
+    /// [`crate::Birthplace::ensure`] puts it back.
+    pub fn sync_routes(
+        &self,
+        oif: u32,
+        previous: &[Route],
+        want: &[Route],
+    ) -> Result<RoutesSynced> {
+        let through = |rs: &[Route]| -> Vec<Route> {
+            rs.iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.destination = normalize(r.destination);
+                    r.oif = r.oif.or(Some(oif));
+                    r
+                })
+                .collect()
+        };
+        let (previous, want) = (through(previous), through(want));
+        let added: Vec<Route> = want
+            .iter()
+            .filter(|w| !previous.contains(w))
+            .cloned()
+            .collect();
+        let removed: Vec<Route> = previous
+            .iter()
+            .filter(|p| !want.contains(p))
+            .cloned()
+            .collect();
+        for r in &added {
+            self.replace_route(r)?;
+        }
+        for r in &removed {
+            match self.del_route(r) {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(RoutesSynced { added, removed })
     }
 
     /// Unicast routes of both families in table `table` (all tables if `None`).
