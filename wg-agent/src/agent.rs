@@ -46,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::server::PluginConn;
 use crate::settings::{Settings, UserspaceLaunch};
 pub use error::AgentError;
+pub use verify::Finding;
 
 /// CNI error codes the agent answers with.
 mod code {

@@ -195,6 +195,11 @@ struct NetworkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     operation: String,
 }
@@ -224,6 +229,7 @@ pub struct Metrics {
     cni: Family<CniLabels, Histogram>,
     apiserver_errors: Family<OpLabels, Counter>,
     mesh_rejected: Family<NetworkLabels, Gauge>,
+    drift_found: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -267,6 +273,12 @@ impl Metrics {
             "wg_agent_drift_repairs",
             "Drift found by the periodic verify and repaired",
             drift_repairs.clone(),
+        );
+        let drift_found = Family::<KindLabels, Counter>::default();
+        r.register(
+            "wg_agent_drift_found",
+            "Differences the periodic verify found between an interface and its resources, by kind (drift::Drift::kind, or kill_switch_leak); each is repaired",
+            drift_found.clone(),
         );
         let kill_switch_repairs = Counter::default();
         r.register(
@@ -319,6 +331,7 @@ impl Metrics {
             cni,
             apiserver_errors,
             mesh_rejected,
+            drift_found,
             orphans,
         }
     }
@@ -334,6 +347,15 @@ impl Metrics {
                 })
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Count one difference the periodic verify found, by its kind.
+    pub fn drift_found(&self, kind: &str) {
+        self.drift_found
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     /// Count a failed apiserver request.

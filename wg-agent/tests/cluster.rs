@@ -656,6 +656,17 @@ fn drift(ctx: &Ctx) {
         "the removed peer was not noticed:\n{}",
         ctx.log_tail(1)
     );
+    // Typed end to end: the library's drift kind is the metric's label.
+    let (_, m) = ctx.http(1, "/metrics").expect("metrics");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("wg_agent_drift_found_total{kind=\"peer_missing\"} ")),
+        "no peer_missing drift counted:\n{}",
+        m.lines()
+            .filter(|l| l.starts_with("wg_agent_drift"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let b = ctx.wg_addr("wb");
     assert!(
         ctx.ping("wa", &b),

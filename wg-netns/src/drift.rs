@@ -171,6 +171,28 @@ impl fmt::Display for Drift {
 }
 
 impl Drift {
+    /// The kind of difference, without its values: a stable `snake_case`
+    /// name for metric labels and logs (`peer_missing`, `route_missing`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Drift::Missing { .. } => "missing",
+            Drift::PrivateKey => "private_key",
+            Drift::ListenPort { .. } => "listen_port",
+            Drift::Fwmark { .. } => "fwmark",
+            Drift::PeerMissing { .. } => "peer_missing",
+            Drift::PeerUnexpected { .. } => "peer_unexpected",
+            Drift::PeerAllowedIps { .. } => "peer_allowed_ips",
+            Drift::PeerKeepalive { .. } => "peer_keepalive",
+            Drift::PeerPresharedKey { .. } => "peer_preshared_key",
+            Drift::PeerEndpoint { .. } => "peer_endpoint",
+            Drift::AddressMissing { .. } => "address_missing",
+            Drift::AddressUnexpected { .. } => "address_unexpected",
+            Drift::RouteMissing { .. } => "route_missing",
+            Drift::Mtu { .. } => "mtu",
+            Drift::Down => "down",
+        }
+    }
+
     /// Where `have` differs from `want` read as a complete desired state:
     /// exactly the parts of `want.diff(have)`.
     pub fn of_device(want: &DeviceConfig, have: &Device) -> Vec<Drift> {
@@ -238,6 +260,70 @@ mod tests {
 
     fn key(i: u8) -> PublicKey {
         PublicKey::from_bytes([i; 32])
+    }
+
+    /// Every variant has its own kind, spelled as documented.
+    #[test]
+    fn kinds() {
+        let net: IpNetwork = "10.0.0.0/24".parse().unwrap();
+        let all = [
+            (
+                Drift::Missing {
+                    interface: IfName::new("wg0").unwrap(),
+                },
+                "missing",
+            ),
+            (Drift::PrivateKey, "private_key"),
+            (Drift::ListenPort { have: 1, want: 2 }, "listen_port"),
+            (Drift::Fwmark { have: 1, want: 2 }, "fwmark"),
+            (Drift::PeerMissing { peer: key(1) }, "peer_missing"),
+            (Drift::PeerUnexpected { peer: key(1) }, "peer_unexpected"),
+            (
+                Drift::PeerAllowedIps {
+                    peer: key(1),
+                    have: vec![],
+                    want: vec![net],
+                },
+                "peer_allowed_ips",
+            ),
+            (
+                Drift::PeerKeepalive {
+                    peer: key(1),
+                    have: None,
+                    want: Some(Duration::from_secs(25)),
+                },
+                "peer_keepalive",
+            ),
+            (
+                Drift::PeerPresharedKey { peer: key(1) },
+                "peer_preshared_key",
+            ),
+            (
+                Drift::PeerEndpoint {
+                    peer: key(1),
+                    have: None,
+                    want: "10.9.9.9:1".parse().unwrap(),
+                },
+                "peer_endpoint",
+            ),
+            (Drift::AddressMissing { address: net }, "address_missing"),
+            (
+                Drift::AddressUnexpected { address: net },
+                "address_unexpected",
+            ),
+            (
+                Drift::RouteMissing {
+                    destination: net,
+                    table: 254,
+                },
+                "route_missing",
+            ),
+            (Drift::Mtu { have: 1, want: 2 }, "mtu"),
+            (Drift::Down, "down"),
+        ];
+        for (d, kind) in &all {
+            assert_eq!(d.kind(), *kind, "{d}");
+        }
     }
 
     #[test]

@@ -509,7 +509,7 @@ impl Agent {
             Ok(drift) => failed(
                 code::CHECK_MISMATCH,
                 "the interface differs from its resources",
-                drift.join("; "),
+                verify::describe(&drift),
             ),
             Err(e) => failed(e.code(), "cannot check the interface", e.to_string()),
         }

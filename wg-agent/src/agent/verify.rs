@@ -1,18 +1,66 @@
 //! Verify and repair: read every device back, compare it with what it
 //! should be, repair drift.
 
+use std::fmt;
+
+use wg_netns::{Drift, Leak};
+
 use super::*;
 
+/// One thing the verify found wrong with an interface: typed from the
+/// library's own answers (`KillSwitch::leaks`, `Birthplace::verify`), so
+/// logs, the CHECK reply and the metric's `kind` label all say the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// The pod's kill switch leaks (repaired at once, with or without the
+    /// interface).
+    KillSwitch(Leak),
+    /// The interface differs from its resources.
+    Drift(Drift),
+}
+
+impl Finding {
+    /// The kind, for the `wg_agent_drift_found_total` label:
+    /// `kill_switch_leak`, or the drift's own ([`Drift::kind`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Finding::KillSwitch(_) => "kill_switch_leak",
+            Finding::Drift(d) => d.kind(),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::KillSwitch(l) => write!(f, "kill switch: {l}"),
+            Finding::Drift(d) => d.fmt(f),
+        }
+    }
+}
+
+/// The findings, for a log line or a CHECK reply.
+pub fn describe(found: &[Finding]) -> String {
+    found
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Agent {
-    /// Read one device back, compare it with what it should be now
+    /// Read one interface back, compare it with what it should be now
     /// (`Agent::target`: the resources, not what was last written, so a
     /// write that failed is found here too) and, when `repair`, fix what
-    /// drifted. Returns the drift, described.
+    /// drifted. The comparison is wg-netns's own "is it so"
+    /// ([`Birthplace::verify`] of the interface's spec: link, addresses,
+    /// device, routes through it), so it reports what
+    /// [`Birthplace::ensure`] and the reconcile would change.
     pub async fn verify_one(
         self: &Arc<Self>,
         key: &Key,
         repair: bool,
-    ) -> Result<Vec<String>, AgentError> {
+    ) -> Result<Vec<Finding>, AgentError> {
         let Some(slot) = self.slot(key) else {
             return Err(AgentError::Unknown(key.clone()));
         };
@@ -22,11 +70,24 @@ impl Agent {
         };
         let target = self.target(entry).await?;
         let place = Arc::clone(&entry.place);
-        let (name, birth_name) = (
-            entry.rec.attachment.interface.clone(),
+        let mut spec = InterfaceSpec::new(
             entry.rec.attachment.birth_name.clone(),
+            entry.rec.attachment.interface.clone(),
         );
-        let addresses = entry.rec.addresses.clone();
+        for a in &entry.rec.addresses {
+            spec = spec.address(*a);
+        }
+        if let Some(t) = &target {
+            // A roaming peer's learned endpoint is not drift.
+            let mut want = t.config.clone();
+            for p in &mut want.peers {
+                p.endpoint = None;
+            }
+            spec = spec.device(want);
+            for r in &t.routes {
+                spec = spec.route(Route::new(*r));
+            }
+        }
         let kill_switch = self
             .index()
             .networks
@@ -34,78 +95,42 @@ impl Agent {
             .and_then(|c| c.as_ref().ok())
             .and_then(|c| c.kill_switch.clone());
         let metrics = self.metrics.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let found = place.find(&name, &birth_name)?;
-            let mut drift = Vec::new();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
             // The kill switch first, with or without the interface: a leak
             // is repaired at once, not with the device (docs/egress.md).
             if let Some(ks) = &kill_switch {
+                let tunnel = place.find(&spec.name, &spec.birth_name)?.map(|f| f.index);
                 let rtnl = Rtnl::open(place.target())?;
-                let tunnel = found.as_ref().map(|f| f.index);
                 let leaks = ks.leaks(&rtnl, tunnel)?;
-                if !leaks.is_empty() {
-                    drift.extend(leaks.iter().map(|l| format!("kill switch: {l}")));
-                    if repair {
-                        metrics.kill_switch_repairs.inc();
-                        ks.ensure(&rtnl, tunnel)?;
-                    }
+                if !leaks.is_empty() && repair {
+                    metrics.kill_switch_repairs.inc();
+                    ks.ensure(&rtnl, tunnel)?;
                 }
+                found.extend(leaks.into_iter().map(Finding::KillSwitch));
             }
-            let Some(found) = found else {
-                drift.push("the interface is missing".to_string());
-                return Ok::<_, wg_netns::Error>((drift, None));
-            };
-            let dev = place.device(&found)?;
-            let now = dev.get()?;
-            if let Some(t) = &target {
-                // A roaming peer's learned endpoint is not drift.
-                let mut want = t.config.clone();
-                for p in &mut want.peers {
-                    p.endpoint = None;
-                }
-                let change = want.diff(&now);
-                if !change.is_empty() {
-                    drift.push(format!(
-                        "the device differs from its resources ({} peer changes{})",
-                        change.peers.len(),
-                        if change.private_key.is_some() || change.listen_port.is_some() {
-                            ", key or port"
-                        } else {
-                            ""
-                        }
-                    ));
-                }
-            }
-            let rtnl = Rtnl::open(place.target())?;
-            let have = rtnl.addresses(found.index)?;
-            for a in &addresses {
-                if !have.contains(a) {
-                    drift.push(format!("address {a} is missing"));
-                }
-            }
-            let table = rtnl.routes(None)?;
-            for r in target.iter().flat_map(|t| &t.routes) {
-                if !table.iter().any(|t| t.destination == *r) {
-                    drift.push(format!("route {r} is missing"));
-                }
-            }
-            if !found.up {
-                drift.push("the interface is down".into());
-            }
-            Ok((drift, Some(now)))
+            found.extend(place.verify(&spec)?.into_iter().map(Finding::Drift));
+            Ok::<_, wg_netns::Error>(found)
         })
         .await??;
-        let (drift, now) = read;
-        if repair && !drift.is_empty() {
-            warn!(attachment = %key, drift = ?drift, "drift found; repairing");
+        if repair {
+            for f in &found {
+                self.metrics.drift_found(f.kind());
+            }
+        }
+        let drifted = found.iter().any(|f| matches!(f, Finding::Drift(_)));
+        if repair && drifted {
+            warn!(attachment = %key, drift = %describe(&found), "drift found; repairing");
             self.metrics.drift_repairs.inc();
-            entry.last = now;
+            entry.last = None;
             entry.dev = None;
             entry.routes.clear();
             drop(guard);
             self.repair(key).await?;
+        } else if repair && !found.is_empty() {
+            warn!(attachment = %key, drift = %describe(&found), "kill switch leak repaired");
         }
-        Ok(drift)
+        Ok(found)
     }
 
     /// Re-apply everything to one interface (addresses, link, routes,

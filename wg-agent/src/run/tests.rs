@@ -487,4 +487,9 @@ async fn the_verify_runs_once_the_caches_sync() {
     }
     timers.abort();
     assert!(seen, "no verify within 5 s of the sync (interval 1 h)");
+    // Counted by kind, as wg-netns names it.
+    assert_eq!(
+        metric(&t.agent, "wg_agent_drift_found_total{kind=\"missing\"}"),
+        1.0
+    );
 }
