@@ -326,6 +326,46 @@ impl Ctx<'_> {
     fn ping(&self, pod: &str, ip: &str) -> bool {
         self.c.pod_pings(pod, ip, Duration::from_secs(15))
     }
+
+    /// `ping -c COUNT -i 0.2 -W 1 IP` started in `pod` (through kubectl
+    /// exec) while the caller breaks something; [`PingRun::finish`] waits.
+    fn ping_in_background(&self, pod: &str, ip: &str, count: u32) -> PingRun {
+        let count = count.to_string();
+        let child = self
+            .c
+            .kubectl_as(&self.c.kubeconfig())
+            .args([
+                "exec", pod, "--", "ping", "-c", &count, "-i", "0.2", "-W", "1", ip,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ping");
+        PingRun { child, count }
+    }
+}
+
+/// A ping running in a pod ([`Ctx::ping_in_background`]).
+struct PingRun {
+    child: Child,
+    count: String,
+}
+
+impl PingRun {
+    /// Wait for it: (every echo answered, ping's summary line, its whole
+    /// output).
+    fn finish(self) -> (bool, String, String) {
+        let out = self.child.wait_with_output().expect("ping output");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let summary = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or("")
+            .to_string();
+        let all = summary.contains(&format!("{} packets received", self.count))
+            && summary.contains(" 0% packet loss");
+        (all, summary, text)
+    }
 }
 
 /// A kubeconfig at `path` (mode 0600) for the test cluster's apiserver
@@ -889,35 +929,17 @@ fn rbac_and_admission(ctx: &Ctx) {
 /// with SIGKILL and restarted: no packet lost, and the restarted agent
 /// sends no change to the devices.
 fn kill_agent_during_ping(ctx: &mut Ctx) {
-    let c = ctx.c;
     let b = ctx.wg_addr("wb");
-    let ping = c
-        .kubectl_as(&c.kubeconfig())
-        .args([
-            "exec", "wa", "--", "ping", "-c", "40", "-i", "0.2", "-W", "1", &b,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ping");
+    let ping = ctx.ping_in_background("wa", &b, 40);
     std::thread::sleep(Duration::from_secs(2));
     ctx.agents[0].kill9();
     std::thread::sleep(Duration::from_secs(1));
     let t = Instant::now();
     ctx.start_agent(1);
     eprintln!("agent 1 restarted and ready in {:?}", t.elapsed());
-    let out = ping.wait_with_output().expect("ping output");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let summary = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or("")
-        .to_string();
+    let (all, summary, text) = ping.finish();
     eprintln!("ping during kill -9: {summary}");
-    assert!(
-        summary.contains("40 packets received") && summary.contains(" 0% packet loss"),
-        "{text}"
-    );
+    assert!(all, "{text}");
     // The restart re-read the devices and found nothing to change.
     std::thread::sleep(Duration::from_secs(2));
     let (_, m) = ctx.http(1, "/metrics").expect("metrics");

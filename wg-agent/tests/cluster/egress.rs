@@ -566,23 +566,11 @@ pub fn egress_with_kill_switch(ctx: &mut Ctx) {
     // nothing is lost; with the agent still away the device is deleted:
     // refused, nothing leaves, nobody repairs it; the restarted agent
     // makes it again.
-    let ping = c
-        .kubectl_as(&c.kubeconfig())
-        .args([
-            "exec", "we", "--", "ping", "-c", "30", "-i", "0.2", "-W", "1", INTERNET,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ping");
+    let ping = ctx.ping_in_background("we", INTERNET, 30);
     std::thread::sleep(Duration::from_secs(2));
     ctx.agents[0].kill9();
-    let out = ping.wait_with_output().expect("ping output");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        text.contains("30 packets received") && text.contains(" 0% packet loss"),
-        "agent killed: the tunnel lost packets\n{text}"
-    );
+    let (all, _, text) = ping.finish();
+    assert!(all, "agent killed: the tunnel lost packets\n{text}");
     assert_eq!(leaked(ctx, 1), 0, "agent killed: a packet left by the node");
     eprintln!("egress: agent killed: 30/30 through the tunnel, node counter 0");
     assert!(in_netns(pid, &["ip", "link", "del", "wg0"])
