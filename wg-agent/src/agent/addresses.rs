@@ -415,36 +415,26 @@ impl Agent {
         for b in owned.blocks {
             let _ = alloc.add_block(b);
         }
-        let orphans: Vec<LocalRecord> = self
-            .orphans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|r| r.network == name)
-            .cloned()
-            .collect();
-        for r in orphans {
-            if let Some(key) = r.key() {
-                if let Err(err) = alloc.restore(key.as_str(), &r.addresses) {
-                    warn!(attachment = %key, error = %err, "cannot re-reserve the addresses");
-                }
-            }
+        // Every interface's addresses come from the records on disk (the
+        // interfaces held and the orphans alike), never from the slots: a
+        // slot is held by whichever job runs (the verify that starts as the
+        // caches sync, a reconcile, a DEL), and one skipped here had its
+        // addresses handed to the next pod (the cluster test saw two pods
+        // with one address after an agent restart). An ADD in flight has no
+        // record yet: it allocates from this allocator, under its lock.
+        let (records, unreadable) = self.records.load_all();
+        for e in unreadable {
+            warn!(error = %e, "unreadable attachment record: its addresses are not re-reserved");
         }
-        for key in self.keys() {
-            let Some(slot) = self.slot(&key) else {
-                continue;
-            };
-            // A slot held by an ADD is new: nothing to re-reserve.
-            let Ok(g) = slot.try_lock() else { continue };
-            if let Some(e) = g.as_ref().filter(|e| e.rec.network == name) {
-                match alloc.restore(key.as_str(), &e.rec.addresses) {
-                    Ok(strays) if !strays.is_empty() => {
-                        warn!(attachment = %key, strays = strays.len(), "addresses outside this node's blocks")
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        warn!(attachment = %key, error = %err, "cannot re-reserve the addresses")
-                    }
+        for r in records.iter().filter(|r| r.network == name) {
+            let Some(key) = r.key() else { continue };
+            match alloc.restore(key.as_str(), &r.addresses) {
+                Ok(strays) if !strays.is_empty() => {
+                    warn!(attachment = %key, strays = strays.len(), "addresses outside this node's blocks")
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    warn!(attachment = %key, error = %err, "cannot re-reserve the addresses")
                 }
             }
         }

@@ -1114,6 +1114,36 @@ async fn adopt_networks_lists_each_valid_networks_blocks_once() {
     );
 }
 
+/// A slot another job holds while the allocator is built (the verify that
+/// starts as the caches sync, a reconcile) still has its addresses
+/// re-reserved: they come from the records, not the slots. Before, a held
+/// slot was skipped and its address went to the next pod (the cluster
+/// test saw two pods with one address after an agent restart).
+#[tokio::test]
+async fn the_allocator_is_built_with_the_addresses_of_held_slots() {
+    let t = test_agent(|s| match (&s.method, s.path.as_str()) {
+        (&Method::GET, BLOCKS) => no_blocks(),
+        _ => status(500, "InternalError"),
+    });
+    t.agent.index.lock().unwrap().network(&network_obj(
+        "n0",
+        json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}),
+    ));
+    let rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
+    let key = hold(&t.agent, rec.clone());
+    let slot = t.agent.slot(&key).unwrap();
+    let busy = slot.lock().await;
+    t.agent.adopt_networks().await;
+    drop(busy);
+    let ipam = t.agent.ipam.lock().await;
+    assert_eq!(
+        ipam.get("n0")
+            .and_then(|i| i.addresses(key.as_str()).map(<[_]>::to_vec)),
+        Some(rec.addresses.clone()),
+        "the held interface's address is free for the next pod"
+    );
+}
+
 #[tokio::test]
 async fn an_interface_that_cannot_be_reopened_keeps_its_address_while_its_pod_runs() {
     let mut t = test_agent(|_| status(500, "InternalError"));
