@@ -382,7 +382,7 @@ impl Agent {
             match opened {
                 Ok(Ok((place, attachment))) => {
                     // Its addresses are re-reserved when the network's
-                    // allocator is built (from the slots: build_ipam).
+                    // allocator is built (from the records: build_ipam).
                     self.ports_lock().insert(rec.listen_port);
                     let pod = format!("{}/{}", rec.namespace, rec.pod);
                     if attachment.is_some() {
