@@ -416,16 +416,29 @@ fn peer_yaml(key: &str, nets: &[&str]) -> String {
 /// A WireGuard host outside the cluster: a namespace on the cluster's
 /// bridge (10.250.0.100) with a userspace device.
 struct External {
-    ns: TestNs,
-    place: Birthplace,
+    host: BridgeHost,
     key: PrivateKey,
 }
 
 /// A host outside the cluster: a namespace `wgk8s-*-ROLE` whose `eth0`
-/// (address `ip/24`) is a veth onto the cluster's bridge in wgk8s-cp (the
-/// bridge end named `veth`, deleted by the caller), with a userspace
-/// WireGuard birthplace in it.
-fn bridge_host(role: &str, veth: &str, ip: &str) -> (TestNs, Birthplace) {
+/// (address `ip/24`) is a veth onto the cluster's bridge in wgk8s-cp, with
+/// a userspace WireGuard birthplace in it. On drop the bridge end of the
+/// veth is deleted, then the namespace.
+struct BridgeHost {
+    place: Birthplace,
+    ns: TestNs,
+    veth: String,
+}
+
+impl Drop for BridgeHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["-n", "wgk8s-cp", "link", "del", &self.veth])
+            .output();
+    }
+}
+
+fn bridge_host(role: &str, veth: &str, ip: &str) -> BridgeHost {
     let ns = TestNs::with_prefix("wgk8s", role);
     let name = ns.name.clone();
     must(&[
@@ -449,15 +462,17 @@ fn bridge_host(role: &str, veth: &str, ip: &str) -> (TestNs, Birthplace) {
     let backend = Backend::of_kind(wg_netns::BackendKind::Userspace, Userspace::from_env());
     let netns = Netns::from_name(&name).expect("ns");
     let place = Birthplace::new(&netns, &netns, &backend).expect("place");
-    (ns, place)
+    BridgeHost {
+        place,
+        ns,
+        veth: veth.to_string(),
+    }
 }
 
 impl External {
     fn new() -> External {
-        let (ns, place) = bridge_host("ext", "wgk8s-extv", EXT_IP);
         External {
-            ns,
-            place,
+            host: bridge_host("ext", "wgk8s-extv", EXT_IP),
             key: PrivateKey::generate().expect("key"),
         }
     }
@@ -491,20 +506,16 @@ impl External {
             .expect("addr");
             spec = spec.address(addr);
         }
-        self.place.ensure(&spec).expect("external device");
+        self.host.place.ensure(&spec).expect("external device");
     }
 }
 
 impl Drop for External {
     fn drop(&mut self) {
-        let _ = self.place.detach(
+        let _ = self.host.place.detach(
             &wg_netns::IfName::new("wgext").expect("name"),
             &wg_netns::IfName::new("wgk8sext0").expect("name"),
         );
-        let _ = Command::new("ip")
-            .args(["-n", "wgk8s-cp", "link", "del", "wgk8s-extv"])
-            .output();
-        let _ = &self.ns;
     }
 }
 

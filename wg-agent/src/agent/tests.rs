@@ -555,20 +555,18 @@ fn external_peer(t: &TestAgent, ns: &str, name: &str, k: &PublicKey, app: &str) 
     t.agent.index.lock().unwrap().peer(&p)
 }
 
+/// Network `n0` (`spec`) and pod `ns1/web` (UID `u1`) in the index.
+fn network_and_web(t: &TestAgent, spec: Value) {
+    let mut idx = t.agent.index.lock().unwrap();
+    idx.network(&network_obj("n0", spec));
+    idx.pod(&pod_obj("web", "u1", json!({})));
+}
+
 /// One pod `ns1/web` (UID `u1`) of network `n0` (`spec`) with its
 /// interface held and a fake device (its key and port, no peer) answering
 /// for it: what the reconcile tests start from.
 fn held_device(t: &TestAgent, spec: Value) -> (Key, FakeUapi) {
-    t.agent
-        .index
-        .lock()
-        .unwrap()
-        .network(&network_obj("n0", spec));
-    t.agent
-        .index
-        .lock()
-        .unwrap()
-        .pod(&pod_obj("web", "u1", json!({})));
+    network_and_web(t, spec);
     let rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
     let own_private = {
         let kid = KeyId::new("u1", "wg0").unwrap();
@@ -1227,15 +1225,10 @@ async fn an_interface_that_cannot_be_reopened_keeps_its_address_while_its_pod_ru
 #[tokio::test]
 async fn an_interface_deleted_while_the_agent_was_away_is_kept_to_be_made_again() {
     let t = test_agent(|_| status(500, "InternalError"));
-    t.agent.index.lock().unwrap().network(&network_obj(
-        "n0",
+    network_and_web(
+        &t,
         json!({"addressPools": [{"cidr": "10.77.0.0/16"}], "mesh": true}),
-    ));
-    t.agent
-        .index
-        .lock()
-        .unwrap()
-        .pod(&pod_obj("web", "u1", json!({})));
+    );
     // Its namespace is there (this process's); no link named wg0 is.
     let rec = record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820);
     t.agent.records.save(&rec).unwrap();

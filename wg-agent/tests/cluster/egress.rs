@@ -9,7 +9,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use wg_netns::{Birthplace, DeviceConfig, InterfaceSpec, PeerConfig, PrivateKey, Userspace};
+use wg_netns::{DeviceConfig, InterfaceSpec, PeerConfig, PrivateKey, Userspace};
 use wg_netns_testkit::{eventually, must, TestNs};
 
 use super::Ctx;
@@ -26,17 +26,16 @@ const DNS_IP: &str = "10.250.0.102";
 /// WireGuard device, forwarding and masquerading to the internet host's
 /// namespace behind it.
 struct Provider {
-    ns: TestNs,
+    host: super::BridgeHost,
     internet: TestNs,
-    place: Birthplace,
     key: PrivateKey,
 }
 
 impl Provider {
     fn new() -> Provider {
-        let (ns, place) = super::bridge_host("prov", "wgk8s-provv", PROVIDER_IP);
+        let host = super::bridge_host("prov", "wgk8s-provv", PROVIDER_IP);
         let internet = TestNs::with_prefix("wgk8s", "inet");
-        let (p, i) = (ns.name.clone(), internet.name.clone());
+        let (p, i) = (host.ns.name.clone(), internet.name.clone());
         must(&[
             "ip", "-n", &p, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns",
             &i,
@@ -96,9 +95,8 @@ impl Provider {
             ]);
         }
         Provider {
-            ns,
+            host,
             internet,
-            place,
             key: PrivateKey::generate().expect("key"),
         }
     }
@@ -124,7 +122,7 @@ impl Provider {
         .route(wg_netns::Route::new(
             format!("{pod_addr}/32").parse().expect("addr"),
         ));
-        self.place.ensure(&spec).expect("provider device");
+        self.host.place.ensure(&spec).expect("provider device");
     }
 
     /// (echo requests from the provider's address, from anyone) at the
@@ -156,14 +154,11 @@ impl Provider {
 
 impl Drop for Provider {
     fn drop(&mut self) {
-        let _ = self.place.detach(
+        let _ = self.host.place.detach(
             &wg_netns::IfName::new("wgprov").expect("name"),
             &wg_netns::IfName::new("wgk8sprov0").expect("name"),
         );
-        let _ = Command::new("ip")
-            .args(["-n", "wgk8s-cp", "link", "del", "wgk8s-provv"])
-            .output();
-        let _ = (&self.ns, &self.internet);
+        let _ = &self.internet;
     }
 }
 
@@ -206,7 +201,7 @@ fn pings_once(ctx: &Ctx, pod: &str) -> bool {
 /// Service the same way).
 struct ClusterDns<'a> {
     ctx: &'a Ctx<'a>,
-    ns: TestNs,
+    host: super::BridgeHost,
     server: Option<Child>,
 }
 
@@ -214,13 +209,13 @@ impl<'a> ClusterDns<'a> {
     /// Serve `records` (name, address) for the `cluster.local` domain; any
     /// other name there is NXDOMAIN.
     fn new(ctx: &'a Ctx<'a>, records: &[(&str, &str)]) -> ClusterDns<'a> {
-        let (ns, _) = super::bridge_host("dns", "wgk8s-dnsv", DNS_IP);
+        let host = super::bridge_host("dns", "wgk8s-dnsv", DNS_IP);
         // Answers go back to the pods by their own addresses.
         for (i, cidr) in ctx.podcidr.iter().enumerate() {
             must(&[
                 "ip",
                 "-n",
-                &ns.name,
+                &host.ns.name,
                 "route",
                 "add",
                 cidr,
@@ -229,23 +224,29 @@ impl<'a> ClusterDns<'a> {
             ]);
         }
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name, "dnsmasq", "--keep-in-foreground"])
-            .args(["--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
-            .args(["--user=root", "--pid-file=", "--bind-interfaces"])
-            .arg(format!("--listen-address={DNS_IP}"))
-            .arg("--local=/cluster.local/")
-            .args(
-                records
-                    .iter()
-                    .map(|(name, addr)| format!("--host-record={name},{addr}")),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "netns",
+            "exec",
+            &host.ns.name,
+            "dnsmasq",
+            "--keep-in-foreground",
+        ])
+        .args(["--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
+        .args(["--user=root", "--pid-file=", "--bind-interfaces"])
+        .arg(format!("--listen-address={DNS_IP}"))
+        .arg("--local=/cluster.local/")
+        .args(
+            records
+                .iter()
+                .map(|(name, addr)| format!("--host-record={name},{addr}")),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         let server = cmd.spawn().expect("dnsmasq");
         let dns = ClusterDns {
             ctx,
-            ns,
+            host,
             server: Some(server),
         };
         ctx.c.apply(&format!(
@@ -302,10 +303,7 @@ impl Drop for ClusterDns<'_> {
             let _ = s.kill();
             let _ = s.wait();
         }
-        let _ = Command::new("ip")
-            .args(["-n", "wgk8s-cp", "link", "del", "wgk8s-dnsv"])
-            .output();
-        let _ = &self.ns;
+        let _ = &self.host;
     }
 }
 
