@@ -5,7 +5,7 @@
 //! comparison, so a wrong model would go unnoticed there: this test holds
 //! the model to what the implementations actually do, case by case
 //! (tests/cases/apply.rs, whose expectations are written from the kernel's
-//! and wireguard-go's sources; src/device.rs holds the model to the same
+//! and wireguard-go's sources; src/device/tests.rs holds the model to the same
 //! cases without root).
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -19,7 +19,7 @@
 //   created peer removes it again and makes it a dummy; a dummy's allowed
 //   IPs are ignored), device/allowedips.go `Insert` (moves, masks host bits).
 //
-// Included (`include!`) by the model's unit tests (src/device.rs, which
+// Included (`include!`) by the model's unit tests (src/device/tests.rs, which
 // cargo-mutants runs) and by the root test tests/semantics.rs, which checks
 // every case on real WireGuard: wireguard-go on the host (tier b), kernel
 // WireGuard in the qemu guest (tier c, scripts/kernel-tests). The includer
