@@ -269,7 +269,7 @@ fn main() -> Res<()> {
         })
         .map_err(|e| e.to_string())?;
         node.run(|| {
-            wg_cni::cmd::run(&env, conf.as_bytes(), &mut wg_cni::log::Log::none())
+            wg_cni::cmd::run(&env, conf.as_bytes(), &mut wg_attach::log::Log::none())
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })??;

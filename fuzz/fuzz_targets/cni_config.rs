@@ -4,13 +4,13 @@
 //! neither does this target: peers are never resolved here.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use wg_attach::config::NetConf;
 use wg_cni::cni::{build_result, ResultInterface, Version};
-use wg_cni::config::NetConf;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(conf) = NetConf::parse(data) {
         let name = conf.interface_name.clone();
-        let (iface, ips, routes) = wg_cni::plan::result_parts(&conf, &name, "/var/run/netns/x", 1420);
+        let (iface, ips, routes) = wg_cni::answer::result_parts(&conf, &name, "/var/run/netns/x", 1420);
         let _: &ResultInterface = &iface;
         for v in [Version::V0_3_1, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0] {
             let r = build_result(v, conf.prev_result.as_ref(), &iface, &ips, &routes, conf.dns.as_ref());
@@ -25,6 +25,6 @@ fuzz_target!(|data: &[u8]| {
                 c
             })
             .collect();
-        let _ = wg_cni::plan::device_config(&conf, None, peers);
+        let _ = wg_attach::plan::device_config(&conf, None, peers);
     }
 });

@@ -27,7 +27,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Client;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-use wg_cni::managed::{Attached, Failure, LaunchNamespace, PodRef, Reply, Request, Verb};
+use wg_attach::managed::{Attached, Failure, LaunchNamespace, PodRef, Reply, Request, Verb};
 use wg_k8s_types::{
     AttachmentPeerStatus, EndpointString, FailurePolicy, Mtu, NetworkConfig, WireGuardAddressBlock,
     WireGuardAttachment, WireGuardAttachmentSpec, WireGuardAttachmentStatus, LABEL_NODE,

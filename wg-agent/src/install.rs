@@ -112,8 +112,8 @@ pub const PLUGIN_TYPE: &str = "wg-cni";
 /// on the host for nodes without kernel WireGuard. A name of our own, so
 /// it never collides with a `wireguard-go` someone else installed there.
 /// The plugin looks for it under the same name
-/// ([`wg_cni::managed::USERSPACE_PROGRAM`]).
-pub const USERSPACE_BINARY: &str = wg_cni::managed::USERSPACE_PROGRAM;
+/// ([`wg_attach::managed::USERSPACE_PROGRAM`]).
+pub const USERSPACE_BINARY: &str = wg_attach::managed::USERSPACE_PROGRAM;
 
 mod binaries;
 mod conf_dir;

@@ -6,7 +6,7 @@
 //! node claims through the apiserver, the network's mesh and the
 //! WireGuardPeers that select the pod as peers, edits applied live as
 //! differences. wg-cni in managed mode asks it over a unix socket
-//! (`wg_cni::managed`); docs/kubernetes.md tells the whole story.
+//! (`wg_attach::managed`); docs/kubernetes.md tells the whole story.
 //!
 //! Layers: [`desired`] (pure: what an interface should be), [`index`]
 //! (what the watches saw), [`agent`] (the verbs, told with wg-netns

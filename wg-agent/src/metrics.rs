@@ -16,7 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use wg_cni::managed::Verb;
+use wg_attach::managed::Verb;
 use wg_netns::DeviceStats;
 
 use crate::local::LocalRecord;

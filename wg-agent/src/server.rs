@@ -20,7 +20,7 @@ use hyper::{Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{debug, info, warn};
-use wg_cni::managed::{
+use wg_attach::managed::{
     self, Failure, Launch, LaunchNamespace, Launched, Reply, Request, Verb,
     LAUNCH_PROTOCOL_VERSION, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };

@@ -116,7 +116,7 @@ pub struct Settings {
 }
 
 fn duration(name: &'static str, v: &str) -> Result<Duration, SettingError> {
-    wg_cni::config::parse_go_duration(v)
+    wg_attach::config::parse_go_duration(v)
         .ok_or_else(|| SettingError {
             name,
             why: format!("{v:?} is not a duration such as 30s or 1m"),

@@ -149,7 +149,9 @@ impl<'c> Plan<'c> {
             conf,
             req,
             name: interface_name(conf, req)?,
-            birth: req.birth.derive(&conf.name, &req.container_id, &req.ifname)?,
+            birth: req
+                .birth
+                .derive(&conf.name, &req.container_id, &req.ifname)?,
         })
     }
 
@@ -179,7 +181,9 @@ impl<'c> Plan<'c> {
     /// invalid `interfaceName` falls back to the request's interface name,
     /// then to the birth name).
     pub fn for_teardown(conf: &'c NetConf, req: &'c Request) -> Result<Self> {
-        let birth = req.birth.derive(&conf.name, &req.container_id, &req.ifname)?;
+        let birth = req
+            .birth
+            .derive(&conf.name, &req.container_id, &req.ifname)?;
         let name = interface_name(conf, req)
             .ok()
             .or_else(|| IfName::new(req.ifname.as_str()).ok())
@@ -195,11 +199,7 @@ impl<'c> Plan<'c> {
     /// The attachment to ensure or verify at `place`. Reads the key file,
     /// resolves endpoints and preshared key files, and for `"mtu": "auto"`
     /// asks the birthplace for the underlay's MTU.
-    pub fn interface_spec(
-        &self,
-        place: &Birthplace,
-        key: KeyUse,
-    ) -> Result<InterfaceSpec> {
+    pub fn interface_spec(&self, place: &Birthplace, key: KeyUse) -> Result<InterfaceSpec> {
         let conf = self.conf;
         let peers = resolve_peers(conf)?;
         let underlay = match conf.mtu {

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use wg_netns::{Attachment, Backend, BackendKind, Birthplace, InterfaceSpec, Netns, Userspace};
+use wg_attach::attach::{ensure_recorded, open_container, userspace};
+use wg_netns::{BackendKind, Birthplace, Netns};
 
 use crate::cni::{CniError, Code, Command, Env, Version, SUPPORTED_VERSIONS};
 use crate::config::{ChainedResult, Mode, NetConf};
@@ -17,6 +17,12 @@ use crate::log::Log;
 use crate::managed_cmd;
 use crate::plan::{KeyUse, Plan};
 use crate::state::StateDir;
+
+/// The backend the configuration asks for, or code 50 when there is none.
+/// A failure to find out (netlink refusing the question) is code 5, not 50.
+pub fn backend(conf: &NetConf) -> Result<wg_netns::Backend, CniError> {
+    Ok(wg_attach::attach::backend(conf)?)
+}
 
 /// Run one invocation. `Ok(Some(json))` is printed on stdout; `Ok(None)`
 /// prints nothing; errors become CNI error JSON.
@@ -71,49 +77,15 @@ fn version_reply(stdin: &[u8]) -> Value {
     json!({"cniVersion": asked.as_str(), "supportedVersions": SUPPORTED_VERSIONS})
 }
 
-/// The userspace implementation the configuration names, else the one
-/// `WG_USERSPACE_IMPLEMENTATION` names, else wireguard-go.
-pub fn userspace(conf: &NetConf) -> Userspace {
-    conf.userspace_implementation
-        .clone()
-        .map(Userspace::new)
-        .unwrap_or_else(Userspace::from_env)
-}
-
-/// The backend the configuration asks for, or code 50 when there is none.
-/// A failure to find out (netlink refusing the question) is code 5, not 50.
-pub fn backend(conf: &NetConf) -> Result<Backend, CniError> {
-    Backend::choose(conf.backend, userspace(conf)).map_err(|e| match e {
-        wg_netns::Error::NoBackend(why) => CniError::new(
-            Code::NotAvailable,
-            "no WireGuard backend is available",
-            format!("{why} (backend \"{}\" was configured)", conf.backend),
-        ),
-        e => e.into(),
-    })
-}
-
 fn open_pod(path: &str) -> Result<Netns, CniError> {
-    Netns::from_path(path).map_err(|e| {
-        CniError::new(
-            Code::ContainerUnknown,
-            "cannot open the container's network namespace",
-            e.to_string(),
-        )
-    })
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    Ok(open_container(path)?)
 }
 
 /// ADD: make the attachment what the configuration says (created, or an
 /// existing one repaired: [`Birthplace::ensure`]), record it, answer.
 fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
-    let plan = Plan::new(conf, env)?;
+    let req = crate::request(env);
+    let plan = Plan::new(conf, &req)?;
     let state = StateDir::open(&conf.state_dir)?;
     let _locks = state.lock_for(&conf.name, &env.container_id, &env.ifname)?;
     let backend = backend(conf)?;
@@ -122,43 +94,7 @@ fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
         Birthplace::for_container(&Netns::current()?, &pod, conf.socket_namespace, &backend)?;
     let spec = plan.interface_spec(&place, KeyUse::Add)?;
     let a = ensure_recorded(&place, &spec, &plan, &backend, &state, log)?;
-    Ok(plan.answer(&a))
-}
-
-/// ADD's core, shared with the other adapters (wg-netavark): make the
-/// attachment `spec` describes at `place` ([`Birthplace::ensure`]), log
-/// what that took, and save its record; when the record cannot be saved,
-/// remove what was made, so nothing exists without a record.
-pub fn ensure_recorded(
-    place: &Birthplace,
-    spec: &InterfaceSpec,
-    plan: &Plan<'_>,
-    backend: &Backend,
-    state: &StateDir,
-    log: &mut Log,
-) -> Result<Attachment, CniError> {
-    let done = place.ensure(spec)?;
-    let what = if done.created {
-        "attached"
-    } else if done.changed() {
-        "repaired"
-    } else {
-        "unchanged"
-    };
-    let a = done.attachment;
-    log.line(&format!(
-        "{what} {} (birth {}, {}, mtu {}) public key {}",
-        a.name,
-        a.birth_name,
-        a.kind,
-        a.mtu,
-        a.public_key.map(|k| k.to_base64()).unwrap_or_default()
-    ));
-    if let Err(e) = state.save(&plan.record(&a, backend, now())) {
-        let _ = place.detach(&a.name, &a.birth_name);
-        return Err(e);
-    }
-    Ok(a)
+    Ok(crate::answer::added(&plan, &a))
 }
 
 /// DEL: remove what ADD made, from its record alone (or, without one, from
@@ -174,7 +110,7 @@ fn del(env: &Env, conf: &NetConf, log: &mut Log) -> Result<(), CniError> {
             let kind = backend(conf)
                 .map(|b| b.kind())
                 .unwrap_or(BackendKind::Userspace);
-            Plan::for_teardown(conf, env).attachment_record(kind, None)
+            Plan::for_teardown(conf, &crate::request(env))?.attachment_record(kind, None)
         }
     };
     record.detach_in(
@@ -208,7 +144,8 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
                 ),
             )
         })?;
-    let plan = Plan::recorded(conf, env, &record.attachment);
+    let req = crate::request(env);
+    let plan = Plan::recorded(conf, &req, &record.attachment);
     let backend = record.attachment.backend(&userspace(conf));
     let pod = open_pod(&env.netns)?;
     let place = Birthplace::for_container(

@@ -8,50 +8,7 @@ use std::fmt;
 
 use serde_json::{json, Map, Value};
 
-/// Spec versions this plugin speaks.
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-
-/// A CNI spec version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Version {
-    /// 0.3.1
-    V0_3_1,
-    /// 0.4.0 (adds CHECK)
-    V0_4_0,
-    /// 1.0.0 (drops `ips[].version`)
-    V1_0_0,
-    /// 1.1.0 (adds STATUS, GC, interface and route attributes)
-    V1_1_0,
-}
-
-impl Version {
-    /// Parse a `cniVersion` string.
-    pub fn parse(s: &str) -> Option<Version> {
-        match s {
-            "0.3.1" => Some(Version::V0_3_1),
-            "0.4.0" => Some(Version::V0_4_0),
-            "1.0.0" => Some(Version::V1_0_0),
-            "1.1.0" => Some(Version::V1_1_0),
-            _ => None,
-        }
-    }
-
-    /// The version string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Version::V0_3_1 => "0.3.1",
-            Version::V0_4_0 => "0.4.0",
-            Version::V1_0_0 => "1.0.0",
-            Version::V1_1_0 => "1.1.0",
-        }
-    }
-}
-
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use wg_attach::config::{Version, SUPPORTED_VERSIONS};
 
 /// Well-known CNI error codes, plus this plugin's own (100+).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,21 +102,25 @@ impl fmt::Display for CniError {
 
 impl From<wg_netns::Error> for CniError {
     fn from(e: wg_netns::Error) -> Self {
-        use wg_netns::Error as E;
-        let code = match &e {
-            E::Invalid { .. } | E::Key(_) => Code::InvalidConfig,
-            E::NoBackend(_) => Code::NotAvailable,
-            E::NotFound {
-                what: wg_netns::Object::Namespace,
-                ..
-            } => Code::ContainerUnknown,
-            E::NotFound {
-                what: wg_netns::Object::Host | wg_netns::Object::File,
-                ..
-            } => Code::InvalidConfig,
-            _ => Code::Io,
+        wg_attach::Error::from(e).into()
+    }
+}
+
+/// The one place the core's error kinds become CNI error codes.
+impl From<wg_attach::Error> for CniError {
+    fn from(e: wg_attach::Error) -> Self {
+        use wg_attach::Kind;
+        let code = match e.kind {
+            Kind::Decode => Code::Decode,
+            Kind::Version => Code::IncompatibleVersion,
+            Kind::Config => Code::InvalidConfig,
+            Kind::Request => Code::InvalidEnvironment,
+            Kind::Busy => Code::TryAgainLater,
+            Kind::ContainerGone => Code::ContainerUnknown,
+            Kind::Unavailable => Code::NotAvailable,
+            Kind::Io => Code::Io,
         };
-        CniError::new(code, "wg-netns", e.to_string())
+        CniError::new(code, e.msg, e.details)
     }
 }
 

@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use serde_json::Value;
+use wg_attach::log::Log;
 use wg_cni::cni::{CniError, Code, Env};
-use wg_cni::log::Log;
 use zeroize::Zeroizing;
 
 /// Largest configuration accepted on stdin.

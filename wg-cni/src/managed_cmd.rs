@@ -56,6 +56,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use wg_netns::{IfName, IpNetwork, Netns, Userspace};
 
+use crate::answer;
 use crate::cni::{CniError, Code, Env, ResultInterface, ResultIp, ResultRoute};
 use crate::config::{is_dns_label, ManagedConf, NetConf, PodAnnotations};
 use crate::log::Log;
@@ -63,7 +64,6 @@ use crate::managed::{
     self, Attached, Failure, Launch, LaunchNamespace, NetworkHint, OnLaunch, PodRef, ProtoError,
     Reply, Request, Verb, USERSPACE_PROGRAM,
 };
-use crate::plan;
 
 #[cfg(test)]
 mod tests;
@@ -82,7 +82,7 @@ fn not_opted_in(m: &ManagedConf) -> Option<&'static str> {
 pub fn add(env: &Env, conf: &NetConf, m: &ManagedConf, log: &mut Log) -> Result<Value, CniError> {
     if let Some(why) = not_opted_in(m) {
         log.line(&format!("{why}: passing the result through"));
-        return Ok(plan::unchanged(conf));
+        return Ok(answer::unchanged(conf));
     }
     let netns = container_netns(env)?;
     let asked = {
@@ -103,7 +103,7 @@ pub fn add(env: &Env, conf: &NetConf, m: &ManagedConf, log: &mut Log) -> Result<
         }
         Ok(Reply::Skipped { reason }) => {
             log.line(&format!("the agent attached nothing: {reason}"));
-            Ok(plan::unchanged(conf))
+            Ok(answer::unchanged(conf))
         }
         Ok(Reply::Failed(f)) => Err(refused(f)),
         Ok(other) => add_without_agent(conf, m, unexpected(&other), log),
@@ -216,7 +216,7 @@ pub fn attached_result(conf: &NetConf, env: &Env, a: &Attached) -> Value {
     let routes: Vec<ResultRoute> = unique(&a.routes)
         .map(|dst| ResultRoute { dst, table: None })
         .collect();
-    plan::answer(conf, &iface, &ips, &routes)
+    answer::answer(conf, &iface, &ips, &routes)
 }
 
 /// The pod, when `CNI_ARGS` names it (namespace and name; the UID when
@@ -385,7 +385,7 @@ fn add_without_agent(
 ) -> Result<Value, CniError> {
     let network = match (&m.network, &m.annotations) {
         (Some(n), _) | (None, PodAnnotations::Network(n)) => n,
-        (None, PodAnnotations::NoNetwork) => return Ok(plan::unchanged(conf)),
+        (None, PodAnnotations::NoNetwork) => return Ok(answer::unchanged(conf)),
         (None, PodAnnotations::Unknown) => {
             log.line(&format!(
                 "cannot reach the agent at {}: {e}; the runtime passed no pod annotations \
@@ -395,7 +395,7 @@ fn add_without_agent(
                 m.socket.display(),
                 managed::POD_ANNOTATIONS_CAPABILITY
             ));
-            return Ok(plan::unchanged(conf));
+            return Ok(answer::unchanged(conf));
         }
     };
     if !is_dns_label(network) {
@@ -413,7 +413,7 @@ fn add_without_agent(
                 "cannot reach the agent at {}: {e}; network {network} has failurePolicy ignore: passing the result through without its interface",
                 m.socket.display()
             ));
-            Ok(plan::unchanged(conf))
+            Ok(answer::unchanged(conf))
         }
         Ok(_) => Err(try_again(
             m,

@@ -84,7 +84,7 @@ fn secrets_absent(out: &cni::Out, state: &StateDir, keys: &[&PrivateKey]) {
 
 /// The birth name wg-cni derives for an attachment of network "wgnet".
 fn birth(cid: &str, ifname: &str) -> String {
-    wg_cni::plan::birth_name("wgnet", cid, ifname).to_string()
+    wg_cni::birth_name("wgnet", cid, ifname).to_string()
 }
 
 /// What is left of the attachments with these container ids (ifname eth0):
@@ -323,7 +323,7 @@ fn chained_full_tunnel_check_detects_drift() {
     let found = place
         .find(
             &IfName::new("wg0").unwrap(),
-            &wg_cni::plan::birth_name("wgnet", &cid, "eth0"),
+            &wg_cni::birth_name("wgnet", &cid, "eth0"),
         )
         .unwrap()
         .expect("attached");
@@ -422,7 +422,7 @@ fn failed_add_leaves_nothing_and_generated_keys_are_recorded() {
     let found = place
         .find(
             &IfName::new("eth0").unwrap(),
-            &wg_cni::plan::birth_name("wgnet", "fail", "eth0"),
+            &wg_cni::birth_name("wgnet", "fail", "eth0"),
         )
         .unwrap()
         .expect("attached");

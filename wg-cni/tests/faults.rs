@@ -19,7 +19,7 @@ use wg_netns::{IfName, PrivateKey};
 use wg_netns_testkit::*;
 
 fn birth(cid: &str, ifname: &str) -> String {
-    wg_cni::plan::birth_name("wgnet", cid, ifname).to_string()
+    wg_cni::birth_name("wgnet", cid, ifname).to_string()
 }
 
 fn clean(node: &TestNs, pod: &TestNs, state: &StateDir, cid: &str) -> Result<(), String> {

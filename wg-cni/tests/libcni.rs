@@ -165,7 +165,7 @@ fn backend_name(b: &wg_netns::Backend) -> &'static str {
 }
 
 fn nothing_left(s: &Side, cid: &str, ifname: &str) -> bool {
-    let birth = wg_cni::plan::birth_name("wgnet", cid, ifname).to_string();
+    let birth = wg_cni::birth_name("wgnet", cid, ifname).to_string();
     !s.node.link_names().contains(&birth)
         && s.pod.link_names().iter().all(|l| l == "lo")
         && !Path::new(&format!("/var/run/wireguard/{birth}.sock")).exists()

@@ -129,7 +129,7 @@ fn fifty_pods_twenty_cycles_with_concurrent_gc() {
     let births: Vec<String> = (0..pods_n)
         .map(cid)
         .chain((0..3).map(|k| format!("stale-{run}-{k}")))
-        .map(|c| wg_cni::plan::birth_name("wgnet", &c, "eth0").to_string())
+        .map(|c| wg_cni::birth_name("wgnet", &c, "eth0").to_string())
         .collect();
     let clean = || {
         let node_links = node.link_names();

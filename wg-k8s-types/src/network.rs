@@ -383,7 +383,9 @@ impl WireGuardNetworkSpec {
             }
             pools.push(parsed);
         }
-        self.mtu.check().map_err(|e| spec(e.within("mtu")))?;
+        self.mtu
+            .check()
+            .map_err(|e| spec(FieldError::from(e).within("mtu")))?;
         self.listen_ports
             .check()
             .map_err(|e| spec(e.within("listenPorts")))?;

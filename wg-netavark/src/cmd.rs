@@ -1,17 +1,18 @@
 //! The verbs: `create`, `setup`, `teardown`, `info`. Each is a straight
 //! line like wg-cni's: settings (pure), lock, open the place, one wg-netns
-//! call, record, answer. The device, names-to-spec and record logic is
-//! wg-cni's (`Plan`, `StateDir`), the attachment wg-netns's.
+//! call, record, answer. The device, names-to-spec and record logic is the
+//! attachment core's (wg-attach: `Request`, `Plan`, `StateDir`,
+//! `ensure_recorded`), the attachment wg-netns's.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
-use wg_cni::cmd::{backend, ensure_recorded, userspace};
-use wg_cni::cni::{Command, Env};
-use wg_cni::log::Log;
-use wg_cni::plan::{KeyUse, Plan};
-use wg_cni::state::StateDir;
+use wg_attach::attach::{backend, ensure_recorded, userspace};
+use wg_attach::log::Log;
+use wg_attach::plan::{KeyUse, Plan};
+use wg_attach::state::StateDir;
+use wg_attach::Request;
 use wg_netns::{BackendKind, Birthplace, IfName, Netns};
 use zeroize::Zeroizing;
 
@@ -141,15 +142,15 @@ fn ids(exec: &NetworkPluginExec) -> Result<Ids<'_>, Error> {
     })
 }
 
-fn env(ids: &Ids, netns: &str, command: Command) -> Env {
-    Env {
-        command,
-        container_id: ids.container_id.to_string(),
-        netns: netns.to_string(),
-        ifname: ids.ifname.to_string(),
-        args: vec![],
-        path: String::new(),
-    }
+/// The core's request for one attachment: netavark's container and
+/// interface, this network's birth names.
+fn request(s: &Settings, ids: &Ids, netns: &str) -> Request {
+    Request::new(
+        ids.container_id,
+        netns,
+        ids.ifname.as_str(),
+        s.birth_names(),
+    )
 }
 
 /// `setup NETNS`: make the container's WireGuard interface what the
@@ -162,13 +163,8 @@ pub fn setup(netns: &str, exec: &NetworkPluginExec) -> Result<StatusBlock, Error
     let ids = ids(exec)?;
     let s = settings(&exec.network, Some(&exec.network_options))?;
     let conf = &s.conf;
-    let env = env(&ids, netns, Command::Add);
-    let plan = Plan::named(
-        conf,
-        &env,
-        ids.ifname.clone(),
-        s.birth_name(ids.container_id, ids.ifname.as_str())?,
-    );
+    let req = request(&s, &ids, netns);
+    let plan = Plan::new(conf, &req).map_err(Error::step("naming the interface"))?;
     let mut log = Log::open(
         &conf.log_file,
         format!(
@@ -255,13 +251,8 @@ pub fn teardown(netns: &str, exec: &NetworkPluginExec) -> Result<(), Error> {
     without_ips.static_ips = None;
     let s = settings(&exec.network, Some(&without_ips))?;
     let conf = &s.conf;
-    let env = env(&ids, netns, Command::Del);
-    let plan = Plan::named(
-        conf,
-        &env,
-        ids.ifname.clone(),
-        s.birth_name(ids.container_id, ids.ifname.as_str())?,
-    );
+    let req = request(&s, &ids, netns);
+    let plan = Plan::for_teardown(conf, &req).map_err(Error::step("naming the interface"))?;
     let mut log = Log::open(
         &conf.log_file,
         format!(

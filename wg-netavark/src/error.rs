@@ -2,7 +2,7 @@
 //! material (wg-cni's and wg-netns's errors never echo secrets, and inline
 //! secrets are refused before anything could print them).
 
-use wg_cni::cni::CniError;
+use wg_attach::Error as CoreError;
 
 /// Everything that can go wrong in one invocation. netavark shows the
 /// message (`{"error": "..."}`) to the user.
@@ -35,7 +35,7 @@ pub enum Error {
     /// The network or container description is unusable.
     #[error("{0}")]
     Input(String),
-    /// A wg-cni step failed (state directory, backend, key file, endpoint).
+    /// A step of the attachment core failed (state directory, backend, key file, endpoint).
     #[error("{context}: {}", step_message(msg, details))]
     Step {
         /// What the plugin was doing.
@@ -67,8 +67,8 @@ fn step_message(msg: &str, details: &str) -> String {
 }
 
 impl Error {
-    /// A wg-cni error, in context.
-    pub fn step(context: &'static str) -> impl FnOnce(CniError) -> Error {
+    /// An error of the attachment core, in context.
+    pub fn step(context: &'static str) -> impl FnOnce(CoreError) -> Error {
         move |e| Error::Step {
             context,
             msg: e.msg,
@@ -88,12 +88,12 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wg_cni::cni::Code;
+    use wg_attach::Kind;
 
     #[test]
     fn step_messages_say_the_field_once() {
-        let e = Error::step("preparing the interface")(CniError::new(
-            Code::InvalidConfig,
+        let e = Error::step("preparing the interface")(CoreError::new(
+            Kind::Config,
             "invalid privateKeyFile",
             "privateKeyFile: reading /k: No such file",
         ));
@@ -101,8 +101,8 @@ mod tests {
             e.to_string(),
             "preparing the interface: privateKeyFile: reading /k: No such file"
         );
-        let e = Error::step("choosing the WireGuard backend")(CniError::new(
-            Code::NotAvailable,
+        let e = Error::step("choosing the WireGuard backend")(CoreError::new(
+            Kind::Unavailable,
             "no WireGuard backend is available",
             "wireguard-go not found",
         ));

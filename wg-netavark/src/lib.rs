@@ -1,6 +1,7 @@
 //! wg-netavark: a netavark plugin that gives a container a WireGuard
-//! interface, a thin adapter over `wg-netns` sharing wg-cni's configuration
-//! parser, plan and records.
+//! interface, a thin adapter over `wg-netns` and the attachment core
+//! (wg-attach: the configuration parser wg-cni reads too, the plan, the
+//! records).
 //!
 //! netavark runs `wg-netavark create|setup NETNS|teardown NETNS|info` with
 //! JSON on stdin (`types`); the network's options become a wg-cni

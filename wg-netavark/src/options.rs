@@ -23,9 +23,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde_json::{json, Map, Value};
-use wg_cni::config::NetConf;
+use wg_attach::config::NetConf;
+use wg_attach::BirthNames;
 use wg_netns::{IfName, IpNetwork};
-use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::types::{Network, PerNetworkOptions};
@@ -117,18 +117,25 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The interface's birth name: deterministic from the network, the
-    /// container and the interface, so teardown finds it without a record;
-    /// unique machine-wide, as a userspace socket name must be.
+    /// How this network's birth names are derived: `birth_prefix` and a
+    /// hash of `netavark/`, the network, the container and the interface,
+    /// so teardown finds an interface without a record; unique
+    /// machine-wide, as a userspace socket name must be.
+    pub fn birth_names(&self) -> BirthNames {
+        BirthNames {
+            prefix: self.birth_prefix.clone(),
+            salt: "netavark/".into(),
+        }
+    }
+
+    /// The birth name of `container_id`'s interface `ifname`.
     pub fn birth_name(&self, container_id: &str, ifname: &str) -> Result<IfName, Error> {
-        IfName::derived(
-            &self.birth_prefix,
-            &format!("netavark/{}/{container_id}/{ifname}", self.conf.name),
-        )
-        .map_err(|e| Error::Option {
-            option: "birth_prefix".into(),
-            reason: e.to_string(),
-        })
+        self.birth_names()
+            .derive(&self.conf.name, container_id, ifname)
+            .map_err(|e| Error::Option {
+                option: "birth_prefix".into(),
+                reason: e.details,
+            })
     }
 }
 
@@ -358,8 +365,7 @@ pub fn settings(network: &Network, per: Option<&PerNetworkOptions>) -> Result<Se
     }
 
     let (dns_servers, dns_search) = dns(o)?;
-    let bytes = Zeroizing::new(serde_json::to_vec(&base).map_err(|e| Error::Input(e.to_string()))?);
-    let conf = NetConf::parse(&bytes).map_err(|e| {
+    let conf = NetConf::from_json(base).map_err(|e| {
         // wg-cni names its own field first ("listenPort: ..."): say which
         // option that was.
         let field_of = |d: &str| {

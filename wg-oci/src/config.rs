@@ -21,7 +21,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use wg_cni::config::NetConf;
+use wg_attach::config::NetConf;
 use wg_netns::{Backend, Userspace};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -72,7 +72,7 @@ impl Config {
                 serde_json::to_vec(&v).map_err(|e| Error::Config(format!("re-encoding: {e}")))?,
             );
             let conf = NetConf::parse(&bytes).map_err(Error::config)?;
-            if !matches!(conf.mode, wg_cni::config::Mode::Static) {
+            if !matches!(conf.mode, wg_attach::config::Mode::Static) {
                 // Managed mode asks a Kubernetes node agent for the pod's
                 // interface; a hook has no pod and configures its own.
                 return Err(Error::Config(

@@ -25,7 +25,7 @@ pub enum Error {
     },
 
     /// The configuration is invalid; the message names the field (and never
-    /// a secret's value), as wg-cni's parser words it.
+    /// a secret's value), as the attachment core's parser (wg-attach) words it.
     #[error("invalid configuration: {0}")]
     Config(String),
 
@@ -85,8 +85,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// From wg-cni's configuration error: its details name the field.
-    pub(crate) fn config(e: wg_cni::cni::CniError) -> Error {
+    /// From the core's configuration error: its details name the field.
+    pub(crate) fn config(e: wg_attach::Error) -> Error {
         if e.details.is_empty() {
             Error::Config(e.msg)
         } else {

@@ -25,9 +25,10 @@
 //! # Ok::<(), wg_oci::Error>(())
 //! ```
 //!
-//! The configuration is wg-cni's network configuration, parsed by wg-cni's
-//! parser, with container-friendly defaults ([`config`]); what an attach
-//! creates is decided by wg-cni's [`wg_cni::plan::Plan`] and made by
+//! The configuration is wg-cni's network configuration, parsed by the
+//! attachment core's parser (wg-attach), with container-friendly defaults
+//! ([`config`]); what an attach creates is decided by the core's
+//! [`wg_attach::plan::Plan`] for a [`wg_attach::Request`] and made by
 //! wg-netns's [`Birthplace::ensure`] with the UDP socket in the caller's
 //! namespace (`socketNamespace: "host"`, the default) or the container's
 //! (`"container"`). A failed attach leaves nothing behind.
@@ -45,8 +46,8 @@ mod record;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wg_cni::cni::{Command, Env};
-use wg_cni::plan::{KeyUse, Plan};
+use wg_attach::plan::{KeyUse, Plan};
+use wg_attach::{BirthNames, Request};
 use wg_netns::{Backend, Birthplace, IfName, Netns, Userspace};
 
 pub use config::Config;
@@ -91,12 +92,18 @@ impl From<&Path> for Target {
     }
 }
 
-/// The interface's birth name: `wgo` and a hash of the network name,
-/// container id and interface name (15 bytes, unique machine-wide as a
-/// userspace control socket's name must be, and derivable again for a
-/// teardown without a record).
+/// wg-oci's birth names: `wgo` and a hash of the network name, container
+/// id and interface name (15 bytes, unique machine-wide as a userspace
+/// control socket's name must be, and derivable again for a teardown
+/// without a record).
+pub fn birth_names() -> BirthNames {
+    BirthNames::new("wgo")
+}
+
+/// The interface's birth name ([`birth_names`]).
 pub fn birth_name(network: &str, container_id: &str, interface: &IfName) -> IfName {
-    IfName::derived("wgo", &format!("{network}/{container_id}/{interface}"))
+    birth_names()
+        .derive(network, container_id, interface.as_str())
         .unwrap_or_else(|_| unreachable!("a 3-character prefix leaves room for the hash"))
 }
 
@@ -111,19 +118,6 @@ fn ns_err(path: &Path) -> impl Fn(wg_netns::Error) -> Error + '_ {
     move |e| Error::Namespace {
         path: path.to_path_buf(),
         reason: e.to_string(),
-    }
-}
-
-/// The wg-cni environment an attach of `container_id` stands for: ADD,
-/// standalone (no prevResult), `CNI_IFNAME` = the configured interface name.
-fn cni_env(config: &Config, container_id: &str, netns: &str) -> Env {
-    Env {
-        command: Command::Add,
-        container_id: container_id.to_string(),
-        netns: netns.to_string(),
-        ifname: config.net_conf().interface_name.to_string(),
-        args: Vec::new(),
-        path: String::new(),
     }
 }
 
@@ -157,9 +151,14 @@ pub fn attach(container_id: &str, target: impl Into<Target>, config: &Config) ->
     }
     let (dev, ino) = pod.id().map_err(ns_err(&path))?;
     let backend = config.backend()?;
-    let env = cni_env(config, container_id, path_str);
-    let mut plan = Plan::new(conf, &env).map_err(Error::config)?;
-    plan.birth = birth_name(&conf.name, container_id, &plan.name);
+    // Standalone (no prevResult): the interface is the configured one.
+    let req = Request::new(
+        container_id,
+        path_str,
+        conf.interface_name.as_str(),
+        birth_names(),
+    );
+    let plan = Plan::new(conf, &req).map_err(Error::config)?;
     let attach_err = |source| Error::Attach {
         container: container_id.to_string(),
         interface: plan.name.to_string(),
@@ -224,9 +223,13 @@ pub fn detach(record: &Record) -> Result<bool> {
 pub fn detach_unrecorded(container_id: &str, config: &Config) -> Result<bool> {
     let conf = config.net_conf();
     let backend = config.backend()?;
-    let env = cni_env(config, container_id, "");
-    let mut plan = Plan::for_teardown(conf, &env);
-    plan.birth = birth_name(&conf.name, container_id, &plan.name);
+    let req = Request::new(
+        container_id,
+        "",
+        conf.interface_name.as_str(),
+        birth_names(),
+    );
+    let plan = Plan::for_teardown(conf, &req).map_err(Error::config)?;
     let userspace = match &backend {
         Backend::Userspace(u) => Some(u.program.clone()),
         Backend::Kernel => None,

@@ -307,11 +307,11 @@ impl Agent {
                 ks.ensure(&wg_netns::Rtnl::open(&pod_ns)?, None)?;
             }
             let place = Birthplace::for_container(&me.node, &pod_ns, socket_ns, &backend)?;
-            if let Mtu::Bytes(b) = mtu {
-                spec = spec.mtu(u32::from(b));
-            } else if let Ok(m) = place.underlay_mtu(node_ip) {
-                spec = spec.mtu(m.saturating_sub(80).max(1280));
-            }
+            let underlay = match mtu {
+                Mtu::Auto => place.underlay_mtu(node_ip).ok(),
+                Mtu::Bytes(_) => None,
+            };
+            spec = spec.mtu(mtu.resolve(underlay));
             let done = place.ensure(&spec)?;
             // The place is kept for reconciles and repairs, which happen
             // outside any CNI request: with the agent's own backend, so a

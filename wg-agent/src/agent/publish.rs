@@ -259,7 +259,7 @@ impl Agent {
             .filter_map(|(n, c)| c.as_ref().ok().map(|c| (n.clone(), c.failure_policy)))
             .collect();
         for (name, policy) in nets {
-            let hint = wg_cni::managed::NetworkHint {
+            let hint = wg_attach::managed::NetworkHint {
                 failure_policy: match policy {
                     FailurePolicy::Fail => "fail".into(),
                     FailurePolicy::Ignore => "ignore".into(),

@@ -11,7 +11,7 @@ use crate::testutil::{
 };
 use http::Method;
 use serde_json::{json, Value};
-use wg_cni::managed::PodRef;
+use wg_attach::managed::PodRef;
 use wg_netns::{BackendKind, PrivateKey, PublicKey, SocketNamespace};
 
 const PODS: &str = "/api/v1/namespaces/ns1/pods";
@@ -1050,7 +1050,7 @@ async fn hints_tell_the_plugin_each_networks_failure_policy() {
     }
     t.agent.write_hints();
     let dir = t.agent.settings.hint_dir();
-    let read = |n: &str| -> wg_cni::managed::NetworkHint {
+    let read = |n: &str| -> wg_attach::managed::NetworkHint {
         serde_json::from_slice(&std::fs::read(dir.join(format!("{n}.json"))).unwrap()).unwrap()
     };
     assert_eq!(read("n0").failure_policy, "fail");
@@ -1265,7 +1265,7 @@ fn a_port_another_program_holds_is_skipped() {
 async fn an_add_launches_through_the_plugin_only_when_told_and_able() {
     use crate::server::PluginConn;
     use std::os::unix::net::UnixStream;
-    use wg_cni::managed::{Launched, LAUNCH_PROTOCOL_VERSION, OLDEST_PROTOCOL_VERSION};
+    use wg_attach::managed::{Launched, LAUNCH_PROTOCOL_VERSION, OLDEST_PROTOCOL_VERSION};
     let launcher_of = |b: &Backend| match b {
         Backend::Userspace(u) => u.launcher().cloned(),
         Backend::Kernel => panic!("the test agent is userspace"),
@@ -1300,8 +1300,8 @@ async fn an_add_launches_through_the_plugin_only_when_told_and_able() {
         let fake = {
             let p = plugin_end.try_clone().unwrap();
             std::thread::spawn(move || {
-                let (r, _) = wg_cni::managed::recv::<Reply>(&p).unwrap();
-                wg_cni::managed::send(&p, &Launched::started(7), None).unwrap();
+                let (r, _) = wg_attach::managed::recv::<Reply>(&p).unwrap();
+                wg_attach::managed::send(&p, &Launched::started(7), None).unwrap();
                 r
             })
         };

@@ -73,7 +73,7 @@ pub fn declare_pod_annotations(plugin: &mut Value) {
         .entry("capabilities")
         .or_insert_with(|| Value::Object(Default::default()));
     if let Some(caps) = caps.as_object_mut() {
-        caps.entry(wg_cni::managed::POD_ANNOTATIONS_CAPABILITY)
+        caps.entry(wg_attach::managed::POD_ANNOTATIONS_CAPABILITY)
             .or_insert(Value::Bool(true));
     }
 }

@@ -1,5 +1,5 @@
 //! The CNI socket end to end without root (the plugin's own client,
-//! `wg_cni::managed::call`, against `serve_cni` on a socket in a temp dir),
+//! `wg_attach::managed::call`, against `serve_cni` on a socket in a temp dir),
 //! and the HTTP endpoints on a loopback port.
 
 use super::*;
@@ -7,7 +7,7 @@ use crate::testutil::{cni_requests, netns_fd, pod_json, status, test_agent, Temp
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wg_cni::managed::PodRef;
+use wg_attach::managed::PodRef;
 use wg_netns::Userspace;
 
 fn mode(p: &Path) -> u32 {

@@ -27,7 +27,7 @@ const NODE: &str = "wgk8s-n1";
 
 // The plugin and the agent read the same annotation.
 const _: () = assert!(const_eq(
-    wg_cni::managed::ANNOTATION_NETWORK,
+    wg_attach::managed::ANNOTATION_NETWORK,
     wg_k8s_types::ANNOTATION_NETWORK
 ));
 

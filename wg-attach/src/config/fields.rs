@@ -22,11 +22,7 @@ pub(super) fn str_field<'a>(
     }
 }
 
-pub(super) fn bool_field(
-    o: &Map<String, Value>,
-    key: &str,
-    default: bool,
-) -> Result<bool, Error> {
+pub(super) fn bool_field(o: &Map<String, Value>, key: &str, default: bool) -> Result<bool, Error> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),

@@ -31,15 +31,15 @@ mod fields;
 mod managed;
 mod peers;
 mod teardown;
-mod version;
 #[cfg(test)]
 mod tests;
+mod version;
 
 pub use duration::{parse_go_duration, parse_keepalive};
 use fields::{bool_field, invalid, parse_net, str_field, take_secret, uint_field, wipe_secrets};
 pub use managed::is_dns_label;
-pub use version::{Version, SUPPORTED_VERSIONS};
 pub use managed::{ManagedConf, Mode, PodAnnotations, DEFAULT_AGENT_TIMEOUT};
+pub use version::{Version, SUPPORTED_VERSIONS};
 
 /// What a chained ADD answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,13 +121,20 @@ impl NetConf {
     /// Parse a configuration from stdin bytes. Secret strings inside the
     /// parsed JSON are wiped once read.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, Error> {
-        let mut v: Value = serde_json::from_slice(stdin).map_err(|e| {
+        let v: Value = serde_json::from_slice(stdin).map_err(|e| {
             Error::new(
                 Kind::Decode,
                 "failed to decode the network configuration",
                 e.to_string(),
             )
         })?;
+        Self::from_json(v)
+    }
+
+    /// The configuration an adapter assembled as JSON (wg-netavark from
+    /// its options), validated by the same parser, without writing it out
+    /// as text first. Secret strings in `v` are wiped once read.
+    pub fn from_json(mut v: Value) -> Result<NetConf, Error> {
         let o = v.as_object_mut().ok_or_else(|| {
             Error::new(
                 Kind::Decode,

@@ -1,7 +1,7 @@
 use super::*;
 use crate::types::Subnet;
 use serde_json::json;
-use wg_cni::config::Mtu;
+use wg_attach::config::Mtu;
 use wg_netns::{BackendChoice, SocketNamespace};
 
 const P1: &str = "jGGhjGIEbR0Noo8MgjAVh+m5pq4GxD9CZDAl/zsfZF0=";
@@ -87,7 +87,7 @@ fn flat_options_become_wg_cni_fields() {
     );
     assert_eq!(c.peers.len(), 1);
     assert_eq!(c.listen_port, Some(51900));
-    assert_eq!(c.mtu, Mtu::Value(1380));
+    assert_eq!(c.mtu, Some(Mtu::Bytes(1380)));
     assert_eq!(
         c.backend,
         BackendChoice::Only(wg_netns::BackendKind::Userspace)
@@ -103,7 +103,7 @@ fn flat_options_become_wg_cni_fields() {
     assert_eq!(s.conf.socket_namespace, SocketNamespace::Host);
     assert!(s.conf.private_key.is_none(), "generated per container");
     assert_eq!(s.conf.state_dir.to_str(), Some(DEFAULT_STATE_DIR));
-    assert_eq!(s.conf.mtu, Mtu::Default);
+    assert_eq!(s.conf.mtu, None);
 }
 
 #[test]
@@ -115,7 +115,7 @@ fn config_is_the_base_and_options_override_it() {
     let s = settings(&network(&[("config", &config)], &[]), None).unwrap();
     assert_eq!(s.conf.addresses[0].to_string(), "10.1.0.2/24");
     assert_eq!(s.conf.listen_port, Some(1000));
-    assert_eq!(s.conf.mtu, Mtu::Auto);
+    assert_eq!(s.conf.mtu, Some(Mtu::Auto));
     assert_eq!(s.dns_servers, ["10.77.0.1".parse::<IpAddr>().unwrap()]);
     assert_eq!(s.dns_search, ["wg.example"]);
     let n = network(
@@ -268,12 +268,18 @@ fn birth_names_are_deterministic_prefixed_and_distinct() {
     assert!(a.as_str().starts_with("wgnv-") && a.as_str().len() == 15);
     assert_ne!(a, s.birth_name("c2", "wg0").unwrap());
     assert_ne!(a, s.birth_name("c1", "wg1").unwrap());
-    // Never wg-cni's name for the same triple.
+    // The names of earlier releases (teardown without a record finds
+    // them), and never another adapter's name for the same triple.
+    let default = settings(&network(&[], &[]), None).unwrap();
+    let ours = default.birth_name("c1", "wg0").unwrap();
+    assert_eq!(
+        ours,
+        IfName::derived("wgn", &format!("netavark/{}/c1/wg0", default.conf.name)).unwrap()
+    );
     assert_ne!(
-        settings(&network(&[], &[]), None)
+        ours,
+        wg_attach::BirthNames::new("wgn")
+            .derive(&default.conf.name, "c1", "wg0")
             .unwrap()
-            .birth_name("c1", "wg0")
-            .unwrap(),
-        wg_cni::plan::birth_name("wgnet", "c1", "wg0")
     );
 }
