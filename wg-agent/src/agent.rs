@@ -80,6 +80,8 @@ pub struct Entry {
     /// The device as last written or read (`None`: read it first).
     last: Option<Device>,
     routes: BTreeSet<IpNetwork>,
+    /// How the link watch knows the pod's namespace (`links.rs`).
+    heard_as: Option<links::LinkNs>,
     /// The last counters read.
     pub stats: Option<DeviceStats>,
     /// The status last written, and when.
@@ -89,11 +91,17 @@ pub struct Entry {
 impl Entry {
     /// A kept interface as made or reopened: nothing read, routed or
     /// written through it yet.
-    fn new(rec: LocalRecord, place: Birthplace, attachment: Option<Attachment>) -> Entry {
+    fn new(
+        rec: LocalRecord,
+        place: Birthplace,
+        attachment: Option<Attachment>,
+        heard_as: Option<links::LinkNs>,
+    ) -> Entry {
         Entry {
             rec,
             place: Arc::new(place),
             attachment,
+            heard_as,
             dev: None,
             last: None,
             routes: BTreeSet::new(),
@@ -380,7 +388,7 @@ impl Agent {
             let r = rec.clone();
             let opened = tokio::task::spawn_blocking(move || me.reopen(&r)).await;
             match opened {
-                Ok(Ok((place, attachment))) => {
+                Ok(Ok((place, attachment, heard_as))) => {
                     // Its addresses are re-reserved when the network's
                     // allocator is built (from the records: build_ipam).
                     self.ports_lock().insert(rec.listen_port);
@@ -392,7 +400,7 @@ impl Agent {
                             "restored without its interface (deleted while the agent was away): \
                              the verify makes it again");
                     }
-                    let entry = Entry::new(rec.clone(), place, attachment);
+                    let entry = Entry::new(rec.clone(), place, attachment, heard_as);
                     self.slots()
                         .insert(key.clone(), Arc::new(tokio::sync::Mutex::new(Some(entry))));
                 }
@@ -418,13 +426,14 @@ impl Agent {
     fn reopen(
         &self,
         rec: &LocalRecord,
-    ) -> Result<(Birthplace, Option<Attachment>), wg_netns::Error> {
+    ) -> Result<(Birthplace, Option<Attachment>, Option<links::LinkNs>), wg_netns::Error> {
         let pod = Netns::from_path(&rec.attachment.netns)?;
         let backend = rec.attachment.backend(&self.userspace);
         let place =
             Birthplace::for_container(&self.node, &pod, rec.attachment.socket_namespace, &backend)?;
         let found = place.find(&rec.attachment.interface, &rec.attachment.birth_name)?;
-        Ok((place, found))
+        let heard_as = links::link_ns(&self.node, &place);
+        Ok((place, found, heard_as))
     }
 
     fn ports_lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<u16>> {
@@ -436,6 +445,7 @@ mod addresses;
 mod cni;
 mod error;
 mod gc;
+pub mod links;
 mod optin;
 pub mod peers;
 mod publish;

@@ -249,6 +249,7 @@ async fn agent() -> Result<(), String> {
             Duration::from_secs(2),
         )),
         tokio::spawn(run::timers(Arc::clone(&agent), Arc::clone(&heartbeat))),
+        tokio::spawn(wg_agent::agent::links::watch_links(Arc::clone(&agent))),
         tokio::spawn(server::serve_cni(cni, Arc::clone(&agent))),
         tokio::spawn(server::serve_http(
             http,

@@ -223,6 +223,12 @@ pub struct Metrics {
     pub kill_switch_repairs: Counter,
     /// Status writes.
     pub status_writes: Counter,
+    /// Held interfaces the link watch heard deleted (each then verified
+    /// and made again at once).
+    pub links_removed: Counter,
+    /// 1 while the link watch listens; 0 when it could not subscribe (the
+    /// periodic verify alone finds deleted interfaces then).
+    pub link_watch: Gauge,
     /// Interfaces of running pods the agent cannot reach (their record
     /// names a namespace it cannot open).
     pub orphans: Gauge,
@@ -292,6 +298,18 @@ impl Metrics {
             "Attachment status writes",
             status_writes.clone(),
         );
+        let links_removed = Counter::default();
+        r.register(
+            "wg_agent_links_removed",
+            "Held interfaces the link watch heard deleted; each is verified and made again at once",
+            links_removed.clone(),
+        );
+        let link_watch = Gauge::default();
+        r.register(
+            "wg_agent_link_watch_up",
+            "1 while the agent hears link events from the pods' namespaces; 0 when it could not subscribe (the periodic verify alone then finds deleted interfaces)",
+            link_watch.clone(),
+        );
         let cni = Family::<CniLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
@@ -332,6 +350,8 @@ impl Metrics {
             apiserver_errors,
             mesh_rejected,
             drift_found,
+            links_removed,
+            link_watch,
             orphans,
         }
     }

@@ -319,12 +319,13 @@ impl Agent {
             // pod's next ADD), and the plugin's connection is not held.
             let place = place.with_backend(me.backend.clone());
             let dev = place.device(&done.attachment)?;
+            let heard_as = super::links::link_ns(&me.node, &place);
             // The device's state is read by the first reconcile, off the
             // pod's critical path.
-            Ok::<_, wg_netns::Error>((place, done, dev))
+            Ok::<_, wg_netns::Error>((place, done, dev, heard_as))
         })
         .await;
-        let (place, done, dev) = match made {
+        let (place, done, dev, heard_as) = match made {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 undo(Arc::clone(self)).await;
@@ -385,7 +386,7 @@ impl Agent {
         *slot = Some(Entry {
             dev: Some(Arc::new(dev)),
             routes,
-            ..Entry::new(record, place, Some(attachment.clone()))
+            ..Entry::new(record, place, Some(attachment.clone()), heard_as)
         });
         Ok(Attached::new(
             network.to_string(),

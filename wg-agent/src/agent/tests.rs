@@ -444,6 +444,7 @@ pub(crate) fn hold(agent: &Agent, rec: LocalRecord) -> Key {
         rec,
         Birthplace::new(&agent.node, &agent.node, &agent.backend).unwrap(),
         Some(attachment),
+        Some(links::LinkNs::Node),
     );
     agent
         .slots()

@@ -532,19 +532,33 @@ pub fn egress_with_kill_switch(ctx: &mut Ctx) {
         resumes(ctx, "peer back");
     }
 
-    // Break 2: the device deleted inside the pod (as a crash would); the
-    // agent's verify makes it again (every 5 s).
+    // Break 2: the device deleted inside the pod (as a crash would):
+    // nothing leaves by the node while it is gone, and the agent hears the
+    // deletion (its link watch: wg_agent_links_removed_total) and makes
+    // the device again at once, not at its next verify.
     let pid = c.pod_sandbox_pid(1, "we").expect("sandbox");
+    let heard_before = links_removed(ctx, 1).expect("node 1's wg_agent_links_removed_total");
+    let t = std::time::Instant::now();
     assert!(in_netns(pid, &["ip", "link", "del", "wg0"])
         .status
         .success());
-    assert!(!pings_once(ctx, "we"), "device deleted: traffic went on");
+    let back = eventually(Duration::from_secs(15), || {
+        in_netns(pid, &["ip", "link", "show", "wg0"])
+            .status
+            .success()
+    });
+    let took = t.elapsed();
+    assert!(back, "device deleted: never made again");
+    assert!(
+        links_removed(ctx, 1).is_some_and(|n| n > heard_before),
+        "device deleted: the agent's link watch did not hear it (made again by the verify?)"
+    );
     assert_eq!(
         leaked(ctx, 1),
         0,
         "device deleted: a packet left by the node"
     );
-    eprintln!("egress: device deleted: refused in the pod, node counter 0");
+    eprintln!("egress: device deleted: heard and made again in {took:?}, node counter 0");
     resumes(ctx, "device repaired");
 
     // Break 3: the gateway down (its daemon stopped).
@@ -626,4 +640,13 @@ pub fn egress_with_kill_switch(ctx: &mut Ctx) {
     c.kubectl_ok(&["delete", "pod", "we", "--wait=true", "--timeout=60s"]);
     c.kubectl_ok(&["delete", "wgpeer", "provider"]);
     c.kubectl_ok(&["delete", "wgnet", "vpn"]);
+}
+
+/// Node `i`'s agent's `wg_agent_links_removed_total`.
+fn links_removed(ctx: &Ctx, i: usize) -> Option<u64> {
+    let (_, body) = ctx.http(i, "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with("wg_agent_links_removed_total "))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
 }
