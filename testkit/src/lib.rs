@@ -312,3 +312,180 @@ impl Drop for BirthGuard<'_> {
         let _ = wg_netns::cleanup_birth(&self.ns.ns, &self.birth, &self.backend);
     }
 }
+
+/// Print `SKIP test: why` (the caller then returns and the test passes),
+/// or panic under `WG_NETNS_REQUIRE_ALL=1`, where whatever a test needs
+/// must be there.
+pub fn skip(test: &str, why: &str) {
+    assert!(!require_all(), "{test}: required but cannot run: {why}");
+    eprintln!("SKIP {test}: {why}");
+}
+
+/// The runnable file `program` names: itself when it is a path, else the
+/// first executable file of that name in `PATH`.
+pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = std::path::PathBuf::from(program);
+        return runnable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| runnable(p))
+}
+
+/// What keeps a privileged test from running here: not root, or some of
+/// `programs` (names looked up in `PATH`, or paths) missing. `None` when
+/// it can run.
+pub fn missing(programs: &[&str]) -> Option<String> {
+    let mut why = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        why.push("needs root (network namespaces)".to_string());
+    }
+    let absent: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| find_program(p).is_none())
+        .collect();
+    if !absent.is_empty() {
+        why.push(format!("not installed: {}", absent.join(", ")));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// [`skip`] unless root and every one of `programs` is there: true when
+/// the test must return (it fails instead under `WG_NETNS_REQUIRE_ALL=1`).
+pub fn unavailable(test: &str, programs: &[&str]) -> bool {
+    match missing(programs) {
+        Some(why) => {
+            skip(test, &why);
+            true
+        }
+        None => false,
+    }
+}
+
+impl TestNs {
+    /// The namespace's inode: what `/proc/PID/ns/net` of a process inside
+    /// it links to (`net:[INODE]`); `None` once it is unmounted.
+    pub fn inode(&self) -> Option<u64> {
+        std::fs::metadata(format!("/var/run/netns/{}", self.name))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    }
+}
+
+/// A running process, as `/proc` shows it.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// Its PID.
+    pub pid: u32,
+    /// Its command line.
+    pub args: Vec<String>,
+    /// The inode of its network namespace.
+    pub netns: Option<u64>,
+}
+
+/// The live (not zombie) processes whose command name (`comm`) is
+/// `program`, e.g. every `wireguard-go`; the caller picks its own by their
+/// arguments or namespace.
+pub fn processes(program: &str) -> Vec<Process> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let base = e.path();
+        let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+        if comm.trim_end() != program || !alive(pid) {
+            continue;
+        }
+        let args = std::fs::read(base.join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let netns = std::fs::metadata(base.join("ns/net"))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        found.push(Process { pid, args, netns });
+    }
+    found
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// Stop a process the test started (itself, or through the code under
+/// test in the test's own namespaces): SIGTERM, then SIGKILL when it is
+/// still alive after `grace`. Returns once it is gone.
+pub fn terminate(pid: u32, grace: Duration) {
+    use rustix::process::{kill_process, Pid, Signal};
+    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    let _ = kill_process(p, Signal::TERM);
+    if !eventually(grace, || !alive(pid)) {
+        let _ = kill_process(p, Signal::KILL);
+        eventually(Duration::from_secs(2), || !alive(pid));
+    }
+}
+
+/// A private directory (mode 0700) for one test, `<tmp>/<prefix>-<tag>`,
+/// removed on drop, also after a panic, with anything still mounted under
+/// it (a runtime's shm, say) unmounted first.
+pub struct WorkDir {
+    /// The directory.
+    pub path: std::path::PathBuf,
+}
+
+impl WorkDir {
+    /// A new, empty directory.
+    pub fn new(prefix: &str) -> WorkDir {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", tag()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        WorkDir { path }
+    }
+
+    /// A path inside it.
+    pub fn join(&self, p: impl AsRef<std::path::Path>) -> std::path::PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| std::path::Path::new(m).starts_with(&self.path))
+            .collect();
+        // Deepest first.
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
