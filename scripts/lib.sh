@@ -57,3 +57,56 @@ ensure_cni_packages() {
 ensure_podman_packages() {
   ensure_packages podman:podman runc:runc conmon:conmon /bin/busybox:busybox-static
 }
+
+# Where tools built once from crates.io are kept (youki, netavark, ...):
+# $WG_NETNS_TOOLS_CACHE ($WG_OCI_TOOLS, its former name for youki, is still
+# read), default /var/cache/wg-netns-tools. The integration tests look there.
+tools_cache() {
+  echo "${WG_NETNS_TOOLS_CACHE:-${WG_OCI_TOOLS:-/var/cache/wg-netns-tools}}"
+}
+
+# What wg-oci's runtime tests (wg-oci/tests/runtimes.rs) run: runc, crun,
+# podman 4.3 with conmon, busybox-static for the rootfs, wireguard-go for
+# the peer and the hook's devices. youki comes from ensure_youki.
+ensure_runtime_packages() {
+  ensure_userspace_packages
+  ensure_packages nsenter:util-linux runc:runc crun:crun podman:podman conmon:conmon \
+    /bin/busybox:busybox-static tar:tar
+}
+
+# youki 0.7.0, built once (cargo install --locked, ~4 min, 20+ under load)
+# into $(tools_cache)/youki-0.7.0; prints its path.
+ensure_youki() {
+  local tools youki
+  tools=$(tools_cache)
+  youki=$tools/youki-0.7.0/bin/youki
+  if [ ! -x "$youki" ]; then
+    ensure_packages pkg-config:pkg-config /usr/include/seccomp.h:libseccomp-dev || return 1
+    echo "building youki 0.7.0 once (cargo install, ~4 min) into $tools/youki-0.7.0" >&2
+    mkdir -p "$tools"
+    rm -rf "$tools/youki-0.7.0.partial"
+    nice -n 10 cargo install -q --root "$tools/youki-0.7.0.partial" --target-dir "$tools/youki-build" \
+      youki@0.7.0 --locked --features v1,v2,seccomp >&2 || { echo "youki did not build" >&2; return 1; }
+    rm -rf "$tools/youki-0.7.0"
+    mv "$tools/youki-0.7.0.partial" "$tools/youki-0.7.0"
+  fi
+  echo "$youki"
+}
+
+# netavark $NETAVARK_VERSION (default 2.1.0), built once (cargo install
+# --locked, ~5-6 min) into $(tools_cache)/netavark-VERSION; prints its path.
+ensure_netavark() {
+  local version=${NETAVARK_VERSION:-2.1.0} cache t0
+  cache=$(tools_cache)/netavark-$version
+  if [ ! -x "$cache/bin/netavark" ]; then
+    ensure_packages protoc:protobuf-compiler || return 1
+    echo "building netavark $version (once, ~5-6 min) into $cache" >&2
+    t0=$(date +%s)
+    rm -rf "$cache.partial"
+    nice -n 10 cargo install netavark --locked --version "$version" \
+      --root "$cache.partial" --target-dir "$cache.build" >&2 || { echo "netavark build failed" >&2; return 1; }
+    rm -rf "$cache" && mv "$cache.partial" "$cache" && rm -rf "$cache.build"
+    echo "netavark built in $(( $(date +%s) - t0 )) s" >&2
+  fi
+  echo "$cache/bin/netavark"
+}
