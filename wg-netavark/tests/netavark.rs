@@ -54,6 +54,7 @@ const PING_WITHIN: Duration = Duration::from_secs(10);
 /// Where scripts/netavark-tests builds netavark once.
 fn netavark() -> String {
     let cache = std::env::var("WG_NETNS_TOOLS_CACHE")
+        .or_else(|_| std::env::var("WG_OCI_TOOLS"))
         .unwrap_or_else(|_| "/var/cache/wg-netns-tools".to_string());
     let version = std::env::var("NETAVARK_VERSION").unwrap_or_else(|_| "2.1.0".to_string());
     format!("{cache}/netavark-{version}/bin/netavark")
