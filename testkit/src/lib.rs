@@ -489,3 +489,76 @@ impl Drop for WorkDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// `ip` with `args` split at whitespace (names, addresses, numbers: none
+/// may hold a space), which must succeed; its stdout.
+pub fn ip(args: &str) -> String {
+    let mut full = vec!["ip"];
+    full.extend(args.split_whitespace());
+    must(&full)
+}
+
+/// A wireguard-go device the test runs itself (`wireguard-go -f NAME`
+/// inside a namespace, a child of the test), e.g. the WireGuard peer of a
+/// suite. Dropped (also after a panic), its link is deleted, the process
+/// stopped by its PID and its control socket removed. Declare it after the
+/// [`TestNs`] it runs in, so it drops first.
+pub struct WireguardGo {
+    /// The device's (and its control socket's) name.
+    pub name: String,
+    ns: String,
+    child: std::process::Child,
+}
+
+impl WireguardGo {
+    /// Start it in `ns` and wait (up to 5 s) for its control socket.
+    pub fn start(ns: &TestNs, name: &str) -> WireguardGo {
+        let child = ns
+            .ns
+            .run(|| {
+                Command::new("wireguard-go")
+                    .args(["-f", name])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+            })
+            .expect("namespace thread")
+            .expect("start wireguard-go");
+        let d = WireguardGo {
+            name: name.to_string(),
+            ns: ns.name.clone(),
+            child,
+        };
+        let sock = d.socket();
+        assert!(
+            eventually(Duration::from_secs(5), || sock.exists()),
+            "wireguard-go {name} made no control socket"
+        );
+        d
+    }
+
+    /// Its PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/var/run/wireguard/{}.sock", self.name))
+    }
+}
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        // It exits when its TUN goes; SIGTERM otherwise.
+        let _ = run(&["ip", "-n", &self.ns, "link", "del", &self.name]);
+        let child = &mut self.child;
+        if !eventually(Duration::from_secs(2), || {
+            child.try_wait().is_ok_and(|s| s.is_some())
+        }) {
+            terminate(child.id(), Duration::from_secs(2));
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.socket());
+    }
+}

@@ -35,13 +35,14 @@
 use std::cell::{Cell, RefCell};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use wg_netns::PrivateKey;
 use wg_netns_testkit::{
-    eventually, must, processes, run, tag, terminate, unavailable, write_key_file, TestNs, WorkDir,
+    eventually, ip, must, processes, tag, terminate, unavailable, write_key_file, TestNs,
+    WireguardGo, WorkDir,
 };
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_wg-netavark");
@@ -83,7 +84,7 @@ impl Ran {
 /// the test) and container namespaces; a work directory with the plugin
 /// directory, netavark's config directory, the state directory, the
 /// inputs (`in/`) and every output (`out/`). Its drop stops the daemons in
-/// these namespaces and the peer, then (the fields) removes the work
+/// these namespaces, then (the fields) the peer, and removes the work
 /// directory and the namespaces, container first.
 struct Sandbox {
     tag: String,
@@ -93,7 +94,7 @@ struct Sandbox {
     /// The inodes of the test's namespaces (kept: a namespace let go of
     /// can no longer be looked up by name).
     inodes: Vec<u64>,
-    peer_daemon: Option<Child>,
+    peer_daemon: Option<WireguardGo>,
     peer_if: String,
     peer_key: PrivateKey,
     /// The first container's key, in `c1.key`.
@@ -133,43 +134,15 @@ impl Sandbox {
             node,
         };
         let (node, peer) = (&s.node.name, &s.peer.name);
-        must(&[
-            "ip",
-            "-n",
-            node,
-            "link",
-            "add",
-            "wgnv-u-node",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "wgnv-u-peer",
-            "netns",
-            peer,
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            node,
-            "addr",
-            "add",
-            "10.251.0.1/30",
-            "dev",
-            "wgnv-u-node",
-        ]);
-        must(&["ip", "-n", node, "link", "set", "wgnv-u-node", "up"]);
-        must(&[
-            "ip",
-            "-n",
-            peer,
-            "addr",
-            "add",
-            &format!("{PEER_UNDERLAY}/30"),
-            "dev",
-            "wgnv-u-peer",
-        ]);
-        must(&["ip", "-n", peer, "link", "set", "wgnv-u-peer", "up"]);
+        ip(&format!(
+            "-n {node} link add wgnv-u-node type veth peer name wgnv-u-peer netns {peer}"
+        ));
+        ip(&format!("-n {node} addr add 10.251.0.1/30 dev wgnv-u-node"));
+        ip(&format!("-n {node} link set wgnv-u-node up"));
+        ip(&format!(
+            "-n {peer} addr add {PEER_UNDERLAY}/30 dev wgnv-u-peer"
+        ));
+        ip(&format!("-n {peer} link set wgnv-u-peer up"));
         for d in ["plugins", "config", "state", "in", "out"] {
             fs::create_dir_all(s.work.join(d)).expect("work dir");
         }
@@ -179,25 +152,7 @@ impl Sandbox {
 
         // The peer: wireguard-go in the foreground, a child of this test.
         let peer_if = s.peer_if.clone();
-        let child = s
-            .peer
-            .ns
-            .run(|| {
-                Command::new("wireguard-go")
-                    .args(["-f", &peer_if])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-            })
-            .expect("namespace thread")
-            .expect("start wireguard-go");
-        s.peer_daemon = Some(child);
-        let sock = format!("/var/run/wireguard/{peer_if}.sock");
-        assert!(
-            eventually(Duration::from_secs(5), || Path::new(&sock).exists()),
-            "the peer's wireguard-go made no socket"
-        );
+        s.peer_daemon = Some(WireguardGo::start(&s.peer, &peer_if));
         let key = s.work.join("peer.key");
         must(&[
             "wg",
@@ -208,17 +163,9 @@ impl Sandbox {
             "listen-port",
             "51820",
         ]);
-        must(&[
-            "ip",
-            "-n",
-            &s.peer.name,
-            "addr",
-            "add",
-            &format!("{PEER_WG}/24"),
-            "dev",
-            &peer_if,
-        ]);
-        must(&["ip", "-n", &s.peer.name, "link", "set", &peer_if, "up"]);
+        let peer = &s.peer.name;
+        ip(&format!("-n {peer} addr add {PEER_WG}/24 dev {peer_if}"));
+        ip(&format!("-n {peer} link set {peer_if} up"));
         s
     }
 
@@ -320,7 +267,7 @@ impl Sandbox {
 
     /// The wireguard-go daemons in this test's namespaces but the peer.
     fn daemons(&self) -> Vec<wg_netns_testkit::Process> {
-        let peer = self.peer_daemon.as_ref().map(Child::id);
+        let peer = self.peer_daemon.as_ref().map(WireguardGo::pid);
         processes("wireguard-go")
             .into_iter()
             .filter(|p| p.netns.is_some_and(|i| self.inodes.contains(&i)))
@@ -394,17 +341,8 @@ impl Drop for Sandbox {
         for b in self.births.borrow().iter() {
             let _ = fs::remove_file(format!("/var/run/wireguard/{b}.sock"));
         }
-        // The peer exits when its TUN goes; SIGTERM otherwise.
-        let _ = run(&["ip", "-n", &self.peer.name, "link", "del", &self.peer_if]);
-        if let Some(mut child) = self.peer_daemon.take() {
-            if !eventually(Duration::from_secs(2), || {
-                child.try_wait().is_ok_and(|s| s.is_some())
-            }) {
-                terminate(child.id(), Duration::from_secs(2));
-            }
-            let _ = child.wait();
-        }
-        let _ = fs::remove_file(format!("/var/run/wireguard/{}.sock", self.peer_if));
+        // Then the fields: the peer (stopped by its PID), the work
+        // directory, the namespaces (the container's first).
     }
 }
 

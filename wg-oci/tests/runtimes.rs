@@ -42,13 +42,14 @@ use std::cell::Cell;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wg_netns::{IfName, Netns, PrivateKey};
 use wg_netns_testkit::{
-    eventually, must, processes, run, tag, terminate, unavailable, write_key_file, TestNs, WorkDir,
+    eventually, ip, must, processes, tag, terminate, unavailable, write_key_file, TestNs,
+    WireguardGo, WorkDir,
 };
 use wg_oci::config::{DEFAULT_NAME, DEFAULT_STATE_DIR};
 use wg_oci::RecordStore;
@@ -231,15 +232,14 @@ enum Owner {
 /// a veth to a peer namespace with a wireguard-go peer; a work directory
 /// with the rootfs, bundles, the runtimes' state and the results. Its drop
 /// removes everything the test made, in order: containers, cgroups,
-/// daemons of the containers' birth names, records, the peer, then (the
-/// fields) the work directory and the namespaces.
+/// daemons of the containers' birth names or in the node, records, then
+/// (the fields) the peer, the work directory and the namespaces.
 struct Node {
     /// Containers made, by id (podman: name), for the cleanup.
     containers: Vec<(Owner, String)>,
     /// OCI container ids the hook may have seen (records, birth names).
     oci_ids: Vec<String>,
-    peer_daemon: Option<Child>,
-    peer_if: String,
+    peer_daemon: Option<WireguardGo>,
     veth: String,
     tag: String,
     calls: Cell<u32>,
@@ -260,7 +260,6 @@ impl Node {
             containers: Vec::new(),
             oci_ids: Vec::new(),
             peer_daemon: None,
-            peer_if: format!("wgoci-p{t}"),
             veth: format!("wgoci-n{t}"),
             tag: t,
             calls: Cell::new(0),
@@ -271,65 +270,18 @@ impl Node {
             node,
         };
         let q = format!("wgoci-q{}", n.tag);
-        must(&[
-            "ip",
-            "-n",
-            &n.node.name,
-            "link",
-            "add",
-            &n.veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &q,
-            "netns",
-            &n.peer.name,
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            &n.node.name,
-            "addr",
-            "add",
-            &format!("{NODE_IP}/24"),
-            "dev",
-            &n.veth,
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            &n.peer.name,
-            "addr",
-            "add",
-            &format!("{PEER_IP}/24"),
-            "dev",
-            &q,
-        ]);
-        must(&["ip", "-n", &n.node.name, "link", "set", &n.veth, "up"]);
-        must(&["ip", "-n", &n.peer.name, "link", "set", &q, "up"]);
+        let (node, peer, veth) = (&n.node.name, &n.peer.name, &n.veth);
+        ip(&format!(
+            "-n {node} link add {veth} type veth peer name {q} netns {peer}"
+        ));
+        ip(&format!("-n {node} addr add {NODE_IP}/24 dev {veth}"));
+        ip(&format!("-n {peer} addr add {PEER_IP}/24 dev {q}"));
+        ip(&format!("-n {node} link set {veth} up"));
+        ip(&format!("-n {peer} link set {q} up"));
 
         // The peer: wireguard-go in the foreground, a child of this test.
-        let peer_if = n.peer_if.clone();
-        let child = n
-            .peer
-            .ns
-            .run(|| {
-                Command::new("wireguard-go")
-                    .args(["-f", &peer_if])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-            })
-            .expect("namespace thread")
-            .expect("start wireguard-go");
-        n.peer_daemon = Some(child);
-        let sock = format!("/var/run/wireguard/{peer_if}.sock");
-        assert!(
-            eventually(Duration::from_secs(5), || Path::new(&sock).exists()),
-            "the peer's wireguard-go made no socket"
-        );
+        let peer_if = format!("wgoci-p{}", n.tag);
+        n.peer_daemon = Some(WireguardGo::start(&n.peer, &peer_if));
         let (ckey, pkey) = (n.work.join("c.key"), n.work.join("p.key"));
         write_key_file(&ckey, n.container_key.to_base64().as_bytes());
         write_key_file(&pkey, n.peer_key.to_base64().as_bytes());
@@ -346,17 +298,9 @@ impl Node {
             "allowed-ips",
             &format!("{CTR_WG}/32"),
         ]);
-        must(&[
-            "ip",
-            "-n",
-            &n.peer.name,
-            "addr",
-            "add",
-            &format!("{PEER_WG}/24"),
-            "dev",
-            &peer_if,
-        ]);
-        must(&["ip", "-n", &n.peer.name, "link", "set", &peer_if, "up"]);
+        let peer = &n.peer.name;
+        ip(&format!("-n {peer} addr add {PEER_WG}/24 dev {peer_if}"));
+        ip(&format!("-n {peer} link set {peer_if} up"));
 
         // The rootfs: busybox-static and the applets the containers run.
         for d in ["bin", "proc", "sys", "dev", "out", "tmp"] {
@@ -601,36 +545,16 @@ impl Node {
             format!("wgoci-r{}", self.tag),
             format!("wgoci-s{}", self.tag),
         );
-        must(&[
-            "ip",
-            "-n",
-            &self.peer.name,
-            "link",
-            "add",
-            &r,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &s,
-            "netns",
-            &pid.to_string(),
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            &self.peer.name,
-            "addr",
-            "add",
-            &format!("{CS_PEER_IP}/24"),
-            "dev",
-            &r,
-        ]);
-        must(&["ip", "-n", &self.peer.name, "link", "set", &r, "up"]);
+        let peer = &self.peer.name;
+        ip(&format!(
+            "-n {peer} link add {r} type veth peer name {s} netns {pid}"
+        ));
+        ip(&format!("-n {peer} addr add {CS_PEER_IP}/24 dev {r}"));
+        ip(&format!("-n {peer} link set {r} up"));
         let ctr = Netns::from_path(format!("/proc/{pid}/ns/net")).expect("container namespace");
         ctr.run(|| {
-            must(&["ip", "addr", "add", &format!("{CS_IP}/24"), "dev", &s]);
-            must(&["ip", "link", "set", &s, "up"]);
+            ip(&format!("addr add {CS_IP}/24 dev {s}"));
+            ip(&format!("link set {s} up"));
         })
         .expect("namespace thread");
     }
@@ -739,17 +663,8 @@ impl Drop for Node {
             let _ = fs::remove_file(format!("/var/run/wireguard/{birth}.sock"));
             let _ = fs::remove_file(Path::new(DEFAULT_STATE_DIR).join(format!("{id}.json")));
         }
-        // The peer exits when its TUN goes; SIGTERM otherwise.
-        let _ = run(&["ip", "-n", &self.peer.name, "link", "del", &self.peer_if]);
-        if let Some(mut child) = self.peer_daemon.take() {
-            if !eventually(Duration::from_secs(2), || {
-                child.try_wait().is_ok_and(|s| s.is_some())
-            }) {
-                terminate(child.id(), Duration::from_secs(2));
-            }
-            let _ = child.wait();
-        }
-        let _ = fs::remove_file(format!("/var/run/wireguard/{}.sock", self.peer_if));
+        // Then the fields: the peer (stopped by its PID), the work
+        // directory (with what is mounted under it), the namespaces.
     }
 }
 
