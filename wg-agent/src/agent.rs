@@ -337,6 +337,24 @@ impl Agent {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The held interfaces whose entry `pred` accepts, without waiting: a
+    /// slot another job holds right now counts as `busy` says.
+    fn keys_where(&self, busy: bool, pred: impl Fn(&Key, &Entry) -> bool) -> Vec<Key> {
+        let slots: Vec<(Key, Slot)> = self
+            .slots()
+            .iter()
+            .map(|(k, s)| (k.clone(), Arc::clone(s)))
+            .collect();
+        slots
+            .into_iter()
+            .filter(|(k, s)| match s.try_lock() {
+                Ok(g) => g.as_ref().is_some_and(|e| pred(k, e)),
+                Err(_) => busy,
+            })
+            .map(|(k, _)| k)
+            .collect()
+    }
+
     /// Mark changes for the reconcile loop.
     pub fn mark(&self, dirty: Vec<Dirty>) {
         for d in dirty {

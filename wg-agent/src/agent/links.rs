@@ -75,22 +75,9 @@ impl Agent {
     /// another job holds is skipped: that job (an ADD, a DEL, a repair)
     /// is changing the interface itself.
     fn keys_of_link(&self, ns: LinkNs, index: u32) -> Vec<Key> {
-        let slots: Vec<(Key, Slot)> = self
-            .slots()
-            .iter()
-            .map(|(k, s)| (k.clone(), Arc::clone(s)))
-            .collect();
-        slots
-            .into_iter()
-            .filter(|(_, s)| {
-                let Ok(g) = s.try_lock() else { return false };
-                g.as_ref().is_some_and(|e| {
-                    e.heard_as == Some(ns)
-                        && e.attachment.as_ref().is_some_and(|a| a.index == index)
-                })
-            })
-            .map(|(k, _)| k)
-            .collect()
+        self.keys_where(false, |_, e| {
+            e.heard_as == Some(ns) && e.attachment.as_ref().is_some_and(|a| a.index == index)
+        })
     }
 
     /// A link was heard deleted: verify (and so make again) the interfaces

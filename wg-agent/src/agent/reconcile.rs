@@ -34,30 +34,17 @@ impl Agent {
         if dirty.contains(&Dirty::All) {
             return self.keys();
         }
-        let slots: Vec<(Key, Slot)> = self
-            .slots()
-            .iter()
-            .map(|(k, s)| (k.clone(), Arc::clone(s)))
-            .collect();
-        slots
-            .into_iter()
-            .filter(|(k, s)| {
-                let Ok(g) = s.try_lock() else {
-                    // Busy (an ADD in progress): it computes its own.
-                    return true;
-                };
-                let Some(e) = g.as_ref() else { return false };
-                dirty.iter().any(|d| match d {
-                    Dirty::All => true,
-                    Dirty::Network(n) => *n == e.rec.network,
-                    Dirty::Peers { network, namespace } => {
-                        *network == e.rec.network && *namespace == e.rec.namespace
-                    }
-                    Dirty::Pod(uid) => k.pod_uid() == uid,
-                })
+        // A busy slot (an ADD in progress) is included: it computes its own.
+        self.keys_where(true, |k, e| {
+            dirty.iter().any(|d| match d {
+                Dirty::All => true,
+                Dirty::Network(n) => *n == e.rec.network,
+                Dirty::Peers { network, namespace } => {
+                    *network == e.rec.network && *namespace == e.rec.namespace
+                }
+                Dirty::Pod(uid) => k.pod_uid() == uid,
             })
-            .map(|(k, _)| k)
-            .collect()
+        })
     }
 
     /// Bring the interfaces `dirty` touches to what the resources say,

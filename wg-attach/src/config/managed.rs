@@ -19,9 +19,10 @@ use crate::managed::{
 /// How long the plugin waits for the agent unless `agentTimeout` says.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Static fields that describe the interface itself: in managed mode the
-/// network's resources own all of them.
-pub(super) const STATIC_ONLY: [&str; 16] = [
+/// What the interface is made of: its addresses, key, device and routes.
+/// DEL and GC never read them; in managed mode the network's resources
+/// own them.
+pub(super) const INTERFACE_FIELDS: [&str; 12] = [
     "address",
     "addresses",
     "privateKey",
@@ -34,11 +35,22 @@ pub(super) const STATIC_ONLY: [&str; 16] = [
     "routes",
     "routesFromAllowedIPs",
     "table",
+];
+
+/// Where and how the interface is made: in static mode a teardown without
+/// a record still reads them; in managed mode the resources own them too.
+pub(super) const PLACEMENT_FIELDS: [&str; 4] = [
     "socketNamespace",
     "interfaceName",
     "backend",
     "userspaceImplementation",
 ];
+
+/// Static fields, refused in managed mode: the interface's and its
+/// placement's, in that order.
+pub(super) fn static_only() -> impl Iterator<Item = &'static str> {
+    INTERFACE_FIELDS.into_iter().chain(PLACEMENT_FIELDS)
+}
 
 /// Fields that only managed mode reads.
 const MANAGED_ONLY: [&str; 3] = ["agentSocket", "agentHintDir", "agentTimeout"];
@@ -147,7 +159,7 @@ pub(super) fn parse_mode(o: &Map<String, Value>) -> Result<Mode, Error> {
         }
         return Ok(Mode::Static);
     }
-    if let Some(f) = STATIC_ONLY.into_iter().find(|k| present(k)) {
+    if let Some(f) = static_only().find(|k| present(k)) {
         return Err(invalid(
             f,
             "is owned by the network's resources in managed mode (\"network\" or \"managed\" is set); remove it",

@@ -9,33 +9,19 @@
 use serde_json::{Map, Value};
 
 use super::fields::wipe_secrets;
-use super::managed::STATIC_ONLY;
+use super::managed::{static_only, INTERFACE_FIELDS};
 use super::NetConf;
 use crate::error::{Error, Kind};
 
-/// What the interface is made of: never read by DEL or GC, so dropped
-/// unread (its values come back as defaults). The names, the mode and the
+/// Never read by DEL or GC, so dropped unread (their values come back as
+/// defaults): what the interface is made of ([`INTERFACE_FIELDS`]), and
+/// the result's `dns` and `chainedResult`. The names, the mode and the
 /// agent's fields, `stateDir`, `logFile`, `prevResult` (whose presence
-/// says which name a chained attachment has), and in static mode
-/// `interfaceName`, `socketNamespace`, `backend` and
-/// `userspaceImplementation` (the teardown of an attachment ADD never
+/// says which name a chained attachment has), and in static mode the
+/// placement (`interfaceName`, `socketNamespace`, `backend` and
+/// `userspaceImplementation`: the teardown of an attachment ADD never
 /// recorded) stay, and are validated as at ADD.
-const TEARDOWN_UNREAD: [&str; 14] = [
-    "address",
-    "addresses",
-    "privateKey",
-    "privateKeyFile",
-    "allowInsecureKeyFile",
-    "listenPort",
-    "fwmark",
-    "mtu",
-    "peers",
-    "routes",
-    "routesFromAllowedIPs",
-    "table",
-    "dns",
-    "chainedResult",
-];
+const RESULT_FIELDS: [&str; 2] = ["dns", "chainedResult"];
 
 /// Whether the object asks for managed mode (`"managed": true`, or a
 /// `network` without `"managed": false`); the mode's own parser still
@@ -68,11 +54,12 @@ impl NetConf {
             None => Err(decode("not a JSON object".into())),
             Some(o) => {
                 let managed = asks_managed(o);
-                let unread = TEARDOWN_UNREAD
-                    .iter()
-                    .chain(STATIC_ONLY.iter().filter(|_| managed));
+                let unread = INTERFACE_FIELDS
+                    .into_iter()
+                    .chain(RESULT_FIELDS)
+                    .chain(static_only().filter(|_| managed));
                 for key in unread {
-                    if let Some(mut gone) = o.remove(*key) {
+                    if let Some(mut gone) = o.remove(key) {
                         if let Value::String(s) = &mut gone {
                             zeroize::Zeroize::zeroize(s);
                         }
