@@ -5,6 +5,7 @@
 //! check call to read key files and resolve host names. What the runtime
 //! is answered is the adapter's (wg-cni's result, netavark's status block).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use wg_netns::{
@@ -119,6 +120,25 @@ pub fn mtu(conf: &NetConf, underlay: Option<u32>) -> Option<u32> {
     conf.mtu.map(|m| m.resolve(underlay))
 }
 
+/// Where `"mtu": "auto"` measures the underlay: towards the first peer
+/// with an endpoint. `None` for any other MTU (nothing to measure).
+pub fn underlay_probe(conf: &NetConf, peers: &[PeerConfig]) -> Option<IpAddr> {
+    match conf.mtu {
+        Some(Mtu::Auto) => peers.iter().find_map(|p| p.endpoint).map(|e| e.ip()),
+        _ => None,
+    }
+}
+
+/// The private key a spec carries: an attach loads the configured one or
+/// generates one; a check compares a configured one, and has none to
+/// compare when it was generated (it cannot be known again).
+pub fn spec_key(conf: &NetConf, key: KeyUse) -> Result<Option<PrivateKey>> {
+    match (key, conf.private_key.is_none()) {
+        (KeyUse::Check, true) => Ok(None),
+        _ => conf.load_private_key().map(Some),
+    }
+}
+
 /// What a verb will do, decided from the configuration and the request
 /// before anything is touched: the names, the routes, the record. Only
 /// [`Plan::interface_spec`] does I/O (key files, host names, the underlay
@@ -202,18 +222,9 @@ impl<'c> Plan<'c> {
     pub fn interface_spec(&self, place: &Birthplace, key: KeyUse) -> Result<InterfaceSpec> {
         let conf = self.conf;
         let peers = resolve_peers(conf)?;
-        let underlay = match conf.mtu {
-            Some(Mtu::Auto) => peers
-                .iter()
-                .find_map(|p| p.endpoint)
-                .and_then(|ep| place.underlay_mtu(ep.ip()).ok()),
-            _ => None,
-        };
+        let underlay = underlay_probe(conf, &peers).and_then(|ip| place.underlay_mtu(ip).ok());
         let generated = conf.private_key.is_none();
-        let key = match (key, generated) {
-            (KeyUse::Check, true) => None,
-            _ => Some(conf.load_private_key()?),
-        };
+        let key = spec_key(conf, key)?;
         let mut spec = InterfaceSpec::new(self.birth.clone(), self.name.clone())
             .device(device_config(conf, key, peers));
         spec.addresses = conf.addresses.clone();
@@ -334,6 +345,48 @@ mod tests {
         assert_eq!(mtu(&conf(json!({"mtu": "auto"})), Some(1500)), Some(1420));
         assert_eq!(mtu(&conf(json!({"mtu": "auto"})), Some(9000)), Some(8920));
         assert_eq!(mtu(&conf(json!({"mtu": "auto"})), None), Some(1420));
+    }
+
+    /// Only `"mtu": "auto"` measures the underlay, towards the first peer
+    /// that has an endpoint.
+    #[test]
+    fn the_underlay_is_measured_for_auto_only() {
+        let with_endpoints = |mtu: serde_json::Value| {
+            conf(json!({"mtu": mtu, "peers": [
+                {"publicKey": P1, "allowedIPs": ["10.13.13.0/24"]},
+                {"publicKey": P2, "allowedIPs": ["10.14.0.0/16"], "endpoint": "10.78.0.2:51820"}]}))
+        };
+        let c = with_endpoints(json!("auto"));
+        let peers = resolve_peers(&c).unwrap();
+        assert_eq!(
+            underlay_probe(&c, &peers),
+            Some("10.78.0.2".parse().unwrap())
+        );
+        let c = with_endpoints(json!(1400));
+        assert_eq!(underlay_probe(&c, &resolve_peers(&c).unwrap()), None);
+        let c = with_endpoints(serde_json::Value::Null);
+        assert_eq!(underlay_probe(&c, &resolve_peers(&c).unwrap()), None);
+        // No endpoint at all: nothing to measure towards.
+        let c = conf(json!({"mtu": "auto"}));
+        assert_eq!(underlay_probe(&c, &resolve_peers(&c).unwrap()), None);
+    }
+
+    /// An attach always has a key (generated when none is configured); a
+    /// check has the configured one, or none when it was generated.
+    #[test]
+    fn which_key_a_spec_carries() {
+        let generated = conf(json!({}));
+        assert!(spec_key(&generated, KeyUse::Add).unwrap().is_some());
+        assert!(spec_key(&generated, KeyUse::Check).unwrap().is_none());
+        let own = PrivateKey::generate().unwrap();
+        let given = conf(json!({"privateKey": own.to_base64().as_str()}));
+        for use_ in [KeyUse::Add, KeyUse::Check] {
+            assert_eq!(
+                spec_key(&given, use_).unwrap().map(|k| k.public_key()),
+                Some(own.public_key()),
+                "{use_:?}"
+            );
+        }
     }
 
     #[test]

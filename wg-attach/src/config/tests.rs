@@ -631,3 +631,29 @@ fn teardown_takes_managed_true_without_a_network_as_managed() {
     .unwrap_err();
     assert!(e.details.starts_with("interfaceName:"), "{e}");
 }
+
+/// The pod's annotations as the runtime passes them: `null` or a map
+/// without ours is no network, ours a network (unchecked), anything else
+/// unknown (the runtime wrote it, so never an error).
+#[test]
+fn pod_annotations_from_the_runtime() {
+    let of = |rc: Value| {
+        let o = json!({"runtimeConfig": rc});
+        PodAnnotations::from_runtime_config(o.as_object().unwrap())
+    };
+    let cap = crate::managed::POD_ANNOTATIONS_CAPABILITY;
+    let ann = crate::managed::ANNOTATION_NETWORK;
+    assert_eq!(of(json!({cap: null})), PodAnnotations::NoNetwork);
+    assert_eq!(of(json!({cap: {"other": "x"}})), PodAnnotations::NoNetwork);
+    assert_eq!(
+        of(json!({cap: {ann: "pods"}})),
+        PodAnnotations::Network("pods".into())
+    );
+    assert_eq!(of(json!({cap: {ann: 7}})), PodAnnotations::Unknown);
+    assert_eq!(of(json!({cap: "pods"})), PodAnnotations::Unknown);
+    assert_eq!(of(json!({})), PodAnnotations::Unknown);
+    assert_eq!(
+        PodAnnotations::from_runtime_config(json!({}).as_object().unwrap()),
+        PodAnnotations::Unknown
+    );
+}

@@ -99,3 +99,64 @@ fn mtu() {
     }
     assert_eq!(Mtu::default(), Mtu::Auto);
 }
+
+/// The conversions and messages callers see: seconds in, seconds out, and
+/// a refusal that says what is wanted.
+#[test]
+fn conversions_and_messages() {
+    assert_eq!(Duration::from(25u16).as_secs(), 25);
+    assert_eq!(
+        Duration::from(25u16).to_std(),
+        std::time::Duration::from_secs(25)
+    );
+    assert_eq!(Duration::from(25u16).keepalive(), Some(25));
+    let e = "25x".parse::<Duration>().unwrap_err();
+    assert!(e.to_string().contains("\"25x\" is not a duration"), "{e}");
+    let e = serde_json::from_str::<Duration>("true").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("whole seconds 0..=65535 or a duration"),
+        "{e}"
+    );
+    let e = serde_json::from_str::<Mtu>("true").unwrap_err();
+    assert!(e.to_string().contains("an MTU in 1280..=65535"), "{e}");
+    assert_eq!(
+        Mtu::Bytes(1279).check().unwrap_err().to_string(),
+        "1279 is below 1280 (IPv6's minimum)"
+    );
+    assert!(Mtu::Bytes(1280).check().is_ok() && Mtu::Auto.check().is_ok());
+    assert_eq!(Mtu::Auto.to_string(), "auto");
+    assert_eq!(Mtu::Bytes(1420).to_string(), "1420");
+}
+
+/// `auto` is the underlay's MTU less WireGuard's 80 bytes, never below
+/// IPv6's minimum, 1420 when the underlay is unknown; a number is itself.
+#[test]
+fn mtu_resolves() {
+    assert_eq!(Mtu::Auto.resolve(Some(1500)), 1420);
+    assert_eq!(Mtu::Auto.resolve(Some(9000)), 8920);
+    assert_eq!(Mtu::Auto.resolve(Some(1300)), 1280);
+    assert_eq!(Mtu::Auto.resolve(None), 1420);
+    assert_eq!(Mtu::Bytes(1380).resolve(Some(9000)), 1380);
+}
+
+/// With the `schema` feature each unit carries its CRD schema inline,
+/// named, with the CEL rule that mirrors its parser.
+#[cfg(feature = "schema")]
+#[test]
+fn schemas() {
+    let mut g = schemars::SchemaGenerator::default();
+    assert_eq!(Duration::schema_name(), "Duration");
+    assert_eq!(Mtu::schema_name(), "Mtu");
+    assert!(Duration::inline_schema() && Mtu::inline_schema());
+    let d = serde_json::to_value(Duration::json_schema(&mut g)).unwrap();
+    assert_eq!(d["x-kubernetes-int-or-string"], true);
+    assert_eq!(d["x-kubernetes-validations"][0]["rule"], DURATION_RULE);
+    let m = serde_json::to_value(Mtu::json_schema(&mut g)).unwrap();
+    assert!(m["x-kubernetes-validations"][0]["rule"]
+        .as_str()
+        .is_some_and(|r| r.contains("self >= 1280")));
+    assert!(m["x-kubernetes-validations"][0]["message"]
+        .as_str()
+        .is_some_and(|r| r.contains("\"auto\"")));
+}
