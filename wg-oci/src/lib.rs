@@ -44,8 +44,8 @@ pub mod hook;
 mod record;
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use wg_attach::attach::now;
 use wg_attach::plan::{KeyUse, Plan};
 use wg_attach::{BirthNames, Request};
 use wg_netns::{Backend, Birthplace, IfName, Netns, Userspace};
@@ -105,13 +105,6 @@ pub fn birth_name(network: &str, container_id: &str, interface: &IfName) -> IfNa
     birth_names()
         .derive(network, container_id, interface.as_str())
         .unwrap_or_else(|_| unreachable!("a 3-character prefix leaves room for the hash"))
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn ns_err(path: &Path) -> impl Fn(wg_netns::Error) -> Error + '_ {
