@@ -113,7 +113,7 @@ impl FromStr for Duration {
         let mut total: u64 = 0;
         for (unit, scale) in [('h', 3600u64), ('m', 60), ('s', 1)] {
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            if digits > 0 && rest[digits..].starts_with(unit) {
+            if digits != 0 && rest[digits..].starts_with(unit) {
                 // Leading zeros are fine, as in Go; more digits than any
                 // valid value needs are not a number we accept.
                 let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
