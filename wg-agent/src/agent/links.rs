@@ -6,7 +6,7 @@
 //! One subscription, opened in the node's namespace, hears the links of
 //! every namespace that has an id there (wg-netns's
 //! [`LinkEvents::subscribe_all`]); each interface's pod namespace is given
-//! one when the agent takes the interface ([`link_ns`]). An id does not keep
+//! one when the agent takes the interface (`link_ns`). An id does not keep
 //! a namespace alive. The agent learns of a pod's end from CNI DEL and the
 //! pod watch, not from here: it holds each pod's namespace open (its
 //! `Birthplace`) for as long as it keeps the interface, so the namespace
