@@ -47,3 +47,29 @@ impl fmt::Display for Version {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every version this core speaks reads back as itself, in order;
+    /// anything else is not a version.
+    #[test]
+    fn versions_round_trip() {
+        let all = [
+            Version::V0_3_1,
+            Version::V0_4_0,
+            Version::V1_0_0,
+            Version::V1_1_0,
+        ];
+        for (v, s) in all.iter().zip(SUPPORTED_VERSIONS) {
+            assert_eq!(v.as_str(), s);
+            assert_eq!(v.to_string(), s);
+            assert_eq!(Version::parse(s), Some(*v));
+        }
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        for bad in ["", "0.3.0", "1.1", "1.2.0", "v1.0.0"] {
+            assert_eq!(Version::parse(bad), None, "{bad}");
+        }
+    }
+}
