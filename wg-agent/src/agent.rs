@@ -29,12 +29,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use wg_attach::managed::{Attached, Failure, LaunchNamespace, PodRef, Reply, Request, Verb};
 use wg_k8s_types::{
-    AttachmentPeerStatus, EndpointString, FailurePolicy, Mtu, NetworkConfig, WireGuardAddressBlock,
-    WireGuardAttachment, WireGuardAttachmentSpec, WireGuardAttachmentStatus, LABEL_NODE,
+    EndpointString, FailurePolicy, Mtu, NetworkConfig, WireGuardAddressBlock, WireGuardAttachment,
+    WireGuardAttachmentSpec, WireGuardAttachmentStatus, LABEL_NODE,
 };
 use wg_netns::{
-    Attachment, Backend, Birthplace, Device, DeviceConfig, DeviceStats, IfName, InterfaceSpec,
-    IpNetwork, Netns, PresharedKey, PrivateKey, Route, Rtnl, SocketNamespace, Userspace, WgDevice,
+    Attachment, Backend, Birthplace, Device, DeviceConfig, IfName, InterfaceSpec, IpNetwork, Netns,
+    PresharedKey, PrivateKey, Route, Rtnl, SocketNamespace, Userspace, WgDevice,
 };
 
 use crate::desired;
@@ -82,8 +82,6 @@ pub struct Entry {
     routes: BTreeSet<IpNetwork>,
     /// How the link watch knows the pod's namespace (`links.rs`).
     heard_as: Option<links::LinkNs>,
-    /// The last counters read.
-    pub stats: Option<DeviceStats>,
     /// The status last written, and when.
     pub written: Option<(WireGuardAttachmentStatus, Instant)>,
 }
@@ -105,7 +103,6 @@ impl Entry {
             dev: None,
             last: None,
             routes: BTreeSet::new(),
-            stats: None,
             written: None,
         }
     }

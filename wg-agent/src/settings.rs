@@ -12,8 +12,8 @@
 //! | `WG_USERSPACE_IMPLEMENTATION` | `wireguard-go` | the userspace implementation |
 //! | `WG_AGENT_USERSPACE_LAUNCH` | `agent` | who starts a pod's userspace daemon on ADD: `agent` (as the agent's child: it dies when the agent's container stops) or `plugin` (wg-cni starts `wg-cni-wireguard-go` from its own directory on the host, so daemons outlive the agent; plugins of protocol 1 cannot, and the agent starts theirs). Daemons recreated by a repair are always the agent's |
 //! | `WG_AGENT_VERIFY_INTERVAL` | `30s` | how often every device is read back and repaired |
-//! | `WG_AGENT_STATS_INTERVAL` | `5s` | how often counters are read (metrics, status) |
-//! | `WG_AGENT_STATUS_MIN_INTERVAL` | `15s` | the fewest seconds between two counter-only status writes of one attachment |
+//! | `WG_AGENT_STATS_INTERVAL` | `5s` | how often counters are read (metrics) |
+//! | `WG_AGENT_STATUS_MIN_INTERVAL` | `15s` | the fewest seconds between two status writes of one attachment that change only its conditions |
 //! | `WG_AGENT_GC_GRACE` | `60s` | how long an interface whose pod is gone is kept (counted from when the agent first saw the pod missing) |
 //! | `WG_AGENT_DEVICE_TIMEOUT` | `5s` | how long one exchange with a userspace daemon may block before the write fails (and is retried): a stopped or wedged daemon holds up nothing else for long |
 //! | `KUBECONFIG` | in-cluster | the apiserver credentials (in a pod: the projected, rotating service-account token) |
@@ -107,7 +107,7 @@ pub struct Settings {
     pub verify_interval: Duration,
     /// Counters period.
     pub stats_interval: Duration,
-    /// Status write spacing for counters.
+    /// Status write spacing for a change of conditions alone.
     pub status_min_interval: Duration,
     /// Grace before a record without its pod is removed.
     pub gc_grace: Duration,

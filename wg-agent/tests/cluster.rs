@@ -654,22 +654,57 @@ fn mesh(ctx: &Ctx) {
     assert!(ctx.ping("wa", &b), "wa cannot ping wb over WireGuard");
     assert!(ctx.ping("wb", &a), "wb cannot ping wa over WireGuard");
     eprintln!("mesh: wa {a} <-> wb {b} in {:?}", t.elapsed());
-    // Status: both see the other as a peer, with a handshake.
+    // Status: what other pods act on (key, addresses, endpoint); the
+    // handshake is in node 1's metrics, under the exporter's name.
     let ok = eventually(Duration::from_secs(20), || {
         ctx.attachment("wa").is_some_and(|v| {
-            v["status"]["peers"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|p| p["lastHandshakeTime"].is_string()))
+            v["status"]["publicKey"].is_string()
+                && v["status"]["endpoint"].is_string()
+                && v["status"]["addresses"][0] == format!("{a}/16").as_str()
         })
     });
-    assert!(
-        ok,
-        "no handshake in wa's status: {:?}",
-        ctx.attachment("wa")
-    );
+    assert!(ok, "wa's status: {:?}", ctx.attachment("wa"));
+    // (Counters are read every second: the first read after the pings.)
+    let handshake = eventually(Duration::from_secs(10), || {
+        ctx.http(1, "/metrics").is_some_and(|(_, m)| {
+            m.lines().any(|l| {
+                l.starts_with("wireguard_peer_last_handshake_seconds")
+                    && l.contains("pod=\"wa\"")
+                    && l.split_whitespace()
+                        .last()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v > 1.0e9)
+            })
+        })
+    });
+    assert!(handshake, "no handshake of wa's device in node 1's metrics");
     let table = c.kubectl_ok(&["get", "wgatt"]);
     eprintln!("{table}");
-    assert!(table.contains("LAST HANDSHAKE") && table.contains("wa-wg0"));
+    assert!(table.contains("PUBLIC KEY") && table.contains("wa-wg0"));
+    // Steady state: traffic moves counters and handshakes, never a status
+    // (every agent watches every attachment: a status that followed
+    // traffic would be sent to every node). Before, with counters in the
+    // status, this window wrote wa's and wb's every 2 s.
+    let writes = || (status_writes(ctx, 1), status_writes(ctx, 2));
+    let before = writes();
+    let (all, _, text) = ctx.ping_in_background("wa", &b, 40).finish();
+    assert!(all, "wa -> wb lost pings\n{text}");
+    let after = writes();
+    assert!(before.0.is_some() && before.1.is_some(), "{before:?}");
+    assert_eq!(
+        before, after,
+        "status writes (node 1, node 2) during 8 s of traffic and no change"
+    );
+    eprintln!("mesh: 8 s of traffic, status writes before and after: {before:?}");
+}
+
+/// Node `i`'s agent's `wg_agent_status_writes_total`.
+fn status_writes(ctx: &Ctx, i: usize) -> Option<u64> {
+    let (_, body) = ctx.http(i, "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with("wg_agent_status_writes_total "))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A peer removed behind the agent's back (`wg set ... remove` on the
@@ -1037,12 +1072,15 @@ fn rotation(ctx: &Ctx) {
         !after.is_empty() && after != before
     });
     assert!(changed, "wb's key did not change");
-    // wa's device now has the new key as a peer (its status lists it).
+    // wa's device now has the new key as a peer (node 1 reads it off the
+    // device: its metrics).
     let seen = eventually(Duration::from_secs(20), || {
-        ctx.attachment("wa").is_some_and(|v| {
-            let s = v["status"]["peers"].to_string();
-            s.contains(&after) && !s.contains(&before)
-        })
+        let keys: Vec<String> = ctx
+            .device_allowed_ips(1, "wa")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys.contains(&after) && !keys.contains(&before)
     });
     assert!(seen, "wa still has wb's old key");
     let b = ctx.wg_addr("wb");

@@ -58,9 +58,7 @@ pub mod values;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub use attachment::{
-    AttachmentPeerStatus, WireGuardAttachment, WireGuardAttachmentSpec, WireGuardAttachmentStatus,
-};
+pub use attachment::{WireGuardAttachment, WireGuardAttachmentSpec, WireGuardAttachmentStatus};
 pub use block::{WireGuardAddressBlock, WireGuardAddressBlockSpec, WireGuardAddressBlockStatus};
 pub use network::{
     AddressPool, FailurePolicy, KillSwitchSpec, NetworkConfig, PortRange, SocketNamespace,

@@ -1,6 +1,7 @@
-//! Publish: the attachment status writer (identity at once, counters at
-//! most every `status_min_interval`) and the failure-policy hints the
-//! plugin reads when the agent is unreachable.
+//! Publish: the attachment status writer (what others act on, at once;
+//! a change of conditions alone at most every `status_min_interval`) and
+//! the failure-policy hints the plugin reads when the agent is
+//! unreachable.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wg_k8s_types::conditions;
@@ -27,7 +28,9 @@ impl Agent {
         }
     }
 
-    /// Read every device's counters (metrics, status).
+    /// Read every device's counters (metrics), and queue a status write
+    /// where what others act on changed (a pod's own address, learnt
+    /// after its ADD, is the endpoint of a socket in the pod).
     pub async fn refresh_stats(self: &Arc<Self>) {
         let mut samples = Vec::new();
         let mut last =
@@ -64,7 +67,6 @@ impl Agent {
                     let sample = crate::metrics::DeviceSample::new(&e.rec, &s);
                     kept.insert(key.clone(), sample.clone());
                     samples.push(sample);
-                    e.stats = Some(s);
                     let status = self.status_of(e);
                     let write = match &e.written {
                         None => Some(Publish::Upsert(key.clone())),
@@ -99,12 +101,6 @@ impl Agent {
             endpoint: self.endpoint_of(e).map(EndpointString::from),
             ..Default::default()
         };
-        let peers: Vec<AttachmentPeerStatus> = e
-            .stats
-            .as_ref()
-            .map(|s| s.peers.iter().map(AttachmentPeerStatus::from).collect())
-            .unwrap_or_default();
-        st.set_peers(peers);
         let key = format!(
             "{}/{}",
             e.rec.namespace,
@@ -277,10 +273,10 @@ impl Agent {
 }
 
 /// The part of a status others act on, written at once: the key,
-/// addresses and endpoint (other nodes' mesh peers). The rest (the peer
-/// list, handshakes, counters) is information, written at most every
-/// `status_min_interval`: otherwise every new pod of a mesh would queue a
-/// write per member ahead of the next pod's creation.
+/// addresses and endpoint (other nodes' mesh peers). The rest (its
+/// conditions) is written at most every `status_min_interval`. Nothing in
+/// a status follows traffic (handshakes and counters are metrics), so an
+/// idle or busy interface alike costs the apiserver no write.
 fn identity(s: &WireGuardAttachmentStatus) -> (Option<String>, Vec<String>, Option<String>) {
     (
         s.public_key.as_ref().map(|k| k.as_str().to_string()),
