@@ -242,6 +242,16 @@ impl Ctx<'_> {
         .flatten()
     }
 
+    /// The value of one series (`name` or `name{labels}`, as exposed) on
+    /// node `i`'s /metrics.
+    fn metric(&self, i: usize, series: &str) -> Option<u64> {
+        let (_, body) = self.http(i, "/metrics")?;
+        let prefix = format!("{series} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     fn conflist(&self, i: usize) -> String {
         let cidr = &self.podcidr[i - 1];
         let d = self.c.node_dir(i);
@@ -685,7 +695,10 @@ fn mesh(ctx: &Ctx) {
     // (every agent watches every attachment: a status that followed
     // traffic would be sent to every node). Before, with counters in the
     // status, this window wrote wa's and wb's every 2 s.
-    let writes = || (status_writes(ctx, 1), status_writes(ctx, 2));
+    let writes = || {
+        let w = |i| ctx.metric(i, "wg_agent_status_writes_total");
+        (w(1), w(2))
+    };
     let before = writes();
     let (all, _, text) = ctx.ping_in_background("wa", &b, 40).finish();
     assert!(all, "wa -> wb lost pings\n{text}");
@@ -696,15 +709,6 @@ fn mesh(ctx: &Ctx) {
         "status writes (node 1, node 2) during 8 s of traffic and no change"
     );
     eprintln!("mesh: 8 s of traffic, status writes before and after: {before:?}");
-}
-
-/// Node `i`'s agent's `wg_agent_status_writes_total`.
-fn status_writes(ctx: &Ctx, i: usize) -> Option<u64> {
-    let (_, body) = ctx.http(i, "/metrics")?;
-    body.lines()
-        .find(|l| l.starts_with("wg_agent_status_writes_total "))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
 }
 
 /// A peer removed behind the agent's back (`wg set ... remove` on the

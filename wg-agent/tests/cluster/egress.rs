@@ -537,7 +537,9 @@ pub fn egress_with_kill_switch(ctx: &mut Ctx) {
     // deletion (its link watch: wg_agent_links_removed_total) and makes
     // the device again at once, not at its next verify.
     let pid = c.pod_sandbox_pid(1, "we").expect("sandbox");
-    let heard_before = links_removed(ctx, 1).expect("node 1's wg_agent_links_removed_total");
+    let heard_before = ctx
+        .metric(1, "wg_agent_links_removed_total")
+        .expect("node 1's wg_agent_links_removed_total");
     let t = std::time::Instant::now();
     assert!(in_netns(pid, &["ip", "link", "del", "wg0"])
         .status
@@ -550,7 +552,8 @@ pub fn egress_with_kill_switch(ctx: &mut Ctx) {
     let took = t.elapsed();
     assert!(back, "device deleted: never made again");
     assert!(
-        links_removed(ctx, 1).is_some_and(|n| n > heard_before),
+        ctx.metric(1, "wg_agent_links_removed_total")
+            .is_some_and(|n| n > heard_before),
         "device deleted: the agent's link watch did not hear it (made again by the verify?)"
     );
     assert_eq!(
@@ -640,13 +643,4 @@ pub fn egress_with_kill_switch(ctx: &mut Ctx) {
     c.kubectl_ok(&["delete", "pod", "we", "--wait=true", "--timeout=60s"]);
     c.kubectl_ok(&["delete", "wgpeer", "provider"]);
     c.kubectl_ok(&["delete", "wgnet", "vpn"]);
-}
-
-/// Node `i`'s agent's `wg_agent_links_removed_total`.
-fn links_removed(ctx: &Ctx, i: usize) -> Option<u64> {
-    let (_, body) = ctx.http(i, "/metrics")?;
-    body.lines()
-        .find(|l| l.starts_with("wg_agent_links_removed_total "))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
 }

@@ -113,14 +113,6 @@ fn peer_for(ctx: &Ctx, i: usize, pod: &str, ip: &str) -> Option<String> {
         .map(|(k, _)| k)
 }
 
-fn rejected_metric(ctx: &Ctx, i: usize) -> Option<u64> {
-    let (_, body) = ctx.http(i, "/metrics")?;
-    body.lines()
-        .find(|l| l.starts_with("wg_agent_mesh_members_rejected{network=\"pods\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-}
-
 /// §1: a tenant with `*` in its namespace may not write attachments at
 /// all (spec or status); node 1's agent may write its own node's
 /// attachment but one publishing node 2's pod's address is ignored by
@@ -245,7 +237,8 @@ pub fn forged_attachments(ctx: &Ctx) {
     assert!(ok, "agent 1's own status write: {answer}");
     for i in 1..=2 {
         assert!(
-            eventually(Duration::from_secs(15), || rejected_metric(ctx, i)
+            eventually(Duration::from_secs(15), || ctx
+                .metric(i, r#"wg_agent_mesh_members_rejected{network="pods"}"#)
                 == Some(1)),
             "agent {i} counts the forged member\n{}",
             ctx.log_tail(i)
@@ -281,7 +274,9 @@ pub fn forged_attachments(ctx: &Ctx) {
     for i in 1..=2 {
         assert!(
             eventually(Duration::from_secs(15), || {
-                rejected_metric(ctx, i).unwrap_or(0) == 0
+                ctx.metric(i, r#"wg_agent_mesh_members_rejected{network="pods"}"#)
+                    .unwrap_or(0)
+                    == 0
             }),
             "agent {i} forgets the forged member"
         );
