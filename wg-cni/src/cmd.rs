@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use wg_attach::attach::{ensure_recorded, open_container, userspace};
+use wg_attach::attach::{backend, ensure_recorded, open_container, userspace};
 use wg_netns::{BackendKind, Birthplace, Netns};
 
 use crate::cni::{CniError, Code, Command, Env, Version, SUPPORTED_VERSIONS};
@@ -17,12 +17,6 @@ use crate::log::Log;
 use crate::managed_cmd;
 use crate::plan::{KeyUse, Plan};
 use crate::state::StateDir;
-
-/// The backend the configuration asks for, or code 50 when there is none.
-/// A failure to find out (netlink refusing the question) is code 5, not 50.
-pub fn backend(conf: &NetConf) -> Result<wg_netns::Backend, CniError> {
-    Ok(wg_attach::attach::backend(conf)?)
-}
 
 /// Run one invocation. `Ok(Some(json))` is printed on stdout; `Ok(None)`
 /// prints nothing; errors become CNI error JSON.
@@ -77,10 +71,6 @@ fn version_reply(stdin: &[u8]) -> Value {
     json!({"cniVersion": asked.as_str(), "supportedVersions": SUPPORTED_VERSIONS})
 }
 
-fn open_pod(path: &str) -> Result<Netns, CniError> {
-    Ok(open_container(path)?)
-}
-
 /// ADD: make the attachment what the configuration says (created, or an
 /// existing one repaired: [`Birthplace::ensure`]), record it, answer.
 fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
@@ -89,7 +79,7 @@ fn add(env: &Env, conf: &NetConf, log: &mut Log) -> Result<Value, CniError> {
     let state = StateDir::open(&conf.state_dir)?;
     let _locks = state.lock_for(&conf.name, &env.container_id, &env.ifname)?;
     let backend = backend(conf)?;
-    let pod = open_pod(&env.netns)?;
+    let pod = open_container(&env.netns)?;
     let place =
         Birthplace::for_container(&Netns::current()?, &pod, conf.socket_namespace, &backend)?;
     let spec = plan.interface_spec(&place, KeyUse::Add)?;
@@ -147,7 +137,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let req = crate::request(env);
     let plan = Plan::recorded(conf, &req, &record.attachment);
     let backend = record.attachment.backend(&userspace(conf));
-    let pod = open_pod(&env.netns)?;
+    let pod = open_container(&env.netns)?;
     let place = Birthplace::for_container(
         &Netns::current()?,
         &pod,
@@ -202,9 +192,12 @@ pub(crate) fn check_version(conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-/// STATUS: ready when a WireGuard backend is available.
+/// STATUS: ready when a WireGuard backend is available (code 50 when
+/// there is none; a failure to find out, netlink refusing the question,
+/// is code 5).
 fn status(conf: &NetConf) -> Result<(), CniError> {
-    backend(conf).map(|_| ())
+    backend(conf)?;
+    Ok(())
 }
 
 /// GC: remove this network's attachments that the runtime no longer lists

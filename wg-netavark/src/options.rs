@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use serde_json::{json, Map, Value};
 use wg_attach::config::NetConf;
 use wg_attach::BirthNames;
-use wg_netns::{IfName, IpNetwork};
+use wg_netns::IpNetwork;
 
 use crate::error::Error;
 use crate::types::{Network, PerNetworkOptions};
@@ -126,16 +126,6 @@ impl Settings {
             prefix: self.birth_prefix.clone(),
             salt: "netavark/".into(),
         }
-    }
-
-    /// The birth name of `container_id`'s interface `ifname`.
-    pub fn birth_name(&self, container_id: &str, ifname: &str) -> Result<IfName, Error> {
-        self.birth_names()
-            .derive(&self.conf.name, container_id, ifname)
-            .map_err(|e| Error::Option {
-                option: "birth_prefix".into(),
-                reason: e.details,
-            })
     }
 }
 

@@ -2,7 +2,7 @@ use super::*;
 use crate::types::Subnet;
 use serde_json::json;
 use wg_attach::config::Mtu;
-use wg_netns::{BackendChoice, SocketNamespace};
+use wg_netns::{BackendChoice, IfName, SocketNamespace};
 
 const P1: &str = "jGGhjGIEbR0Noo8MgjAVh+m5pq4GxD9CZDAl/zsfZF0=";
 const SECRET: &str = "aGVsbG8gdGhpcyBpcyBhIHNlY3JldCBrZXkgISEhISE=";
@@ -263,15 +263,27 @@ fn bad_options_are_named() {
 #[test]
 fn birth_names_are_deterministic_prefixed_and_distinct() {
     let s = settings(&network(&[("birth_prefix", "wgnv-")], &[]), None).unwrap();
-    let a = s.birth_name("c1", "wg0").unwrap();
-    assert_eq!(a, s.birth_name("c1", "wg0").unwrap());
+    let a = s.birth_names().derive(&s.conf.name, "c1", "wg0").unwrap();
+    assert_eq!(
+        a,
+        s.birth_names().derive(&s.conf.name, "c1", "wg0").unwrap()
+    );
     assert!(a.as_str().starts_with("wgnv-") && a.as_str().len() == 15);
-    assert_ne!(a, s.birth_name("c2", "wg0").unwrap());
-    assert_ne!(a, s.birth_name("c1", "wg1").unwrap());
+    assert_ne!(
+        a,
+        s.birth_names().derive(&s.conf.name, "c2", "wg0").unwrap()
+    );
+    assert_ne!(
+        a,
+        s.birth_names().derive(&s.conf.name, "c1", "wg1").unwrap()
+    );
     // The names of earlier releases (teardown without a record finds
     // them), and never another adapter's name for the same triple.
     let default = settings(&network(&[], &[]), None).unwrap();
-    let ours = default.birth_name("c1", "wg0").unwrap();
+    let ours = default
+        .birth_names()
+        .derive(&default.conf.name, "c1", "wg0")
+        .unwrap();
     assert_eq!(
         ours,
         IfName::derived("wgn", &format!("netavark/{}/c1/wg0", default.conf.name)).unwrap()
