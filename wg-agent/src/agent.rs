@@ -43,6 +43,7 @@ use crate::ipam::{Ipam, IpamError};
 use crate::keys::{KeyId, KeyStore};
 use crate::local::{Key, LocalRecord, Records};
 use crate::metrics::Metrics;
+use crate::scope::Scope;
 use crate::server::PluginConn;
 use crate::settings::{Settings, UserspaceLaunch};
 pub use error::AgentError;
@@ -154,6 +155,8 @@ pub struct Agent {
     records: Records,
     /// What is known of the cluster.
     pub index: Mutex<Index>,
+    /// What the node's interfaces need watched (`crate::scope`).
+    pub scope: Scope,
     slots: Mutex<BTreeMap<Key, Slot>>,
     ipam: tokio::sync::Mutex<BTreeMap<String, Ipam>>,
     ports: Mutex<BTreeSet<u16>>,
@@ -301,6 +304,7 @@ impl Agent {
             keys,
             records,
             index: Mutex::new(Index::default()),
+            scope: Scope::default(),
             slots: Mutex::new(BTreeMap::new()),
             ipam: tokio::sync::Mutex::new(BTreeMap::new()),
             ports: Mutex::new(BTreeSet::new()),
@@ -375,6 +379,13 @@ impl Agent {
         }
     }
 
+    /// Stop holding interface `key`: its slot goes, and with it what it
+    /// needed watched.
+    fn drop_slot(&self, key: &Key) {
+        self.slots().remove(key);
+        self.scope.unpin(key);
+    }
+
     /// The interfaces the agent holds.
     pub fn keys(&self) -> Vec<Key> {
         self.slots().keys().cloned().collect()
@@ -415,6 +426,7 @@ impl Agent {
                             "restored without its interface (deleted while the agent was away): \
                              the verify makes it again");
                     }
+                    self.scope.pin(&key, &rec.network, &rec.namespace);
                     let entry = Entry::new(rec.clone(), place, attachment, heard_as);
                     self.slots()
                         .insert(key.clone(), Arc::new(tokio::sync::Mutex::new(Some(entry))));

@@ -16,6 +16,7 @@ use wg_k8s_types::{
 use wg_netns::IpNetwork;
 
 use crate::desired::{MeshMember, Selector};
+pub use scope::Watched;
 
 /// A pod of this node, as far as the agent cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,6 +191,9 @@ pub enum Dirty {
         /// The namespace.
         namespace: String,
     },
+    /// The interfaces of the pods of one namespace (its peers were
+    /// listed).
+    Namespace(String),
     /// One pod's interfaces (its labels or annotations changed).
     Pod(String),
 }
@@ -220,6 +224,9 @@ pub struct Index {
     unreported: Vec<(String, Rejection)>,
     /// Namespaces' labels (a network's `namespaceSelector` matches them).
     pub namespaces: HashMap<String, BTreeMap<String, String>>,
+    /// The scoped watches that have listed (`scope.rs`): until the ones
+    /// an interface needs have, the agent does not know its peers.
+    listed: BTreeSet<Watched>,
 }
 
 fn ns_name(ns: Option<&str>, name: &str) -> String {
@@ -603,45 +610,6 @@ impl Index {
     }
 
     /// See [`Index::relisted_networks`].
-    pub fn relisted_peers(&mut self, all: &[WireGuardPeer]) -> Vec<Dirty> {
-        self.peers.clear();
-        for p in all {
-            self.peer(p);
-        }
-        vec![Dirty::All]
-    }
-
-    /// See [`Index::relisted_networks`].
-    pub fn relisted_attachments(&mut self, all: &[WireGuardAttachment], node: &str) -> Vec<Dirty> {
-        self.mesh.clear();
-        self.candidates.clear();
-        self.rejected.clear();
-        self.own_attachments.clear();
-        for a in all {
-            self.attachment(a, node);
-        }
-        vec![Dirty::All]
-    }
-
-    /// See [`Index::relisted_networks`].
-    pub fn relisted_blocks(&mut self, all: &[WireGuardAddressBlock]) -> Vec<Dirty> {
-        self.blocks.clear();
-        for b in all {
-            if let Some((network, info)) = BlockInfo::of(b) {
-                self.blocks
-                    .entry(network)
-                    .or_default()
-                    .insert(info.name.clone(), info);
-            }
-        }
-        let networks: Vec<String> = self.candidates.keys().cloned().collect();
-        for n in networks {
-            self.readmit(&n);
-        }
-        vec![Dirty::All]
-    }
-
-    /// See [`Index::relisted_networks`].
     pub fn relisted_pods(&mut self, all: &[Pod]) -> Vec<Dirty> {
         self.pods.clear();
         for p in all {
@@ -656,5 +624,6 @@ impl Index {
     }
 }
 
+mod scope;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,8 @@
 //! (`wg_attach::managed`); docs/kubernetes.md tells the whole story.
 //!
 //! Layers: [`desired`] (pure: what an interface should be), [`index`]
-//! (what the watches saw), [`agent`] (the verbs, told with wg-netns
+//! (what the watches saw), [`scope`] (what the node needs watched),
+//! [`agent`] (the verbs, told with wg-netns
 //! calls), [`run`] (the tasks), [`server`] (socket and HTTP), [`ipam`] /
 //! [`blocks`] (addresses), [`keys`] and [`local`] (what the node keeps),
 //! [`install`] (the CNI installer: the plugin binary and its place in the
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod local;
 pub mod metrics;
 pub mod run;
+pub mod scope;
 pub mod server;
 pub mod settings;
 pub mod showconf;

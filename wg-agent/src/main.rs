@@ -240,6 +240,7 @@ async fn agent() -> Result<(), String> {
     heartbeat.beat();
     let tasks = vec![
         tokio::spawn(run::watches(Arc::clone(&agent))),
+        tokio::spawn(run::scope_loop(Arc::clone(&agent))),
         tokio::spawn(run::reconcile_loop(Arc::clone(&agent), dirty_rx)),
         tokio::spawn(run::publish_loop(
             Arc::clone(&agent),

@@ -200,6 +200,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     operation: String,
 }
@@ -233,6 +238,8 @@ pub struct Metrics {
     /// names a namespace it cannot open).
     pub orphans: Gauge,
     cni: Family<CniLabels, Histogram>,
+    watch_events: Family<KindLabels, Counter>,
+    watched: Family<ScopeLabels, Gauge>,
     apiserver_errors: Family<OpLabels, Counter>,
     mesh_rejected: Family<NetworkLabels, Gauge>,
     drift_found: Family<KindLabels, Counter>,
@@ -318,6 +325,18 @@ impl Metrics {
             "CNI requests served, by verb and outcome",
             cni.clone(),
         );
+        let watch_events = Family::<KindLabels, Counter>::default();
+        r.register(
+            "wg_agent_watch_events",
+            "Objects the agent's watches received (listed or changed), by kind: what this node is sent grows with its own pods and their networks' members, not with the cluster",
+            watch_events.clone(),
+        );
+        let watched = Family::<ScopeLabels, Gauge>::default();
+        r.register(
+            "wg_agent_watched",
+            "Networks (their attachments and address blocks) and namespaces (their peers) watched because pods of the node are members",
+            watched.clone(),
+        );
         let apiserver_errors = Family::<OpLabels, Counter>::default();
         r.register(
             "wg_agent_apiserver_errors",
@@ -347,6 +366,8 @@ impl Metrics {
             kill_switch_repairs,
             status_writes,
             cni,
+            watch_events,
+            watched,
             apiserver_errors,
             mesh_rejected,
             drift_found,
@@ -376,6 +397,26 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+
+    /// Count one object a watch received (listed, changed or deleted).
+    pub fn watch_event(&self, kind: &str) {
+        self.watch_events
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// How many networks and namespaces the scoped watches cover.
+    pub fn set_watched(&self, networks: usize, namespaces: usize) {
+        for (scope, n) in [("network", networks), ("namespace", namespaces)] {
+            self.watched
+                .get_or_create(&ScopeLabels {
+                    scope: scope.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Count a failed apiserver request.

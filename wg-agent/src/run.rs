@@ -21,7 +21,8 @@ use tracing::{info, warn};
 use wg_k8s_types::{WireGuardAddressBlock, WireGuardAttachment, WireGuardNetwork, WireGuardPeer};
 
 use crate::agent::{Agent, Publish};
-use crate::index::{Dirty, Index};
+use crate::index::{Dirty, Index, Watched};
+use crate::scope::Part;
 
 /// When the agent's loops last showed life (for `/healthz`).
 #[derive(Debug)]
@@ -103,33 +104,68 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-type OnApply<K> = fn(&mut Index, &K, &str) -> Vec<Dirty>;
-type OnRelist<K> = fn(&mut Index, &[K], &str) -> Vec<Dirty>;
+/// What one watch does with what it hears: each handler updates the index
+/// and says what changed; `listed` runs after each (re)list.
+struct Handlers<K> {
+    apply: OnObject<K>,
+    delete: OnObject<K>,
+    relist: OnList<K>,
+    listed: Box<dyn Fn(&Agent) + Send + Sync>,
+}
 
-/// Which kinds have listed once (a bit each).
+/// An index update from one object; what it changed.
+type OnObject<K> = Box<dyn Fn(&mut Index, &K) -> Vec<Dirty> + Send + Sync>;
+/// An index update from a whole (re)list; what it changed.
+type OnList<K> = Box<dyn Fn(&mut Index, &[K]) -> Vec<Dirty> + Send + Sync>;
+
+impl<K> Handlers<K> {
+    fn new(
+        apply: impl Fn(&mut Index, &K) -> Vec<Dirty> + Send + Sync + 'static,
+        delete: impl Fn(&mut Index, &K) -> Vec<Dirty> + Send + Sync + 'static,
+        relist: impl Fn(&mut Index, &[K]) -> Vec<Dirty> + Send + Sync + 'static,
+        listed: impl Fn(&Agent) + Send + Sync + 'static,
+    ) -> Handlers<K> {
+        Handlers {
+            apply: Box::new(apply),
+            delete: Box::new(delete),
+            relist: Box::new(relist),
+            listed: Box::new(listed),
+        }
+    }
+}
+
+/// Which cluster-wide kinds have listed once (a bit each).
 #[derive(Debug, Default)]
 pub struct Listed(AtomicU8);
 
-const ALL_KINDS: u8 = 0b11_1111;
+/// Networks, the own node's attachments, its pods, namespaces.
+const ALL_KINDS: u8 = 0b1111;
 
-#[allow(clippy::too_many_arguments)]
+impl Listed {
+    /// Kind `bit` listed; the caches are synced once all have.
+    fn listed(&self, agent: &Agent, bit: u8) {
+        let before = self.0.fetch_or(bit, Ordering::AcqRel);
+        if before | bit == ALL_KINDS {
+            agent.set_synced();
+        }
+    }
+}
+
+/// One watch feeding the index: `what` names it in logs and metrics.
 async fn watch_kind<K>(
     agent: Arc<Agent>,
     api: Api<K>,
     cfg: watcher::Config,
-    bit: u8,
-    listed: Arc<Listed>,
-    on_apply: OnApply<K>,
-    on_delete: OnApply<K>,
-    on_relist: OnRelist<K>,
+    what: String,
+    handlers: Handlers<K>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default,
 {
     let kind = K::kind(&K::DynamicType::default()).to_string();
-    let node = agent.settings.node_name.clone();
     let mut stream = watcher(api, cfg).backoff(WatchBackoff::default()).boxed();
     let mut buf: Vec<K> = Vec::new();
+    let index = || agent.index.lock().unwrap_or_else(|e| e.into_inner());
     while let Some(ev) = stream.next().await {
         let dirty = match ev {
             Ok(Event::Init) => {
@@ -137,117 +173,273 @@ async fn watch_kind<K>(
                 continue;
             }
             Ok(Event::InitApply(o)) => {
+                agent.metrics.watch_event(&kind);
                 buf.push(o);
                 continue;
             }
             Ok(Event::InitDone) => {
-                let d = on_relist(
-                    &mut agent.index.lock().unwrap_or_else(|e| e.into_inner()),
-                    &buf,
-                    &node,
-                );
+                let d = (handlers.relist)(&mut index(), &buf);
                 buf.clear();
-                let before = listed.0.fetch_or(bit, Ordering::AcqRel);
-                info!(kind, "listed");
-                if before | bit == ALL_KINDS {
-                    agent.set_synced();
-                }
+                info!(watch = %what, "listed");
+                (handlers.listed)(&agent);
                 d
             }
-            Ok(Event::Apply(o)) => on_apply(
-                &mut agent.index.lock().unwrap_or_else(|e| e.into_inner()),
-                &o,
-                &node,
-            ),
-            Ok(Event::Delete(o)) => on_delete(
-                &mut agent.index.lock().unwrap_or_else(|e| e.into_inner()),
-                &o,
-                &node,
-            ),
+            Ok(Event::Apply(o)) => {
+                agent.metrics.watch_event(&kind);
+                (handlers.apply)(&mut index(), &o)
+            }
+            Ok(Event::Delete(o)) => {
+                agent.metrics.watch_event(&kind);
+                (handlers.delete)(&mut index(), &o)
+            }
             Err(e) => {
                 agent
                     .metrics
                     .apiserver_error(&format!("watch_{}", kind.to_lowercase()));
-                warn!(kind, error = %e, "watch failed; retrying");
+                warn!(watch = %what, error = %e, "watch failed; retrying");
                 continue;
             }
         };
         agent.note_rejections();
         agent.mark(dirty);
+        // A pod of the node may need a network or namespace watched.
+        agent.scope.poke();
     }
 }
 
-/// Run the six watches: every network, peer, attachment, address block
-/// (the blocks decide which addresses an attachment may publish) and
-/// namespace (networks' namespaceSelectors match their labels), and the
-/// pods of this node.
+/// Run the cluster-wide watches: every network and namespace (networks'
+/// namespaceSelectors match their labels), the pods and the attachment
+/// objects of this node. What the node's interfaces need beyond that is
+/// watched by [`scope_loop`].
 pub async fn watches(agent: Arc<Agent>) {
     let c = agent.client().clone();
     let node = agent.settings.node_name.clone();
     let listed = Arc::new(Listed::default());
-    let cfg = watcher::Config::default;
+    let on_node = || watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let done = |bit: u8| {
+        let l = Arc::clone(&listed);
+        move |a: &Agent| l.listed(a, bit)
+    };
+    let own = node.clone();
+    let own2 = node.clone();
     tokio::join!(
         watch_kind::<WireGuardNetwork>(
             Arc::clone(&agent),
             Api::all(c.clone()),
-            cfg(),
-            1,
-            Arc::clone(&listed),
-            |i, o, _| i.network(o),
-            |i, o, _| i.network_gone(o),
-            |i, all, _| i.relisted_networks(all),
-        ),
-        watch_kind::<WireGuardPeer>(
-            Arc::clone(&agent),
-            Api::all(c.clone()),
-            cfg(),
-            2,
-            Arc::clone(&listed),
-            |i, o, _| i.peer(o),
-            |i, o, _| i.peer_gone(o),
-            |i, all, _| i.relisted_peers(all),
+            watcher::Config::default(),
+            "networks".into(),
+            Handlers::new(
+                |i, o| i.network(o),
+                |i, o| i.network_gone(o),
+                |i, all| i.relisted_networks(all),
+                done(1),
+            ),
         ),
         watch_kind::<WireGuardAttachment>(
             Arc::clone(&agent),
             Api::all(c.clone()),
-            cfg(),
-            4,
-            Arc::clone(&listed),
-            |i, o, n| i.attachment(o, n),
-            |i, o, _| i.attachment_gone(o),
-            |i, all, n| i.relisted_attachments(all, n),
+            on_node(),
+            "attachments of this node".into(),
+            Handlers::new(
+                move |i, o| {
+                    i.own_attachment(o, &own);
+                    vec![]
+                },
+                |i, o| {
+                    i.own_attachment_gone(o);
+                    vec![]
+                },
+                move |i, all| {
+                    i.relisted_own_attachments(all, &own2);
+                    vec![]
+                },
+                done(2),
+            ),
         ),
         watch_kind::<Pod>(
             Arc::clone(&agent),
             Api::all(c.clone()),
-            cfg().fields(&format!("spec.nodeName={node}")),
-            8,
-            Arc::clone(&listed),
-            |i, o, _| i.pod(o),
-            |i, o, _| i.pod_gone(o),
-            |i, all, _| i.relisted_pods(all),
-        ),
-        watch_kind::<WireGuardAddressBlock>(
-            Arc::clone(&agent),
-            Api::all(c.clone()),
-            cfg(),
-            16,
-            Arc::clone(&listed),
-            |i, o, _| i.block(o),
-            |i, o, _| i.block_gone(o),
-            |i, all, _| i.relisted_blocks(all),
+            on_node(),
+            "pods of this node".into(),
+            Handlers::new(
+                |i, o| i.pod(o),
+                |i, o| i.pod_gone(o),
+                |i, all| i.relisted_pods(all),
+                done(4),
+            ),
         ),
         watch_kind::<Namespace>(
             Arc::clone(&agent),
             Api::all(c.clone()),
-            cfg(),
-            32,
-            Arc::clone(&listed),
-            |i, o, _| i.namespace(o),
-            |i, o, _| i.namespace_gone(o),
-            |i, all, _| i.relisted_namespaces(all),
+            watcher::Config::default(),
+            "namespaces".into(),
+            Handlers::new(
+                |i, o| i.namespace(o),
+                |i, o| i.namespace_gone(o),
+                |i, all| i.relisted_namespaces(all),
+                done(8),
+            ),
         ),
     );
+}
+
+/// Start the watches of one part of the node's scope.
+fn start_part(agent: &Arc<Agent>, part: &Part) -> Vec<tokio::task::JoinHandle<()>> {
+    let c = agent.client().clone();
+    let node = agent.settings.node_name.clone();
+    let listed = |a: &Agent| a.scope.note_listed();
+    match part.clone() {
+        Part::Network(network) => {
+            let by_network = watcher::Config::default().fields(&format!("spec.network={network}"));
+            let (n1, n2) = (network.clone(), network.clone());
+            vec![
+                tokio::spawn(watch_kind::<WireGuardAttachment>(
+                    Arc::clone(agent),
+                    Api::all(c.clone()),
+                    by_network.clone(),
+                    format!("attachments of network {network}"),
+                    Handlers::new(
+                        {
+                            let node = node.clone();
+                            move |i, o| i.attachment(o, &node)
+                        },
+                        |i, o| i.attachment_gone(o),
+                        move |i, all| i.relisted_attachments_in(&n1, all, &node),
+                        listed,
+                    ),
+                )),
+                tokio::spawn(watch_kind::<WireGuardAddressBlock>(
+                    Arc::clone(agent),
+                    Api::all(c),
+                    by_network,
+                    format!("address blocks of network {network}"),
+                    Handlers::new(
+                        |i, o| i.block(o),
+                        |i, o| i.block_gone(o),
+                        move |i, all| i.relisted_blocks_in(&n2, all),
+                        listed,
+                    ),
+                )),
+            ]
+        }
+        Part::Namespace(namespace) => {
+            let ns = namespace.clone();
+            vec![tokio::spawn(watch_kind::<WireGuardPeer>(
+                Arc::clone(agent),
+                Api::namespaced(c, &namespace),
+                watcher::Config::default(),
+                format!("peers of namespace {namespace}"),
+                Handlers::new(
+                    |i, o| i.peer(o),
+                    |i, o| i.peer_gone(o),
+                    move |i, all| i.relisted_peers_in(&ns, all),
+                    listed,
+                ),
+            ))]
+        }
+    }
+}
+
+/// What the index forgets when a part's watches stop.
+fn watched_of(part: &Part) -> Vec<Watched> {
+    match part {
+        Part::Network(n) => vec![Watched::Attachments(n.clone()), Watched::Blocks(n.clone())],
+        Part::Namespace(ns) => vec![Watched::Peers(ns.clone())],
+    }
+}
+
+/// A watched part: its watches, and since when no member needs it. Its
+/// watches stop when it is dropped (also when the scope loop itself is).
+struct Watching {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    unneeded_since: Option<Instant>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Keep the scoped watches to what the node's members need (see
+/// `crate::scope`): start a part's watches when a member needs it, stop
+/// them (and forget what they brought) once none has for
+/// `WG_AGENT_WATCH_LINGER`.
+pub async fn scope_loop(agent: Arc<Agent>) {
+    let linger = agent.settings.watch_linger;
+    let mut running: BTreeMap<Part, Watching> = BTreeMap::new();
+    loop {
+        let pods = agent
+            .index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pods_scope();
+        let wanted = agent.scope.wanted(pods);
+        let now = Instant::now();
+        for part in &wanted {
+            match running.get_mut(part) {
+                Some(r) => r.unneeded_since = None,
+                None => {
+                    info!(?part, "watching");
+                    running.insert(
+                        part.clone(),
+                        Watching {
+                            tasks: start_part(&agent, part),
+                            unneeded_since: None,
+                        },
+                    );
+                }
+            }
+        }
+        let mut stop = Vec::new();
+        for (part, r) in running.iter_mut().filter(|(p, _)| !wanted.contains(p)) {
+            let since = *r.unneeded_since.get_or_insert(now);
+            if now.duration_since(since) >= linger {
+                stop.push(part.clone());
+            }
+        }
+        for part in stop {
+            let Some(mut r) = running.remove(&part) else {
+                continue;
+            };
+            for t in std::mem::take(&mut r.tasks) {
+                t.abort();
+                // Ended before the index forgets: a task aborted mid-poll
+                // could otherwise apply one more event after.
+                let _ = t.await;
+            }
+            info!(?part, "no longer watched");
+            let dirty: Vec<Dirty> = {
+                let mut idx = agent.index.lock().unwrap_or_else(|e| e.into_inner());
+                watched_of(&part)
+                    .iter()
+                    .flat_map(|w| idx.forget(w))
+                    .collect()
+            };
+            agent.mark(dirty);
+        }
+        agent.metrics.set_watched(
+            running
+                .keys()
+                .filter(|p| matches!(p, Part::Network(_)))
+                .count(),
+            running
+                .keys()
+                .filter(|p| matches!(p, Part::Namespace(_)))
+                .count(),
+        );
+        let next = if running.values().any(|r| r.unneeded_since.is_some()) {
+            linger.min(Duration::from_secs(5))
+        } else {
+            Duration::from_secs(60)
+        };
+        tokio::select! {
+            _ = agent.scope.poked() => {}
+            _ = tokio::time::sleep(next) => {}
+        }
+    }
 }
 
 /// The reconcile loop: gathers changes for a moment, then brings what
@@ -268,7 +460,7 @@ pub async fn reconcile_loop(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<D
         }
         if set
             .iter()
-            .any(|d| matches!(d, Dirty::All | Dirty::Peers { .. }))
+            .any(|d| matches!(d, Dirty::All | Dirty::Peers { .. } | Dirty::Namespace(_)))
         {
             agent.forget_secrets();
         }

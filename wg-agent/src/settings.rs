@@ -16,6 +16,7 @@
 //! | `WG_AGENT_STATUS_MIN_INTERVAL` | `15s` | the fewest seconds between two status writes of one attachment that change only its conditions |
 //! | `WG_AGENT_GC_GRACE` | `60s` | how long an interface whose pod is gone is kept (counted from when the agent first saw the pod missing) |
 //! | `WG_AGENT_DEVICE_TIMEOUT` | `5s` | how long one exchange with a userspace daemon may block before the write fails (and is retried): a stopped or wedged daemon holds up nothing else for long |
+//! | `WG_AGENT_WATCH_LINGER` | `60s` | how long the watches of a network or namespace are kept once no pod of the node needs them (a pod made again soon costs no relist) |
 //! | `KUBECONFIG` | in-cluster | the apiserver credentials (in a pod: the projected, rotating service-account token) |
 
 use std::net::{IpAddr, SocketAddr};
@@ -113,6 +114,8 @@ pub struct Settings {
     pub gc_grace: Duration,
     /// How long one exchange with a userspace daemon may block.
     pub device_timeout: Duration,
+    /// How long an unneeded scoped watch is kept (`crate::scope`).
+    pub watch_linger: Duration,
 }
 
 fn duration(name: &'static str, v: &str) -> Result<Duration, SettingError> {
@@ -198,6 +201,7 @@ impl Settings {
                 "WG_AGENT_DEVICE_TIMEOUT",
                 &or("WG_AGENT_DEVICE_TIMEOUT", "5s"),
             )?,
+            watch_linger: duration("WG_AGENT_WATCH_LINGER", &or("WG_AGENT_WATCH_LINGER", "60s"))?,
         })
     }
 

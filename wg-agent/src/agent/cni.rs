@@ -159,6 +159,9 @@ impl Agent {
         let Some(key) = Key::new(&pod.uid, iface.as_str()) else {
             return failed(code::INVALID_CONFIG, "unusable pod UID", pod.uid.clone());
         };
+        // The network's and namespace's watches, if the pod watch has not
+        // started them already (a network named by the CNI configuration).
+        self.scope.pin(&key, &network, &pod_ref.namespace);
         let slot = {
             let mut slots = self.slots();
             Arc::clone(
@@ -190,7 +193,7 @@ impl Agent {
             Err(r) => {
                 if guard.is_none() {
                     drop(guard);
-                    self.slots().remove(&key);
+                    self.drop_slot(&key);
                 }
                 Reply::Failed(r)
             }
@@ -253,7 +256,7 @@ impl Agent {
             }
         };
         let public_key = private.public_key();
-        let desired = if self.is_synced() {
+        let desired = if self.is_synced() && self.scope_listed(network, &pod_ref.namespace).await {
             Some(
                 self.desired_for(
                     network,
@@ -434,7 +437,7 @@ impl Agent {
         match self.forget(&rec, path).await {
             Ok(()) => {
                 drop(guard);
-                self.slots().remove(&key);
+                self.drop_slot(&key);
                 self.metrics.devices.set(self.slots().len() as i64);
                 Reply::Done
             }

@@ -57,7 +57,7 @@ impl Agent {
                 }
             }
             drop(g);
-            self.slots().remove(&key);
+            self.drop_slot(&key);
         }
         // Records that could not be reopened: removed once their pod is
         // gone; kept (addresses and key reserved, reported) while it runs.

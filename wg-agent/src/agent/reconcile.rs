@@ -42,6 +42,7 @@ impl Agent {
                 Dirty::Peers { network, namespace } => {
                     *network == e.rec.network && *namespace == e.rec.namespace
                 }
+                Dirty::Namespace(ns) => *ns == e.rec.namespace,
                 Dirty::Pod(uid) => k.pod_uid() == uid,
             })
         })
@@ -76,10 +77,21 @@ impl Agent {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Whether the watches an interface of `network` in `namespace` needs
+    /// have listed, waiting up to 2 s for them (an ADD that started them).
+    pub(super) async fn scope_listed(&self, network: &str, namespace: &str) -> bool {
+        self.scope
+            .wait_until(std::time::Duration::from_secs(2), || {
+                self.index().scope_listed(network, namespace)
+            })
+            .await
+    }
+
     /// What an interface should be now: its device configuration (key,
     /// port, every peer) and its routes. `None` when the resources say
     /// nothing about it (its network is gone or invalid, its pod unknown or
-    /// another with the same name): it is then left as it is (removing a
+    /// another with the same name, its network's or namespace's watches
+    /// not listed yet): it is then left as it is (removing a
     /// pod's network under it is the pod's deletion's job). The one answer
     /// that both the reconcile ("make it so") and the verify ("is it so")
     /// use.
@@ -87,6 +99,13 @@ impl Agent {
         let Ok(net) = self.network_config(&entry.rec.network) else {
             return Ok(None);
         };
+        if !self
+            .index()
+            .scope_listed(&entry.rec.network, &entry.rec.namespace)
+        {
+            // Its mesh and peers are not known yet: nothing is removed.
+            return Ok(None);
+        }
         let pod = self
             .index()
             .pod_info(&entry.rec.namespace, &entry.rec.pod)

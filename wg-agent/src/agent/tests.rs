@@ -563,6 +563,15 @@ fn network_and_web(t: &TestAgent, spec: Value) {
     idx.pod(&pod_obj("web", "u1", json!({})));
 }
 
+/// The watches of network `n0` and namespace `ns1` listed, empty (what
+/// the scope loop's watches do once the pod is there).
+fn scope_listed(t: &TestAgent) {
+    let mut idx = t.agent.index.lock().unwrap();
+    idx.relisted_attachments_in("n0", &[], NODE);
+    idx.relisted_blocks_in("n0", &[]);
+    idx.relisted_peers_in("ns1", &[]);
+}
+
 /// One pod `ns1/web` (UID `u1`) of network `n0` (`spec`) with its
 /// interface held and a fake device (its key and port, no peer) answering
 /// for it: what the reconcile tests start from.
@@ -594,6 +603,7 @@ async fn a_failed_device_write_is_retried_with_backoff() {
     let mut t = test_agent(|_| status(500, "InternalError"));
     let (key, dev) = held_device(&t, json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}));
     t.agent.set_synced();
+    scope_listed(&t);
     let _ = t.marked();
     let other = PrivateKey::generate().unwrap().public_key();
     member(&t, "db", "u2", &other, "10.77.0.3/16");
@@ -652,6 +662,7 @@ async fn peers_outside_the_networks_peer_endpoints_are_not_applied() {
         json!({"addressPools": [{"cidr": "10.77.0.0/16"}], "peerEndpoints": ["10.250.0.0/24"]}),
     );
     t.agent.set_synced();
+    scope_listed(&t);
     let peer = |name: &str, k: &PublicKey, endpoint: &str| {
         let p: wg_k8s_types::WireGuardPeer = serde_json::from_value(json!({
             "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardPeer",
@@ -730,6 +741,14 @@ async fn the_reconciler_sends_a_device_only_what_changed() {
     assert!(dev.requests().is_empty());
     t.agent.set_synced();
     assert_eq!(t.marked(), vec![Dirty::All]);
+
+    // Synced, but the watches of the pod's network and namespace have not
+    // listed: its peers are not known, and nothing is touched (a restart
+    // must not remove the peers of an interface whose mesh it has not
+    // heard yet).
+    assert!(reconcile(&t, &dev, all()).await.is_empty());
+    assert!(dev.requests().is_empty());
+    scope_listed(&t);
 
     // The device has its key and port and no peer, as desired: read once,
     // nothing sent, no status write.
@@ -874,6 +893,7 @@ async fn a_device_that_cannot_be_reached_is_a_reconcile_error() {
         record(&t.agent, "ns1", "web", "u1", "n0", "10.77.0.2/16", 51820),
     );
     t.agent.set_synced();
+    scope_listed(&t);
     t.agent.reconcile(&BTreeSet::from([Dirty::All])).await;
     assert_eq!(metric(&t.agent, "wg_agent_reconcile_errors_total"), 1.0);
     // An interface whose pod the index does not know is left alone.

@@ -307,15 +307,14 @@ fn own_attachments_are_only_this_nodes() {
         vec![Dirty::Network("n1".into())]
     );
     assert_eq!(i.own_attachments.len(), 1);
-    // The relist forgets what is not listed.
-    assert_eq!(
-        i.relisted_attachments(
-            &[attachment("ns1", "b", "n0", OTHER, "u2", status(2, 2))],
-            NODE
-        ),
-        vec![Dirty::All]
-    );
+    // The relists forget what is not listed.
+    let listed = [attachment("ns1", "b", "n0", OTHER, "u2", status(2, 2))];
+    i.relisted_own_attachments(&listed, NODE);
     assert!(i.own_attachments.is_empty());
+    assert_eq!(
+        i.relisted_attachments_in("n0", &listed, NODE),
+        vec![Dirty::Network("n0".into())]
+    );
     assert_eq!(i.mesh_of("n0").len(), 1);
 }
 
@@ -501,8 +500,11 @@ fn block_events_readmit_and_the_oldest_of_overlapping_blocks_owns() {
     assert_eq!(i.block_gone(&b), vec![Dirty::Network("n0".into())]);
     assert!(i.mesh_of("n0").is_empty());
     assert_eq!(i.block_gone(&b), vec![], "already gone");
-    // A relist of blocks re-decides too.
-    assert_eq!(i.relisted_blocks(&[b]), vec![Dirty::All]);
+    // A relist of the network's blocks re-decides too.
+    assert_eq!(
+        i.relisted_blocks_in("n0", &[b]),
+        vec![Dirty::Network("n0".into())]
+    );
     assert_eq!(i.mesh_of("n0").len(), 1);
 }
 
@@ -940,17 +942,41 @@ impl World {
             }
         }
         // Blocks before or after the attachments (the order the watches
-        // of a starting agent list them in is not fixed).
+        // of a starting agent list them in is not fixed), network by
+        // network as the scoped watches list them.
+        let networks = ["n0", "n1", "n2"];
         let blocks_first = order.first().is_some_and(|w| w % 2 == 0);
+        let relist_blocks = |i: &mut Index| {
+            for n in networks {
+                assert_eq!(
+                    i.relisted_blocks_in(n, &blocks),
+                    vec![Dirty::Network(n.into())]
+                );
+            }
+        };
         if blocks_first {
-            assert_eq!(i.relisted_blocks(&blocks), vec![Dirty::All]);
+            relist_blocks(i);
         }
         assert_eq!(i.relisted_networks(&nets), vec![Dirty::All]);
-        assert_eq!(i.relisted_peers(&peers), vec![Dirty::All]);
-        assert_eq!(i.relisted_attachments(&atts, NODE), vec![Dirty::All]);
+        for ns in ["ns0", "ns1"] {
+            assert_eq!(
+                i.relisted_peers_in(ns, &peers),
+                vec![Dirty::Namespace(ns.into())]
+            );
+        }
+        for n in networks {
+            assert_eq!(
+                i.relisted_attachments_in(n, &atts, NODE),
+                vec![Dirty::Network(n.into())]
+            );
+        }
+        i.relisted_own_attachments(&atts, NODE);
         assert_eq!(i.relisted_pods(&pods), vec![Dirty::All]);
         if !blocks_first {
-            assert_eq!(i.relisted_blocks(&blocks), vec![Dirty::All]);
+            relist_blocks(i);
+        }
+        for n in networks {
+            assert!(i.scope_listed(n, "ns0") && i.scope_listed(n, "ns1"));
         }
     }
 }
