@@ -1,0 +1,229 @@
+//! Simulated nodes against a real kube-apiserver: each runs the agent's
+//! own watches, index and scope loop (`wg_agent::run::watches`,
+//! `wg_agent::run::scope_loop`) with its own client, in this process. A
+//! simulated node holds no interface and touches no device: what it is
+//! sent, and what its index then knows, is what is measured. Shared by the
+//! scale test (tests/scale.rs) and the scale benchmark (benches/scale.rs).
+
+#![allow(dead_code)] // each user takes what it needs
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::Client;
+use serde_json::json;
+use tokio::sync::mpsc;
+use wg_agent::agent::Agent;
+use wg_agent::keys::KeyStore;
+use wg_agent::local::Records;
+use wg_agent::metrics::Metrics;
+use wg_agent::settings::Settings;
+use wg_netns::{Backend, BackendKind, Userspace};
+use wg_netns_testkit::WorkDir;
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root")
+        .to_path_buf()
+}
+
+/// etcd + kube-apiserver on 127.0.0.1 (`scripts/apiserver-lite`), down on
+/// drop.
+pub struct Lite {
+    dir: PathBuf,
+    /// Its admin kubeconfig.
+    pub kubeconfig: PathBuf,
+}
+
+impl Lite {
+    /// Start one; `Err` says why it could not (binaries missing).
+    pub fn up() -> Result<Lite, String> {
+        let out = Command::new(repo().join("scripts/apiserver-lite"))
+            .arg("up")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let kubeconfig = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let dir = kubeconfig.parent().ok_or("no dir")?.to_path_buf();
+        Ok(Lite { dir, kubeconfig })
+    }
+
+    /// A client of its own (each simulated node has one, as each agent).
+    pub async fn client(&self) -> Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        Client::try_from(cfg).expect("client")
+    }
+
+    /// The project's CRDs, created and established.
+    pub async fn install_crds(&self) {
+        let client = self.client().await;
+        let api: Api<CustomResourceDefinition> = Api::all(client);
+        for crd in wg_k8s_types::crds() {
+            api.create(&PostParams::default(), &crd)
+                .await
+                .expect("create CRD");
+        }
+        for crd in wg_k8s_types::crds() {
+            let name = crd.metadata.name.clone().expect("name");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let c = api.get(&name).await.expect("get CRD");
+                let established = c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} not established"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// A namespace with its `default` ServiceAccount (no controller
+    /// manager makes it here, and pods need it).
+    pub async fn namespace(&self, client: &Client, name: &str) {
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("sa");
+        Api::<ServiceAccount>::namespaced(client.clone(), name)
+            .create(&PostParams::default(), &sa)
+            .await
+            .expect("create service account");
+    }
+}
+
+impl Drop for Lite {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/apiserver-lite"))
+            .arg("down")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// A pod bound to `node` (no scheduler, no kubelet: it stays Pending,
+/// which is all an agent's pod watch needs), in `network` if any.
+pub fn pod(name: &str, node: &str, network: Option<&str>) -> Pod {
+    let mut annotations = serde_json::Map::new();
+    if let Some(n) = network {
+        annotations.insert(wg_k8s_types::ANNOTATION_NETWORK.into(), n.into());
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false,
+                 "containers": [{"name": "c", "image": "registry.invalid/none"}]}
+    }))
+    .expect("pod")
+}
+
+/// One simulated node: an [`Agent`] whose watches and scope loop run,
+/// stopped on drop.
+pub struct SimNode {
+    /// Its name.
+    pub name: String,
+    /// The agent (its index and metrics are what is looked at).
+    pub agent: Arc<Agent>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: WorkDir,
+}
+
+impl SimNode {
+    /// Start node `name`'s watches; `linger` is `WG_AGENT_WATCH_LINGER`.
+    pub async fn start(lite: &Lite, name: &str, linger: &str) -> SimNode {
+        let dir = WorkDir::new("wg-netns-sim");
+        let state = dir.join("state");
+        let vars = [
+            ("NODE_NAME", name.to_string()),
+            ("NODE_IP", "10.250.0.1".to_string()),
+            ("WG_AGENT_STATE_DIR", state.display().to_string()),
+            ("WG_AGENT_RUN_DIR", dir.join("run").display().to_string()),
+            ("WG_AGENT_BACKEND", "userspace".to_string()),
+            ("WG_AGENT_WATCH_LINGER", linger.to_string()),
+        ];
+        let settings = Settings::from_vars(|k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("settings");
+        let userspace = Userspace::new("/nonexistent/wireguard-go");
+        // Nothing reads these: no reconcile or status writer runs.
+        let (dirty, _) = mpsc::unbounded_channel();
+        let (publish, _) = mpsc::unbounded_channel();
+        let agent = Arc::new(
+            Agent::new(
+                settings,
+                lite.client().await,
+                Backend::of_kind(BackendKind::Userspace, userspace.clone()),
+                userspace,
+                KeyStore::open(&state.join("keys")).expect("keys"),
+                Records::open(&state.join("attachments")).expect("records"),
+                dirty,
+                publish,
+                Metrics::new(),
+            )
+            .expect("agent"),
+        );
+        let tasks = vec![
+            tokio::spawn(wg_agent::run::watches(Arc::clone(&agent))),
+            tokio::spawn(wg_agent::run::scope_loop(Arc::clone(&agent))),
+        ];
+        SimNode {
+            name: name.to_string(),
+            agent,
+            tasks,
+            _dir: dir,
+        }
+    }
+
+    /// A sample of the node's metrics (0 when absent).
+    pub fn metric(&self, line_start: &str) -> f64 {
+        self.agent
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Objects of `kind` its watches received so far.
+    pub fn events(&self, kind: &str) -> f64 {
+        self.metric(&format!("wg_agent_watch_events_total{{kind=\"{kind}\"}}"))
+    }
+
+    /// Networks (`network`) or namespaces (`namespace`) it watches.
+    pub fn watched(&self, scope: &str) -> f64 {
+        self.metric(&format!("wg_agent_watched{{scope=\"{scope}\"}}"))
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
