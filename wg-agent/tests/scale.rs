@@ -4,7 +4,7 @@
 //! reach exactly the nodes with members of that network or namespace, not
 //! every node; a node whose last member left stops receiving them. Counts
 //! are asserted, never times (the figures at 10, 100 and 1,000 nodes are
-//! the scale benchmark's: docs/benchmarks.md).
+//! the cluster scale benchmark's: docs/benchmarks.md).
 
 mod sim;
 

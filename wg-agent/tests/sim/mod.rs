@@ -3,7 +3,7 @@
 //! `wg_agent::run::scope_loop`) with its own client, in this process. A
 //! simulated node holds no interface and touches no device: what it is
 //! sent, and what its index then knows, is what is measured. Shared by the
-//! scale test (tests/scale.rs) and the scale benchmark (benches/scale.rs).
+//! scale test (tests/scale.rs) and the cluster scale benchmark (benches/cluster_scale.rs).
 
 #![allow(dead_code)] // each user takes what it needs
 
@@ -54,6 +54,41 @@ impl Lite {
         let kubeconfig = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let dir = kubeconfig.parent().ok_or("no dir")?.to_path_buf();
         Ok(Lite { dir, kubeconfig })
+    }
+
+    /// Its directory (PIDs, etcd's data).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// CPU seconds the kube-apiserver has used so far.
+    pub fn apiserver_cpu(&self) -> f64 {
+        let pid = std::fs::read_to_string(self.dir.join("kube-apiserver.pid")).unwrap_or_default();
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+        let after = s.rsplit(')').next().unwrap_or_default();
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime: fields 14 and 15 (11 and 12 after the name).
+        (t(11) + t(12)) / 100.0
+    }
+
+    /// The kube-apiserver's resident memory, in MiB.
+    pub fn apiserver_rss_mib(&self) -> f64 {
+        let pid = std::fs::read_to_string(self.dir.join("kube-apiserver.pid")).unwrap_or_default();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+
+    /// The size of etcd's database file, in bytes.
+    pub fn etcd_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir.join("etcd/member/snap/db"))
+            .map(|m| m.len())
+            .unwrap_or(0)
     }
 
     /// A client of its own (each simulated node has one, as each agent).

@@ -1,0 +1,308 @@
+//! Cluster scale, simulated: N node names, each running the agent's real
+//! watches, index and scope loop in this process (`tests/sim/`), against a
+//! real kube-apiserver + etcd (`scripts/apiserver-lite`). Per cluster size,
+//! side by side in one run:
+//!
+//! 1. objects delivered cluster-wide per new pod (its attachment created,
+//!    then its status with key and address), against what watching every
+//!    attachment of the cluster delivered (every node, twice);
+//! 2. the time from that status write until every member node's index has
+//!    the new pod as a mesh peer (p50, p99);
+//! 3. what one node holds in its index (a node of the mesh, a node of no
+//!    network) and the memory each costs this process (the mesh nodes are
+//!    started first, the others after, each group's RSS growth divided by
+//!    its size);
+//! 4. the apiserver's CPU at rest (10 s, every node watching) and per new
+//!    pod, its memory, and etcd's size.
+//!
+//! The cluster: `--pods` (30) pods per node, the pods of every tenth node
+//! (10% of the pods) in one mesh network `big`, the rest in none; one
+//! address block per mesh node. Not a test: nothing fails on a number.
+//!
+//! `cargo bench -p wg-agent --bench cluster_scale -- [--sizes 10,100,1000]
+//! [--pods 30] [--samples 20]`
+
+#[path = "../tests/sim/mod.rs"]
+mod sim;
+
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+use sim::{pod, Lite, SimNode};
+use wg_k8s_types::{WireGuardAddressBlock, WireGuardAttachment, WireGuardNetwork};
+use wg_netns::PrivateKey;
+
+fn flag(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn num(name: &str, default: usize) -> usize {
+    flag(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[(((v.len() as f64 - 1.0) * p).round() as usize).min(v.len() - 1)]
+}
+
+fn rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Objects one node's index holds: mesh members, blocks, peers, pods.
+fn held(n: &SimNode) -> usize {
+    let i = n.agent.index.lock().unwrap_or_else(|e| e.into_inner());
+    i.mesh.values().map(|m| m.len()).sum::<usize>()
+        + i.blocks.values().map(|m| m.len()).sum::<usize>()
+        + i.peers.values().map(|m| m.len()).sum::<usize>()
+        + i.pods.len()
+        + i.own_attachments.len()
+}
+
+fn attachment(name: &str, node: &str) -> WireGuardAttachment {
+    serde_json::from_value(json!({
+        "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardAttachment",
+        "metadata": {"name": name},
+        "spec": {"network": "big", "podName": name, "podUID": format!("uid-{name}"),
+                 "nodeName": node, "interface": "wg0"}
+    }))
+    .expect("attachment")
+}
+
+/// Node `i`'s address block in `big` (mesh nodes only: every tenth).
+fn block_of(i: usize) -> String {
+    format!("10.{}.{}.0/24", 100 + i / 10 / 256, (i / 10) % 256)
+}
+
+struct Row {
+    nodes: usize,
+    members: usize,
+    per_pod: f64,
+    before: usize,
+    p50: f64,
+    p99: f64,
+    held_member: usize,
+    held_other: usize,
+    rss_member: f64,
+    rss_other: f64,
+    cpu_idle: f64,
+    cpu_per_pod: f64,
+    api_rss: f64,
+    etcd_mib: f64,
+    setup: f64,
+}
+
+async fn size(n: usize, pods: usize, samples: usize) -> Row {
+    let t0 = Instant::now();
+    let lite = Lite::up().expect("apiserver-lite");
+    lite.install_crds().await;
+    let admin: Client = lite.client().await;
+    for ns in ["mesh", "other"] {
+        lite.namespace(&admin, ns).await;
+    }
+    let net: WireGuardNetwork = serde_json::from_value(json!({
+        "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardNetwork",
+        "metadata": {"name": "big"},
+        "spec": {"addressPools": [{"cidr": "10.100.0.0/14", "blockSize": 24}], "mesh": true}
+    }))
+    .expect("network");
+    Api::<WireGuardNetwork>::all(admin.clone())
+        .create(&PostParams::default(), &net)
+        .await
+        .expect("network");
+    let node = |i: usize| format!("node-{i}");
+    let mesh_node = |i: usize| i.is_multiple_of(10);
+    // The pods, their attachments (with key and address) and the blocks.
+    let key = PrivateKey::generate().expect("key").public_key();
+    let key = key.to_base64().to_string();
+    stream::iter(0..n * pods)
+        .for_each_concurrent(32, |k| {
+            let admin = admin.clone();
+            let key = key.clone();
+            async move {
+                let (i, j) = (k / pods, k % pods);
+                let ns = if mesh_node(i) { "mesh" } else { "other" };
+                let name = format!("p{i}-{j}");
+                let p = pod(&name, &node(i), mesh_node(i).then_some("big"));
+                let _ = Api::namespaced(admin.clone(), ns)
+                    .create(&PostParams::default(), &p)
+                    .await;
+                if mesh_node(i) {
+                    let api: Api<WireGuardAttachment> = Api::namespaced(admin, ns);
+                    let _ = api
+                        .create(&PostParams::default(), &attachment(&name, &node(i)))
+                        .await;
+                    let addr = block_of(i).replace(".0/24", &format!(".{}/14", j + 1));
+                    let st = json!({"status": {"publicKey": key, "addresses": [addr]}});
+                    let _ = api
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
+                        .await;
+                }
+            }
+        })
+        .await;
+    let blocks: Api<WireGuardAddressBlock> = Api::all(admin.clone());
+    for i in (0..n).filter(|i| mesh_node(*i)) {
+        let b = WireGuardAddressBlock::claim("big", &block_of(i).parse().expect("cidr"), &node(i));
+        blocks
+            .create(&PostParams::default(), &b)
+            .await
+            .expect("block");
+    }
+    let listed = |nodes: &[Option<SimNode>], i: usize| {
+        nodes[i].as_ref().is_some_and(|s| {
+            s.agent.is_synced()
+                && (!mesh_node(i)
+                    || s.agent
+                        .index
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .scope_listed("big", "mesh"))
+        })
+    };
+    // The mesh nodes first, then the others: each group's memory.
+    let mut slots: Vec<Option<SimNode>> = (0..n).map(|_| None).collect();
+    let mut rss = Vec::new();
+    for group in [true, false] {
+        let before = rss_mib();
+        let ids: Vec<usize> = (0..n).filter(|i| mesh_node(*i) == group).collect();
+        for &i in &ids {
+            slots[i] = Some(SimNode::start(&lite, &node(i), "60s").await);
+        }
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline && !ids.iter().all(|&i| listed(&slots, i)) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Settled: what the lists brought is in the indexes.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss.push((rss_mib() - before) / ids.len().max(1) as f64);
+    }
+    let nodes: Vec<SimNode> = slots.into_iter().flatten().collect();
+    let setup = t0.elapsed().as_secs_f64();
+    let cpu0 = lite.apiserver_cpu();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cpu_idle = (lite.apiserver_cpu() - cpu0) / 10.0;
+    let cpu1 = lite.apiserver_cpu();
+    let kind = "WireGuardAttachment";
+    let total = |nodes: &[SimNode]| nodes.iter().map(|s| s.events(kind)).sum::<f64>();
+    let mut delivered = Vec::new();
+    let members: Vec<usize> = (0..n).filter(|i| mesh_node(*i)).collect();
+    let mut times = Vec::new();
+    let api: Api<WireGuardAttachment> = Api::namespaced(admin.clone(), "mesh");
+    for s in 0..samples {
+        let host = members[s % members.len()];
+        let name = format!("new-{s}");
+        let before = total(&nodes);
+        api.create(&PostParams::default(), &attachment(&name, &node(host)))
+            .await
+            .expect("attachment");
+        let fresh = PrivateKey::generate().expect("key").public_key();
+        let addr = block_of(host).replace(".0/24", &format!(".{}/14", 200 + s));
+        let st =
+            json!({"status": {"publicKey": fresh.to_base64().to_string(), "addresses": [addr]}});
+        let written = Instant::now();
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
+            .await
+            .expect("status");
+        let meshed = |i: &usize| {
+            nodes[*i]
+                .agent
+                .index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mesh_of("big")
+                .iter()
+                .any(|m| m.public_key == fresh)
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !members.iter().all(meshed) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        times.push(written.elapsed().as_secs_f64() * 1000.0);
+        // Let stragglers arrive before counting.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        delivered.push(total(&nodes) - before);
+    }
+    let row = Row {
+        nodes: n,
+        members: members.len(),
+        per_pod: delivered.iter().sum::<f64>() / delivered.len().max(1) as f64,
+        before: 2 * n,
+        p50: pct(&mut times.clone(), 0.5),
+        p99: pct(&mut times, 0.99),
+        held_member: held(&nodes[0]),
+        held_other: nodes.get(1).map(held).unwrap_or(0),
+        rss_member: rss[0],
+        rss_other: rss.get(1).copied().unwrap_or(0.0),
+        cpu_idle,
+        cpu_per_pod: (lite.apiserver_cpu() - cpu1) / samples.max(1) as f64,
+        api_rss: lite.apiserver_rss_mib(),
+        etcd_mib: lite.etcd_bytes() as f64 / (1024.0 * 1024.0),
+        setup,
+    };
+    drop(nodes);
+    row
+}
+
+fn main() {
+    let sizes: Vec<usize> = flag("--sizes")
+        .unwrap_or_else(|| "10,100,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let pods = num("--pods", 30);
+    let samples = num("--samples", 20);
+    // Every simulated node holds a connection per watch.
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(1 << 20),
+            maximum: Some(1 << 20),
+        },
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "| nodes | pods | mesh nodes | attachment objects delivered per new pod | before (every node, twice) | new pod in every member's index p50 / p99 | objects held: mesh node / other node | memory: mesh node / other node | apiserver CPU at rest / per new pod | apiserver RSS | etcd | setup |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for n in sizes {
+        let r = rt.block_on(size(n, pods, samples));
+        println!(
+            "| {} | {} | {} | {:.1} | {} | {:.0} / {:.0} ms | {} / {} | {:.2} / {:.2} MiB | {:.1}% / {:.0} ms | {:.0} MiB | {:.0} MiB | {:.0} s |",
+            r.nodes,
+            r.nodes * pods,
+            r.members,
+            r.per_pod,
+            r.before,
+            r.p50,
+            r.p99,
+            r.held_member,
+            r.held_other,
+            r.rss_member,
+            r.rss_other,
+            r.cpu_idle * 100.0,
+            r.cpu_per_pod * 1000.0,
+            r.api_rss,
+            r.etcd_mib,
+            r.setup
+        );
+    }
+}
