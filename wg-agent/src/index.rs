@@ -365,15 +365,12 @@ impl Index {
 
     /// An attachment (of any node) changed or appeared: a mesh member once
     /// its status has a key and every address it publishes lies in an
-    /// address block of its own node (`Index::check`). `node` is this
-    /// node (its own attachments are remembered for garbage collection).
-    pub fn attachment(&mut self, a: &WireGuardAttachment, node: &str) -> Vec<Dirty> {
+    /// address block of its own node (`Index::check`). (This node's own
+    /// attachments, for garbage collection, come from their own watch:
+    /// [`Index::own_attachment`].)
+    pub fn attachment(&mut self, a: &WireGuardAttachment) -> Vec<Dirty> {
         let key = ns_name(a.namespace().as_deref(), &a.name_any());
         let network = a.spec.network.as_str().to_string();
-        if a.spec.node_name.as_str() == node {
-            self.own_attachments
-                .insert(key.clone(), a.spec.pod_uid.clone());
-        }
         let member = a.status.as_ref().and_then(|s| {
             let public_key = s.public_key.as_ref()?.parse().ok()?;
             let addresses: Vec<IpNetwork> =
@@ -492,7 +489,6 @@ impl Index {
     /// An attachment went.
     pub fn attachment_gone(&mut self, a: &WireGuardAttachment) -> Vec<Dirty> {
         let key = ns_name(a.namespace().as_deref(), &a.name_any());
-        self.own_attachments.remove(&key);
         let network = a.spec.network.as_str().to_string();
         if let Some(m) = self.candidates.get_mut(&network) {
             m.remove(&key);

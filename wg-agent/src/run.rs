@@ -286,7 +286,6 @@ pub async fn watches(agent: Arc<Agent>) {
 /// Start the watches of one part of the node's scope.
 fn start_part(agent: &Arc<Agent>, part: &Part) -> Vec<tokio::task::JoinHandle<()>> {
     let c = agent.client().clone();
-    let node = agent.settings.node_name.clone();
     let listed = |a: &Agent| a.scope.note_listed();
     match part.clone() {
         Part::Network(network) => {
@@ -299,12 +298,9 @@ fn start_part(agent: &Arc<Agent>, part: &Part) -> Vec<tokio::task::JoinHandle<()
                     by_network.clone(),
                     format!("attachments of network {network}"),
                     Handlers::new(
-                        {
-                            let node = node.clone();
-                            move |i, o| i.attachment(o, &node)
-                        },
+                        |i, o| i.attachment(o),
                         |i, o| i.attachment_gone(o),
-                        move |i, all| i.relisted_attachments_in(&n1, all, &node),
+                        move |i, all| i.relisted_attachments_in(&n1, all),
                         listed,
                     ),
                 )),

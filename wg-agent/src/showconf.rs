@@ -206,7 +206,7 @@ pub fn members(
         index.block(b);
     }
     for a in attachments {
-        index.attachment(a, "");
+        index.attachment(a);
     }
     let labels: BTreeMap<&str, &BTreeMap<String, String>> = pods
         .iter()

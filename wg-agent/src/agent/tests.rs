@@ -540,7 +540,7 @@ fn member(t: &TestAgent, name: &str, uid: &str, k: &PublicKey, address: &str) {
     }))
     .unwrap();
     t.agent.index.lock().unwrap().block(&b);
-    let d = t.agent.index.lock().unwrap().attachment(&a, NODE);
+    let d = t.agent.index.lock().unwrap().attachment(&a);
     assert_eq!(d, vec![Dirty::Network("n0".into())]);
 }
 
@@ -567,7 +567,7 @@ fn network_and_web(t: &TestAgent, spec: Value) {
 /// the scope loop's watches do once the pod is there).
 fn scope_listed(t: &TestAgent) {
     let mut idx = t.agent.index.lock().unwrap();
-    idx.relisted_attachments_in("n0", &[], NODE);
+    idx.relisted_attachments_in("n0", &[]);
     idx.relisted_blocks_in("n0", &[]);
     idx.relisted_peers_in("ns1", &[]);
 }
@@ -962,10 +962,12 @@ async fn gc_keeps_live_interfaces_and_their_keys_and_deletes_orphan_objects() {
         .unwrap()
     };
     {
+        // What the watch of this node's own attachments hears (another
+        // node's is never sent to it; if it were, it is not taken).
         let mut idx = t.agent.index.lock().unwrap();
-        idx.attachment(&att("web-wg0", "u1", NODE), NODE);
-        idx.attachment(&att("old-wg0", "u0", NODE), NODE);
-        idx.attachment(&att("far-wg0", "u5", "node-2"), NODE);
+        idx.own_attachment(&att("web-wg0", "u1", NODE), NODE);
+        idx.own_attachment(&att("old-wg0", "u0", NODE), NODE);
+        idx.own_attachment(&att("far-wg0", "u5", "node-2"), NODE);
     }
     // Not synced: nothing at all.
     t.agent.gc().await;

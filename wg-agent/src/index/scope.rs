@@ -19,16 +19,15 @@ pub enum Watched {
 
 impl Index {
     /// The attachments of `network` were (re)listed: replace what is known
-    /// of its members. `node` is this node.
+    /// of its members.
     pub fn relisted_attachments_in(
         &mut self,
         network: &str,
         all: &[WireGuardAttachment],
-        node: &str,
     ) -> Vec<Dirty> {
         self.candidates.remove(network);
         for a in all.iter().filter(|a| a.spec.network.as_str() == network) {
-            self.attachment(a, node);
+            self.attachment(a);
         }
         self.readmit(network);
         // Members refused before and not listed now are forgotten too.

@@ -238,14 +238,10 @@ fn attachments_become_mesh_members_once_their_status_has_a_key() {
     let mut i = idx();
     let a = |st| attachment("ns1", "web-0", "n0", OTHER, "uid-a", status(st, 7));
     let n0 = vec![Dirty::Network("n0".into())];
-    assert_eq!(i.attachment(&a(0), NODE), vec![], "no status: not a member");
-    assert_eq!(i.attachment(&a(1), NODE), vec![], "no key yet");
-    assert_eq!(
-        i.attachment(&a(5), NODE),
-        vec![],
-        "a key that does not parse"
-    );
-    assert_eq!(i.attachment(&a(2), NODE), n0, "the key arrives");
+    assert_eq!(i.attachment(&a(0)), vec![], "no status: not a member");
+    assert_eq!(i.attachment(&a(1)), vec![], "no key yet");
+    assert_eq!(i.attachment(&a(5)), vec![], "a key that does not parse");
+    assert_eq!(i.attachment(&a(2)), n0, "the key arrives");
     let m = i.mesh_of("n0");
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].pod_uid, "uid-a");
@@ -254,23 +250,19 @@ fn attachments_become_mesh_members_once_their_status_has_a_key() {
     assert_eq!(m[0].addresses, vec!["10.77.0.7/16".parse().unwrap()]);
     // Counters and the peers' list change at every status write: nothing
     // the mesh uses, so nothing to reconcile.
-    assert_eq!(
-        i.attachment(&a(4), NODE),
-        vec![],
-        "counter-only status write"
-    );
-    assert_eq!(i.attachment(&a(2), NODE), vec![]);
+    assert_eq!(i.attachment(&a(4)), vec![], "counter-only status write");
+    assert_eq!(i.attachment(&a(2)), vec![]);
     // The endpoint is what the other pods' devices use: it dirties.
-    assert_eq!(i.attachment(&a(3), NODE), n0, "the endpoint moved");
+    assert_eq!(i.attachment(&a(3)), n0, "the endpoint moved");
     assert_eq!(
         i.mesh_of("n0")[0].endpoint,
         Some("10.250.0.12:51821".parse().unwrap())
     );
     // Another key (rotation) dirties.
     let rotated = attachment("ns1", "web-0", "n0", OTHER, "uid-a", status(3, 8));
-    assert_eq!(i.attachment(&rotated, NODE), n0);
+    assert_eq!(i.attachment(&rotated), n0);
     // The key goes: the member goes.
-    assert_eq!(i.attachment(&a(1), NODE), n0);
+    assert_eq!(i.attachment(&a(1)), n0);
     assert!(i.mesh_of("n0").is_empty());
     assert!(i.own_attachments.is_empty(), "another node's");
     // Deleting a non-member dirties nothing.
@@ -280,15 +272,13 @@ fn attachments_become_mesh_members_once_their_status_has_a_key() {
 #[test]
 fn own_attachments_are_only_this_nodes() {
     let mut i = idx();
-    i.attachment(&attachment("ns1", "a", "n0", NODE, "u1", None), NODE);
-    i.attachment(
-        &attachment("ns1", "b", "n0", OTHER, "u2", status(2, 2)),
-        NODE,
-    );
-    i.attachment(
-        &attachment("ns2", "a", "n1", NODE, "u3", status(2, 3)),
-        NODE,
-    );
+    let mine = attachment("ns1", "a", "n0", NODE, "u1", None);
+    let other = attachment("ns1", "b", "n0", OTHER, "u2", status(2, 2));
+    let mine2 = attachment("ns2", "a", "n1", NODE, "u3", status(2, 3));
+    for a in [&mine, &other, &mine2] {
+        i.own_attachment(a, NODE);
+        i.attachment(a);
+    }
     assert_eq!(
         i.own_attachments,
         BTreeMap::from([
@@ -302,17 +292,18 @@ fn own_attachments_are_only_this_nodes() {
         1,
         "own attachments are mesh members too"
     );
-    assert_eq!(
-        i.attachment_gone(&attachment("ns2", "a", "n1", NODE, "u3", status(2, 3))),
-        vec![Dirty::Network("n1".into())]
-    );
+    // One rule per map: a network's watch never touches the node's own
+    // attachments, and the own watch never the members.
+    assert_eq!(i.attachment_gone(&mine2), vec![Dirty::Network("n1".into())]);
+    assert_eq!(i.own_attachments.len(), 2);
+    i.own_attachment_gone(&mine2);
     assert_eq!(i.own_attachments.len(), 1);
     // The relists forget what is not listed.
-    let listed = [attachment("ns1", "b", "n0", OTHER, "u2", status(2, 2))];
+    let listed = [other.clone()];
     i.relisted_own_attachments(&listed, NODE);
     assert!(i.own_attachments.is_empty());
     assert_eq!(
-        i.relisted_attachments_in("n0", &listed, NODE),
+        i.relisted_attachments_in("n0", &listed),
         vec![Dirty::Network("n0".into())]
     );
     assert_eq!(i.mesh_of("n0").len(), 1);
@@ -327,19 +318,12 @@ fn own_attachments_are_only_this_nodes() {
 fn an_address_outside_the_attachments_node_blocks_is_not_routed_to_it() {
     let mut i = idx();
     let victim = attachment("ns1", "victim", "n0", OTHER, "uid-v", status(2, 7));
-    assert_eq!(
-        i.attachment(&victim, NODE),
-        vec![Dirty::Network("n0".into())]
-    );
+    assert_eq!(i.attachment(&victim), vec![Dirty::Network("n0".into())]);
     // Same address, another key, written as node 1's attachment.
     let forged = attachment("ns9", "forged", "n0", NODE, "uid-f", status(3, 7));
     let mut forged = forged;
     forged.status.as_mut().unwrap().public_key = Some(key(66).parse().unwrap());
-    assert_eq!(
-        i.attachment(&forged, NODE),
-        vec![],
-        "nothing routed changes"
-    );
+    assert_eq!(i.attachment(&forged), vec![], "nothing routed changes");
     let m = i.mesh_of("n0");
     assert_eq!(m.len(), 1, "only the victim is a member: {m:?}");
     assert_eq!(m[0].public_key, key(7).parse().unwrap());
@@ -362,7 +346,7 @@ fn an_address_outside_the_attachments_node_blocks_is_not_routed_to_it() {
     assert_eq!(new[0].0, "ns9/forged");
     assert!(i.take_new_rejections().is_empty(), "reported once");
     // Written again, the same: not reported again.
-    i.attachment(&forged, NODE);
+    i.attachment(&forged);
     assert!(i.take_new_rejections().is_empty());
     // Gone: nothing rejected any more.
     i.attachment_gone(&forged);
@@ -380,7 +364,7 @@ fn an_address_in_no_block_is_refused_and_one_bad_address_refuses_the_member() {
         "10.77.0.7/16".parse().unwrap(),
         "10.96.0.10/32".parse().unwrap(),
     ];
-    assert_eq!(i.attachment(&a, NODE), vec![]);
+    assert_eq!(i.attachment(&a), vec![]);
     assert!(i.mesh_of("n0").is_empty());
     assert_eq!(
         i.rejected["ns1/a"].1,
@@ -397,10 +381,7 @@ fn an_address_in_no_block_is_refused_and_one_bad_address_refuses_the_member() {
     // entitles nothing here.
     let mut i = Index::default();
     i.block(&block("n1", "10.77.0.0/24", OTHER, 1));
-    i.attachment(
-        &attachment("ns1", "a", "n0", OTHER, "u", status(2, 7)),
-        NODE,
-    );
+    i.attachment(&attachment("ns1", "a", "n0", OTHER, "u", status(2, 7)));
     assert!(i.mesh_of("n0").is_empty());
 }
 
@@ -424,8 +405,8 @@ fn a_network_admits_members_only_from_the_namespaces_it_selects() {
     i.network(&selective);
     let a1 = attachment("ns1", "a", "n0", OTHER, "u1", status(2, 1));
     let a2 = attachment("ns2", "b", "n0", OTHER, "u2", status(2, 2));
-    i.attachment(&a1, NODE);
-    i.attachment(&a2, NODE);
+    i.attachment(&a1);
+    i.attachment(&a2);
     assert_eq!(i.mesh_of("n0").len(), 1);
     assert_eq!(i.mesh_of("n0")[0].pod_uid, "u1");
     assert_eq!(
@@ -462,7 +443,7 @@ fn a_network_admits_members_only_from_the_namespaces_it_selects() {
 fn block_events_readmit_and_the_oldest_of_overlapping_blocks_owns() {
     let mut i = Index::default();
     let a = attachment("ns1", "a", "n0", OTHER, "uid-a", status(2, 7));
-    assert_eq!(i.attachment(&a, NODE), vec![], "no block yet");
+    assert_eq!(i.attachment(&a), vec![], "no block yet");
     assert_eq!(i.rejected.len(), 1);
     let b = block("n0", "10.77.0.0/24", OTHER, 100);
     assert_eq!(i.block(&b), vec![Dirty::Network("n0".into())]);
@@ -678,13 +659,20 @@ fn handle(i: &mut Index, ev: &Ev) -> Vec<Dirty> {
     match ev {
         Ev::Apply(Obj::Net(o)) => i.network(o),
         Ev::Apply(Obj::Peer(o)) => i.peer(o),
-        Ev::Apply(Obj::Att(o)) => i.attachment(o, NODE),
+        Ev::Apply(Obj::Att(o)) => {
+            // Both watches that hear it: this node's own, and its network's.
+            i.own_attachment(o, NODE);
+            i.attachment(o)
+        }
         Ev::Apply(Obj::Pod(o)) => i.pod(o),
         Ev::Apply(Obj::Block(o)) => i.block(o),
         Ev::Delete(Obj::Block(o)) => i.block_gone(o),
         Ev::Delete(Obj::Net(o)) => i.network_gone(o),
         Ev::Delete(Obj::Peer(o)) => i.peer_gone(o),
-        Ev::Delete(Obj::Att(o)) => i.attachment_gone(o),
+        Ev::Delete(Obj::Att(o)) => {
+            i.own_attachment_gone(o);
+            i.attachment_gone(o)
+        }
         Ev::Delete(Obj::Pod(o)) => i.pod_gone(o),
     }
 }
@@ -966,7 +954,7 @@ impl World {
         }
         for n in networks {
             assert_eq!(
-                i.relisted_attachments_in(n, &atts, NODE),
+                i.relisted_attachments_in(n, &atts),
                 vec![Dirty::Network(n.into())]
             );
         }
