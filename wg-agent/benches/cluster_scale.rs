@@ -13,7 +13,11 @@
 //!    started first, the others after, each group's RSS growth divided by
 //!    its size);
 //! 4. the apiserver's CPU at rest (10 s, every node watching) and per new
-//!    pod, its memory, and etcd's size.
+//!    pod, its memory, and etcd's size;
+//! 5. the rest of the workload, each until every member node's index has
+//!    it: a key rotation (a member's status with a new key), a peer edit
+//!    (a WireGuardPeer's allowedIPs in the mesh's namespace), a pod gone
+//!    (its attachment deleted).
 //!
 //! The cluster: `--pods` (30) pods per node, the pods of every tenth node
 //! (10% of the pods) in one mesh network `big`, the rest in none; one
@@ -32,7 +36,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 use sim::{pod, Lite, SimNode};
-use wg_k8s_types::{WireGuardAddressBlock, WireGuardAttachment, WireGuardNetwork};
+use wg_k8s_types::{WireGuardAddressBlock, WireGuardAttachment, WireGuardNetwork, WireGuardPeer};
 use wg_netns::PrivateKey;
 
 fn flag(name: &str) -> Option<String> {
@@ -105,6 +109,22 @@ struct Row {
     api_rss: f64,
     etcd_mib: f64,
     setup: f64,
+    rotation: (f64, f64),
+    edit: (f64, f64),
+    gone: (f64, f64),
+}
+
+/// Wait (at most 60 s) until `done` holds; the milliseconds since `from`.
+async fn until(from: Instant, done: impl Fn() -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    from.elapsed().as_secs_f64() * 1000.0
+}
+
+fn p50_p99(v: &mut [f64]) -> (f64, f64) {
+    (pct(&mut v.to_vec(), 0.5), pct(v, 0.99))
 }
 
 async fn size(n: usize, pods: usize, samples: usize) -> Row {
@@ -198,11 +218,26 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu_idle = (lite.apiserver_cpu() - cpu0) / 10.0;
     let cpu1 = lite.apiserver_cpu();
+    let phase = Instant::now();
     let kind = "WireGuardAttachment";
     let total = |nodes: &[SimNode]| nodes.iter().map(|s| s.events(kind)).sum::<f64>();
     let mut delivered = Vec::new();
     let members: Vec<usize> = (0..n).filter(|i| mesh_node(*i)).collect();
+    let index_of = |i: usize| {
+        nodes[i]
+            .agent
+            .index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    };
+    let has_key = |i: usize, k: &wg_netns::PublicKey| {
+        index_of(i)
+            .mesh_of("big")
+            .iter()
+            .any(|m| m.public_key == *k)
+    };
     let mut times = Vec::new();
+    let mut fresh_keys = Vec::new();
     let api: Api<WireGuardAttachment> = Api::namespaced(admin.clone(), "mesh");
     for s in 0..samples {
         let host = members[s % members.len()];
@@ -219,24 +254,85 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
             .await
             .expect("status");
-        let meshed = |i: &usize| {
-            nodes[*i]
-                .agent
-                .index
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .mesh_of("big")
-                .iter()
-                .any(|m| m.public_key == fresh)
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !members.iter().all(meshed) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        times.push(written.elapsed().as_secs_f64() * 1000.0);
+        times.push(until(written, || members.iter().all(|&i| has_key(i, &fresh))).await);
         // Let stragglers arrive before counting.
         tokio::time::sleep(Duration::from_millis(300)).await;
         delivered.push(total(&nodes) - before);
+        fresh_keys.push((name, fresh));
+    }
+    // The CPU of the new pods, less what the apiserver spends at rest.
+    let cpu_per_pod = ((lite.apiserver_cpu() - cpu1) - cpu_idle * phase.elapsed().as_secs_f64())
+        .max(0.0)
+        / samples.max(1) as f64;
+
+    // Key rotations of members that were there from the start.
+    let mut rotations = Vec::new();
+    for s in 0..samples {
+        let host = members[s % members.len()];
+        let name = format!("p{host}-{}", s % pods);
+        let k = PrivateKey::generate().expect("key").public_key();
+        let addr = block_of(host).replace(".0/24", &format!(".{}/14", s % pods + 1));
+        let st = json!({"status": {"publicKey": k.to_base64().to_string(), "addresses": [addr]}});
+        let written = Instant::now();
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
+            .await
+            .expect("rotation");
+        rotations.push(until(written, || members.iter().all(|&i| has_key(i, &k))).await);
+    }
+
+    // Peer edits: one WireGuardPeer of the mesh's namespace, its
+    // allowedIPs changed each time.
+    let peers: Api<WireGuardPeer> = Api::namespaced(admin.clone(), "mesh");
+    let gw = PrivateKey::generate().expect("key").public_key();
+    let peer_with = |cidr: &str| -> WireGuardPeer {
+        serde_json::from_value(json!({
+            "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardPeer",
+            "metadata": {"name": "gw"},
+            "spec": {"network": "big", "publicKey": gw.to_base64().to_string(),
+                     "endpoint": "127.0.0.1:9", "allowedIPs": [cidr]}
+        }))
+        .expect("peer")
+    };
+    peers
+        .create(&PostParams::default(), &peer_with("10.250.0.0/24"))
+        .await
+        .expect("peer");
+    let has_peer = |i: usize, cidr: &str| {
+        index_of(i)
+            .peers_of("big", "mesh")
+            .iter()
+            .any(|p| p.config.allowed_ips.iter().any(|a| a.to_string() == cidr))
+    };
+    until(Instant::now(), || {
+        members.iter().all(|&i| has_peer(i, "10.250.0.0/24"))
+    })
+    .await;
+    let mut edits = Vec::new();
+    for s in 1..=samples {
+        let cidr = format!("10.250.{s}.0/24");
+        let written = Instant::now();
+        peers
+            .replace("gw", &PostParams::default(), &{
+                let mut p = peer_with(&cidr);
+                p.metadata.resource_version = peers
+                    .get("gw")
+                    .await
+                    .expect("peer")
+                    .metadata
+                    .resource_version;
+                p
+            })
+            .await
+            .expect("edit");
+        edits.push(until(written, || members.iter().all(|&i| has_peer(i, &cidr))).await);
+    }
+
+    // Pods gone: the new pods' attachments deleted.
+    let mut gone = Vec::new();
+    for (name, k) in &fresh_keys {
+        let written = Instant::now();
+        api.delete(name, &Default::default()).await.expect("delete");
+        gone.push(until(written, || members.iter().all(|&i| !has_key(i, k))).await);
     }
     let row = Row {
         nodes: n,
@@ -250,10 +346,13 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
         rss_member: rss[0],
         rss_other: rss.get(1).copied().unwrap_or(0.0),
         cpu_idle,
-        cpu_per_pod: (lite.apiserver_cpu() - cpu1) / samples.max(1) as f64,
+        cpu_per_pod,
         api_rss: lite.apiserver_rss_mib(),
         etcd_mib: lite.etcd_bytes() as f64 / (1024.0 * 1024.0),
         setup,
+        rotation: p50_p99(&mut rotations),
+        edit: p50_p99(&mut edits),
+        gone: p50_p99(&mut gone),
     };
     drop(nodes);
     row
@@ -283,6 +382,7 @@ fn main() {
         "| nodes | pods | mesh nodes | attachment objects delivered per new pod | before (every node, twice) | new pod in every member's index p50 / p99 | objects held: mesh node / other node | memory: mesh node / other node | apiserver CPU at rest / per new pod | apiserver RSS | etcd | setup |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
     for n in sizes {
         let r = rt.block_on(size(n, pods, samples));
         println!(
@@ -303,6 +403,16 @@ fn main() {
             r.api_rss,
             r.etcd_mib,
             r.setup
+        );
+        rows.push(r);
+    }
+    println!();
+    println!("| nodes | key rotation in every member's index p50 / p99 | peer edit p50 / p99 | pod gone p50 / p99 |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} ms |",
+            r.nodes, r.rotation.0, r.rotation.1, r.edit.0, r.edit.1, r.gone.0, r.gone.1
         );
     }
 }

@@ -152,6 +152,29 @@ mod tests {
         assert!(s.wanted(BTreeSet::new()).is_empty());
     }
 
+    /// The scope loop looks again when what is pinned changes, not when
+    /// the same pin is repeated (an ADD retried), and not by itself.
+    #[tokio::test]
+    async fn a_change_pokes_the_loop_and_a_repeat_does_not() {
+        async fn poked(s: &Scope) -> bool {
+            tokio::time::timeout(Duration::from_millis(20), s.poked())
+                .await
+                .is_ok()
+        }
+        let s = Scope::default();
+        assert!(!poked(&s).await, "poked with nothing changed");
+        s.pin(&key("u1"), "n1", "a");
+        assert!(poked(&s).await, "a new pin did not poke");
+        s.pin(&key("u1"), "n1", "a");
+        assert!(!poked(&s).await, "a repeated pin poked");
+        s.pin(&key("u1"), "n2", "a");
+        assert!(poked(&s).await, "a changed pin did not poke");
+        s.unpin(&key("u1"));
+        assert!(poked(&s).await, "an unpin did not poke");
+        s.unpin(&key("u1"));
+        assert!(!poked(&s).await, "unpinning nothing poked");
+    }
+
     #[tokio::test]
     async fn a_wait_ends_when_a_listing_makes_it_ready_or_at_its_bound() {
         let s = std::sync::Arc::new(Scope::default());
