@@ -143,15 +143,20 @@ impl Index {
             && self.listed.contains(&Watched::Peers(namespace.to_string()))
     }
 
-    /// The (network, namespace) pairs of this node's pods that name a
-    /// network (their interfaces need those watches once made).
+    /// The (network, namespace) pairs of this node's pods that name an
+    /// existing network (their interfaces need those watches once made).
+    /// A name no WireGuardNetwork has starts nothing: a pod's annotation
+    /// alone cannot make its node watch whatever its author writes.
     pub fn pods_scope(&self) -> BTreeSet<(String, String)> {
         self.pods
             .iter()
             .filter(|(_, p)| !p.host_network)
             .filter_map(|(key, p)| {
                 let ns = key.split_once('/')?.0;
-                Some((p.network.clone()?, ns.to_string()))
+                let network = p.network.clone()?;
+                self.networks
+                    .contains_key(&network)
+                    .then(|| (network, ns.to_string()))
             })
             .collect()
     }

@@ -1022,3 +1022,70 @@ proptest! {
         prop_assert_eq!(&want.own, &own);
     }
 }
+
+/// What the node's pods need watched: an existing network named by a pod
+/// (not in the node's namespace), with the pod's namespace; a network no
+/// WireGuardNetwork has starts nothing, and a scoped relist or forget
+/// moves the listed state the reconciler waits for.
+#[test]
+fn pods_scope_names_existing_networks_and_listing_follows_the_watches() {
+    let mut i = Index::default();
+    i.pod(&pod("ns1", "a", Some("u1"), 0, 1)); // n0
+    i.pod(&pod("ns2", "b", Some("u2"), 0, 2)); // n1
+    i.pod(&pod("ns3", "c", Some("u3"), 0, 0)); // none
+    assert!(i.pods_scope().is_empty(), "networks not created yet");
+    i.network(&network("n0", 0));
+    assert_eq!(
+        i.pods_scope(),
+        BTreeSet::from([("n0".to_string(), "ns1".to_string())])
+    );
+    i.network(&network("n1", 0));
+    assert_eq!(i.pods_scope().len(), 2);
+
+    assert!(!i.scope_listed("n0", "ns1"));
+    i.relisted_attachments_in("n0", &[]);
+    i.relisted_blocks_in("n0", &[]);
+    assert!(
+        !i.scope_listed("n0", "ns1"),
+        "the namespace's peers not listed"
+    );
+    assert_eq!(
+        i.relisted_peers_in("ns1", &[]),
+        vec![Dirty::Namespace("ns1".into())]
+    );
+    assert!(i.scope_listed("n0", "ns1"));
+    assert!(!i.scope_listed("n1", "ns1"));
+    assert_eq!(
+        i.forget(&Watched::Blocks("n0".into())),
+        vec![],
+        "no member to re-decide"
+    );
+    assert!(!i.scope_listed("n0", "ns1"));
+}
+
+/// Forgetting a network's attachments drops its members and refusals;
+/// forgetting a namespace's peers drops them from every network.
+#[test]
+fn forgetting_a_watch_drops_what_it_brought() {
+    let mut i = idx();
+    i.attachment(&attachment("ns1", "a", "n0", OTHER, "u1", status(2, 2)));
+    i.attachment(&attachment("ns1", "x", "n0", NODE, "u9", status(2, 9)));
+    assert_eq!(i.mesh_of("n0").len(), 1);
+    assert_eq!(i.rejected.len(), 1);
+    i.peer(&peer("ns1", "p", "n0", 1, 0, true));
+    i.peer(&peer("ns1", "q", "n2", 2, 0, true));
+    i.peer(&peer("ns2", "r", "n0", 3, 0, true));
+    assert_eq!(
+        i.forget(&Watched::Attachments("n0".into())),
+        vec![Dirty::Network("n0".into())]
+    );
+    assert!(i.mesh_of("n0").is_empty());
+    assert!(i.rejected.is_empty());
+    assert_eq!(
+        i.forget(&Watched::Peers("ns1".into())),
+        vec![Dirty::Namespace("ns1".into())]
+    );
+    assert!(i.peers_of("n0", "ns1").is_empty());
+    assert!(i.peers_of("n2", "ns1").is_empty());
+    assert_eq!(i.peers_of("n0", "ns2").len(), 1);
+}
