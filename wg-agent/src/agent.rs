@@ -448,6 +448,34 @@ impl Agent {
         self.metrics.devices.set(self.slots().len() as i64);
     }
 
+    /// Hold an interface made elsewhere, as if this agent had made it: its
+    /// record is saved, its port taken, its network's and namespace's
+    /// watches started, and from now on it is reconciled, verified and
+    /// collected like every other. For a runtime that made the interface
+    /// itself, and for the simulation of many nodes in one process
+    /// (`tests/sim/`: userspace devices answering on their control
+    /// sockets, in the agent's own namespace). Blocking (the link watch
+    /// may ask the kernel for the pod namespace's id).
+    pub fn hold(
+        &self,
+        rec: LocalRecord,
+        place: Birthplace,
+        attachment: Attachment,
+    ) -> Result<Key, AgentError> {
+        let key = rec
+            .key()
+            .ok_or_else(|| AgentError::Unnamed(rec.pod_uid.clone()))?;
+        self.records.save(&rec)?;
+        self.ports_lock().insert(rec.listen_port);
+        self.scope.pin(&key, &rec.network, &rec.namespace);
+        let heard_as = links::link_ns(&self.node, &place);
+        let entry = Entry::new(rec, place, Some(attachment), heard_as);
+        self.slots()
+            .insert(key.clone(), Arc::new(tokio::sync::Mutex::new(Some(entry))));
+        self.metrics.devices.set(self.slots().len() as i64);
+        Ok(key)
+    }
+
     /// The recorded interface's birthplace, and the interface if its link
     /// is there.
     fn reopen(

@@ -22,6 +22,9 @@ pub enum AgentError {
     /// The interface is not one the agent holds.
     #[error("interface {0} is not known")]
     Unknown(Key),
+    /// A record whose pod UID and interface name make no key.
+    #[error("pod UID {0:?} and its interface name make no usable key")]
+    Unnamed(String),
 }
 
 impl AgentError {
@@ -32,6 +35,7 @@ impl AgentError {
         match self {
             AgentError::Netns(wg_netns::Error::Invalid { .. }) => super::code::INVALID_CONFIG,
             AgentError::Task(_) | AgentError::Unknown(_) => super::code::TRY_AGAIN,
+            AgentError::Unnamed(_) => super::code::INVALID_CONFIG,
             _ => super::code::IO,
         }
     }

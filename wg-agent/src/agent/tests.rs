@@ -427,7 +427,6 @@ pub(crate) fn record(
 /// link has, and the tests keep routes unchanged, so no netlink request is
 /// ever made.
 pub(crate) fn hold(agent: &Agent, rec: LocalRecord) -> Key {
-    let key = rec.key().unwrap();
     let attachment: Attachment = serde_json::from_value(json!({
         "index": 2_000_000_000u32,
         "name": rec.attachment.interface.as_str(),
@@ -438,18 +437,8 @@ pub(crate) fn hold(agent: &Agent, rec: LocalRecord) -> Key {
         "up": true,
     }))
     .unwrap();
-    agent.records.save(&rec).unwrap();
-    agent.ports_lock().insert(rec.listen_port);
-    let entry = Entry::new(
-        rec,
-        Birthplace::new(&agent.node, &agent.node, &agent.backend).unwrap(),
-        Some(attachment),
-        Some(links::LinkNs::Node),
-    );
-    agent
-        .slots()
-        .insert(key.clone(), Arc::new(tokio::sync::Mutex::new(Some(entry))));
-    key
+    let place = Birthplace::new(&agent.node, &agent.node, &agent.backend).unwrap();
+    agent.hold(rec, place, attachment).unwrap()
 }
 
 #[tokio::test]
