@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use wg_k8s_types::{
     CheckedPeer, NetworkConfig, WireGuardAddressBlock, WireGuardAttachment, WireGuardNetwork,
@@ -73,6 +74,15 @@ pub struct PeerEntry {
     pub selector: Option<Selector>,
     /// The checked spec.
     pub config: CheckedPeer,
+    /// Its status conditions as last seen (the `Ready` every agent that
+    /// applies it would write: written only when it says something else).
+    pub conditions: Vec<Condition>,
+    /// When it was created.
+    pub created: Option<Time>,
+    /// Its labels and annotations: a change of them alone still dirties
+    /// its slot (touching a peer is how a rotated preshared key is read
+    /// again at once), a change of its status alone does not.
+    pub touched: (BTreeMap<String, String>, BTreeMap<String, String>),
 }
 
 /// An address block of some node (its `WireGuardAddressBlock`): the only
@@ -326,8 +336,33 @@ impl Index {
     pub fn peer(&mut self, p: &WireGuardPeer) -> Vec<Dirty> {
         let ns = p.namespace().unwrap_or_default();
         let name = p.name_any();
+        let conditions = p
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let created = p.metadata.creation_timestamp.clone();
+        let touched = (p.labels().clone(), p.annotations().clone());
+        let checked = p.spec.validate();
+        // Its status alone changed (an agent wrote its Ready condition):
+        // nothing any device has changes, and every node with members in
+        // the namespace hears it.
+        if let Ok(config) = &checked {
+            let same = self
+                .peers
+                .get_mut(&(config.network.clone(), ns.clone()))
+                .and_then(|m| m.get_mut(&name))
+                .filter(|e| {
+                    e.config == *config && e.selector == p.spec.pod_selector && e.touched == touched
+                });
+            if let Some(e) = same {
+                e.conditions = conditions;
+                e.created = created;
+                return vec![];
+            }
+        }
         let mut dirty = self.peer_gone(p);
-        if let Ok(config) = p.spec.validate() {
+        if let Ok(config) = checked {
             let network = config.network.clone();
             self.peer_slot(&network, &ns).insert(
                 name.clone(),
@@ -335,6 +370,9 @@ impl Index {
                     name,
                     selector: p.spec.pod_selector.clone(),
                     config,
+                    conditions,
+                    created,
+                    touched,
                 },
             );
             dirty.push(Dirty::Peers {
@@ -586,6 +624,19 @@ impl Index {
             .get(network)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// A peer's conditions and creation time as the watch last saw them.
+    pub fn peer_status(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<(Vec<Condition>, Option<Time>)> {
+        self.peers
+            .iter()
+            .filter(|((_, ns), _)| ns == namespace)
+            .find_map(|(_, m)| m.get(name))
+            .map(|e| (e.conditions.clone(), e.created.clone()))
     }
 
     /// The peers of a network in a namespace.

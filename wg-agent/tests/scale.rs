@@ -1,8 +1,10 @@
-//! Who receives what: 20 simulated nodes (the agent's real watches, index
-//! and scope loop, `sim/`) against a real kube-apiserver. A pod's
-//! attachment, its address block, a key rotation and an external peer
-//! reach exactly the nodes with members of that network or namespace, not
-//! every node; a node whose last member left stops receiving them. Counts
+//! Who receives what: 20 simulated nodes (the agent's real watches, index,
+//! scope and reconcile loops, `sim/`, their pods' interfaces recording
+//! devices) against a real kube-apiserver. A pod's attachment, its address
+//! block, a key rotation and an external peer reach exactly the nodes with
+//! members of that network or namespace, not every node, and end on
+//! exactly those nodes' devices; a peer's status is written once, not by
+//! every node (nor again by a node that applies it later); a node whose last member left stops receiving them. Counts
 //! are asserted, never times (the figures at 10, 100 and 1,000 nodes are
 //! the cluster scale benchmark's: docs/benchmarks.md).
 
@@ -93,6 +95,7 @@ async fn each_object_reaches_only_the_nodes_whose_pods_need_it() {
             .expect("network");
     }
     let node = |i: usize| format!("node-{i}");
+    let mut uids = Vec::new();
     for i in 0..NODES {
         let (ns, net) = if A.contains(&i) {
             ("team-a", Some("net-a"))
@@ -101,18 +104,53 @@ async fn each_object_reaches_only_the_nodes_whose_pods_need_it() {
         } else {
             ("other", None)
         };
-        Api::namespaced(admin.clone(), ns)
+        let made: k8s_openapi::api::core::v1::Pod = Api::namespaced(admin.clone(), ns)
             .create(
                 &PostParams::default(),
                 &pod(&format!("p{i}"), &node(i), net),
             )
             .await
             .expect("pod");
+        uids.push(made.metadata.uid.expect("uid"));
     }
     let mut nodes = Vec::new();
-    for i in 0..NODES {
-        nodes.push(SimNode::start(&lite, &node(i), "1s").await);
+    for (i, uid) in uids.iter().enumerate() {
+        let mut n = SimNode::start(&lite, &node(i), "1s").await;
+        // The members' interfaces (not node 4's: step 5 takes its pod
+        // away, and an interface it held would keep its watches).
+        if i != 4 && (A.contains(&i) || B.contains(&i)) {
+            let (ns, net, pool) = if A.contains(&i) {
+                ("team-a", "net-a", 91)
+            } else {
+                ("team-b", "net-b", 92)
+            };
+            n.hold(
+                ns,
+                &format!("p{i}"),
+                uid,
+                net,
+                &format!("10.{pool}.100.{}/16", i + 1),
+                51820,
+            );
+        }
+        nodes.push(n);
     }
+    let on_devices = |nodes: &[SimNode], k: &wg_netns::PublicKey| -> Vec<usize> {
+        nodes
+            .iter()
+            .map(|n| n.devices.iter().filter(|d| d.has_peer(k)).count())
+            .collect()
+    };
+    let sets = |nodes: &[SimNode]| -> Vec<u64> {
+        nodes
+            .iter()
+            .map(|n| n.devices.iter().map(|d| d.sets()).sum())
+            .collect()
+    };
+    // One device on each member node but node 4.
+    let a_devices: Vec<usize> = (0..NODES)
+        .map(|i| usize::from(A.contains(&i) && i != 4))
+        .collect();
 
     // Each member node watches its network and namespace; the others
     // nothing beyond the cluster-wide kinds.
@@ -202,6 +240,18 @@ async fn each_object_reaches_only_the_nodes_whose_pods_need_it() {
         (0..NODES).map(|i| A.contains(&i)).collect::<Vec<_>>(),
         "the new pod is a mesh peer in exactly net-a's members' indexes"
     );
+    // And on exactly their devices, by the agents' own reconcile; net-b's
+    // devices were never written after their first reconcile.
+    let b_sets = sets(&nodes)[B.start..B.end].to_vec();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on_devices(&nodes, &key) != a_devices && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        on_devices(&nodes, &key),
+        a_devices,
+        "devices with the new pod"
+    );
 
     // 3. A key rotation (the status again): the same nodes.
     let rotated = PrivateKey::generate().unwrap().public_key();
@@ -214,6 +264,15 @@ async fn each_object_reaches_only_the_nodes_whose_pods_need_it() {
     .await
     .expect("rotation");
     assert_eq!(received(&nodes, kind, &base, &want).await, want);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on_devices(&nodes, &rotated) != a_devices && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(on_devices(&nodes, &rotated), a_devices, "the rotated key");
+    assert!(
+        on_devices(&nodes, &key).iter().all(|n| *n == 0),
+        "the old key stayed on a device"
+    );
 
     // 4. An external peer in team-a: the nodes with pods in team-a.
     let base_p = counts(&nodes, "WireGuardPeer");
@@ -221,17 +280,33 @@ async fn each_object_reaches_only_the_nodes_whose_pods_need_it() {
         "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardPeer",
         "metadata": {"name": "gw"},
         "spec": {"network": "net-a", "publicKey": key.to_base64().to_string(),
-                 "endpoint": "127.0.0.1:9", "allowedIPs": ["10.99.0.0/24"]}
+                 "endpoint": "127.0.0.1:9", "allowedIPs": ["10.91.200.0/24"]}
     }))
     .expect("peer");
     Api::<WireGuardPeer>::namespaced(admin.clone(), "team-a")
         .create(&PostParams::default(), &peer)
         .await
         .expect("peer");
-    let want_p = only(A, 1, None);
+    // Each team-a node hears the peer's creation, then its status: the
+    // four nodes whose pods it selects each find it applied, and its
+    // `Ready` condition is one fact about the peer, written once, not once
+    // per node (each write would be sent to every node of the namespace
+    // again).
+    let want_p = only(A, 2, None);
+    let got = received(&nodes, "WireGuardPeer", &base_p, &want_p).await;
     assert_eq!(
-        received(&nodes, "WireGuardPeer", &base_p, &want_p).await,
-        want_p
+        got, want_p,
+        "peer events per node (creation + one status write)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on_devices(&nodes, &key) != a_devices && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(on_devices(&nodes, &key), a_devices, "the external peer");
+    assert_eq!(
+        sets(&nodes)[B.start..B.end].to_vec(),
+        b_sets,
+        "net-b's devices were written for net-a's changes"
     );
 
     // 5. Node 4's pod goes: once the linger (1 s here) is over, node 4
@@ -263,6 +338,44 @@ async fn each_object_reaches_only_the_nodes_whose_pods_need_it() {
     .expect("attachment");
     let want = only(0..4, 1, Some(2));
     assert_eq!(received(&nodes, kind, &base, &want).await, want);
+
+    // 6. A latecomer: a pod of team-a on node 12 (no member until now),
+    //    well after the peer's status was written. Node 12 applies the peer
+    //    to its device and finds it already says so: it writes nothing
+    //    (each write would reach every node of the namespace), so the
+    //    others hear no more of the peer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let late = 12;
+    let made: k8s_openapi::api::core::v1::Pod = Api::namespaced(admin.clone(), "team-a")
+        .create(
+            &PostParams::default(),
+            &pod("late", &node(late), Some("net-a")),
+        )
+        .await
+        .expect("pod");
+    let base_p = counts(&nodes, "WireGuardPeer");
+    nodes[late].hold(
+        "team-a",
+        "late",
+        &made.metadata.uid.expect("uid"),
+        "net-a",
+        "10.91.100.13/16",
+        51820,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes[late].devices.iter().any(|d| d.has_peer(&key)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        nodes[late].devices.iter().any(|d| d.has_peer(&key)),
+        "the latecomer applied the peer"
+    );
+    let want_p = vec![0; NODES];
+    assert_eq!(
+        received(&nodes, "WireGuardPeer", &base_p, &want_p).await[..4],
+        want_p[..4],
+        "the latecomer wrote the peer's status again"
+    );
 
     // The totals, for the record: what each node received of the project's
     // kinds over the whole run.

@@ -238,10 +238,10 @@ impl Agent {
         value
     }
 
-    /// Say in a WireGuardPeer's status whether its preshared key could be
-    /// had (condition Ready; written only when it differs from what this
-    /// agent last wrote, in the background: the status is information,
-    /// never on the path of a device write).
+    /// Say in a WireGuardPeer's status whether it is applied (condition
+    /// Ready; written only when it differs from what this agent last wrote
+    /// and from what the peer already says, in the background: the status
+    /// is information, never on the path of a device write).
     pub(super) fn report_peer(
         &self,
         namespace: &str,
@@ -265,17 +265,32 @@ impl Agent {
             }
             written.insert(id.clone(), now);
         }
+        // Every agent whose pods the peer selects comes to the same
+        // condition, and each write is sent to every node watching the
+        // namespace: write only what the peer does not already say, with
+        // a transition time every agent computes alike (the one it has
+        // while the status holds, else its creation for the first), so
+        // that agents racing to write it make one change, the others
+        // no-ops (docs/kubernetes.md, "Scale").
+        let (mut conds, created) = self
+            .index()
+            .peer_status(namespace, name)
+            .unwrap_or_default();
+        let first = !conds.iter().any(|c| c.type_ == conditions::READY);
+        let at = match (first, created) {
+            (true, Some(c)) => c,
+            _ => Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        let new = conditions::condition(conditions::READY, ok, &reason, message, None, at);
+        if !conditions::set_condition(&mut conds, new) {
+            return;
+        }
+        let Some(cond) = conds.into_iter().find(|c| c.type_ == conditions::READY) else {
+            return;
+        };
         let api: Api<WireGuardPeer> = Api::namespaced(self.client.clone(), namespace);
         let name = name.to_string();
         let metrics = self.metrics.clone();
-        let cond = conditions::condition(
-            conditions::READY,
-            ok,
-            &reason,
-            message,
-            None,
-            Time(k8s_openapi::jiff::Timestamp::now()),
-        );
         let peer_status = Arc::clone(&self.peer_status);
         tokio::spawn(async move {
             let patch = serde_json::json!({"status": {"conditions": [cond]}});

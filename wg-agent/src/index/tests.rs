@@ -216,16 +216,39 @@ fn a_peer_moved_between_networks_dirties_both_and_no_other_namespace() {
 }
 
 #[test]
-fn a_peer_applied_again_dirties_its_slot_so_its_secret_is_read_again() {
+fn a_peer_touched_dirties_its_slot_so_its_secret_is_read_again() {
     // Deliberate: Dirty::Peers makes the reconcile loop forget cached
-    // Secrets, so touching a peer is how a rotated preshared key is picked
-    // up. Its selector and config are kept as given.
+    // Secrets, so touching a peer (an annotation) is how a rotated
+    // preshared key is picked up at once. Its selector and config are kept
+    // as given.
     let mut i = Index::default();
     i.peer(&peer("ns1", "gw", "n0", 1, 2, true));
-    assert_eq!(
-        sorted(i.peer(&peer("ns1", "gw", "n0", 1, 2, true))),
-        vec![peers_dirty("n0", "ns1")]
-    );
+    let mut touched = peer("ns1", "gw", "n0", 1, 2, true);
+    touched
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("touched".into(), "1".into());
+    assert_eq!(sorted(i.peer(&touched)), vec![peers_dirty("n0", "ns1")]);
+    // Its status alone changed (an agent wrote Ready): nothing to do,
+    // what it says is kept for the next writer.
+    let mut written = touched.clone();
+    written.status = Some(wg_k8s_types::WireGuardPeerStatus {
+        conditions: vec![wg_k8s_types::conditions::condition(
+            "Ready",
+            true,
+            "Applied",
+            "applied",
+            None,
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(7).unwrap(),
+            ),
+        )],
+        ..Default::default()
+    });
+    assert_eq!(i.peer(&written), vec![]);
+    assert_eq!(i.peer_status("ns1", "gw").unwrap().0.len(), 1);
+    assert_eq!(i.peer(&written), vec![], "the same again");
     let p = &i.peers_of("n0", "ns1")[0];
     assert_eq!(p.name, "gw");
     assert_eq!(p.config.public_key, key(1).parse().unwrap());

@@ -1,11 +1,16 @@
 //! Simulated nodes against a real kube-apiserver: each runs the agent's
-//! own watches, index and scope loop (`wg_agent::run::watches`,
-//! `wg_agent::run::scope_loop`) with its own client, in this process. A
-//! simulated node holds no interface and touches no device: what it is
-//! sent, and what its index then knows, is what is measured. Shared by the
+//! own watches, index, scope loop and reconcile loop
+//! (`wg_agent::run::{watches, scope_loop, reconcile_loop}`) with its own
+//! client, in this process. Its pods' interfaces are recording devices
+//! (`device.rs`: userspace devices answering on their control sockets, held
+//! with `Agent::hold`), so nothing touches the kernel: the networks and
+//! peers the simulations use keep every address inside the network's pool,
+//! so no route is ever wanted through an interface. Shared by the
 //! scale test (tests/scale.rs) and the cluster scale benchmark (benches/cluster_scale.rs).
 
 #![allow(dead_code)] // each user takes what it needs
+
+pub mod device;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,11 +23,11 @@ use kube::Client;
 use serde_json::json;
 use tokio::sync::mpsc;
 use wg_agent::agent::Agent;
-use wg_agent::keys::KeyStore;
-use wg_agent::local::Records;
+use wg_agent::keys::{KeyId, KeyStore};
+use wg_agent::local::{LocalRecord, Records};
 use wg_agent::metrics::Metrics;
 use wg_agent::settings::Settings;
-use wg_netns::{Backend, BackendKind, Userspace};
+use wg_netns::{Backend, BackendKind, Birthplace, IfName, Netns, SocketNamespace, Userspace};
 use wg_netns_testkit::WorkDir;
 
 /// The repository's root.
@@ -174,13 +179,18 @@ pub fn pod(name: &str, node: &str, network: Option<&str>) -> Pod {
     .expect("pod")
 }
 
-/// One simulated node: an [`Agent`] whose watches and scope loop run,
-/// stopped on drop.
+/// One simulated node: an [`Agent`] whose watches, scope loop and
+/// reconcile loop run, stopped on drop.
 pub struct SimNode {
     /// Its name.
     pub name: String,
     /// The agent (its index and metrics are what is looked at).
     pub agent: Arc<Agent>,
+    /// Its interfaces' devices.
+    pub devices: Vec<device::Recorder>,
+    backend: Backend,
+    uapi: PathBuf,
+    keys: KeyStore,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _dir: WorkDir,
 }
@@ -204,15 +214,19 @@ impl SimNode {
                 .map(|(_, v)| v.clone())
         })
         .expect("settings");
-        let userspace = Userspace::new("/nonexistent/wireguard-go");
-        // Nothing reads these: no reconcile or status writer runs.
-        let (dirty, _) = mpsc::unbounded_channel();
+        let uapi = dir.join("uapi");
+        std::fs::create_dir_all(&uapi).expect("uapi dir");
+        let mut userspace = Userspace::new("/nonexistent/wireguard-go");
+        userspace.socket_dir = uapi.clone();
+        let backend = Backend::of_kind(BackendKind::Userspace, userspace.clone());
+        let (dirty, dirty_rx) = mpsc::unbounded_channel();
+        // No status writer runs: nothing reads these.
         let (publish, _) = mpsc::unbounded_channel();
         let agent = Arc::new(
             Agent::new(
                 settings,
                 lite.client().await,
-                Backend::of_kind(BackendKind::Userspace, userspace.clone()),
+                backend.clone(),
                 userspace,
                 KeyStore::open(&state.join("keys")).expect("keys"),
                 Records::open(&state.join("attachments")).expect("records"),
@@ -225,13 +239,70 @@ impl SimNode {
         let tasks = vec![
             tokio::spawn(wg_agent::run::watches(Arc::clone(&agent))),
             tokio::spawn(wg_agent::run::scope_loop(Arc::clone(&agent))),
+            tokio::spawn(wg_agent::run::reconcile_loop(Arc::clone(&agent), dirty_rx)),
         ];
         SimNode {
             name: name.to_string(),
             agent,
+            devices: Vec::new(),
+            backend,
+            keys: KeyStore::open(&state.join("keys")).expect("keys"),
+            uapi,
             tasks,
             _dir: dir,
         }
+    }
+
+    /// Give pod `namespace/pod` (UID `uid`, a pod object of this node in
+    /// the apiserver) an interface of `network` at `address`: a recording
+    /// device the agent holds and reconciles from now on.
+    pub fn hold(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+        uid: &str,
+        network: &str,
+        address: &str,
+        port: u16,
+    ) {
+        let kid = KeyId::new(uid, "wg0").expect("key id");
+        let (private, _) = self.keys.get_or_create(&kid, "").expect("key");
+        let birth = IfName::derived("wgs", &format!("{}/{uid}", self.name)).expect("name");
+        let rec = LocalRecord {
+            network: network.into(),
+            namespace: namespace.into(),
+            pod: pod.into(),
+            pod_uid: uid.into(),
+            container_id: format!("sim-{uid}"),
+            cni_ifname: "eth0".into(),
+            addresses: vec![address.parse().expect("address")],
+            listen_port: port,
+            public_key: private.public_key(),
+            key_generation: String::new(),
+            attachment: wg_netns::AttachmentRecord {
+                interface: IfName::new("wg0").expect("name"),
+                birth_name: birth.clone(),
+                netns: "/proc/self/ns/net".into(),
+                socket_namespace: SocketNamespace::Host,
+                backend: BackendKind::Userspace,
+                userspace_implementation: None,
+            },
+            created: 0,
+        };
+        let attachment: wg_netns::Attachment = serde_json::from_value(json!({
+            "index": 2_000_000_000u32, "name": "wg0", "birthName": birth.as_str(),
+            "kind": "userspace", "publicKey": null, "mtu": 1420, "up": true,
+        }))
+        .expect("attachment");
+        self.devices.push(device::Recorder::start(
+            &self.uapi,
+            birth.as_str(),
+            private.as_bytes(),
+            port,
+        ));
+        let here = Netns::current().expect("own namespace");
+        let place = Birthplace::new(&here, &here, &self.backend).expect("place");
+        self.agent.hold(rec, place, attachment).expect("hold");
     }
 
     /// A sample of the node's metrics (0 when absent).
