@@ -450,8 +450,8 @@ impl Agent {
 
     /// Hold an interface made elsewhere, as if this agent had made it: its
     /// record is saved, its port taken, its network's and namespace's
-    /// watches started, and from now on it is reconciled, verified and
-    /// collected like every other. For a runtime that made the interface
+    /// watches started, a reconcile of it queued, and from now on it is
+    /// reconciled, verified and collected like every other. For a runtime that made the interface
     /// itself, and for the simulation of many nodes in one process
     /// (`tests/sim/`: userspace devices answering on their control
     /// sockets, in the agent's own namespace). Blocking (the link watch
@@ -473,6 +473,9 @@ impl Agent {
         self.slots()
             .insert(key.clone(), Arc::new(tokio::sync::Mutex::new(Some(entry))));
         self.metrics.devices.set(self.slots().len() as i64);
+        // Made to the cluster's state at once, not at the next change or
+        // verify: the watches it pinned may be listed already.
+        self.mark(vec![Dirty::Pod(key.pod_uid().to_string())]);
         Ok(key)
     }
 

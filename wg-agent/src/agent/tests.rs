@@ -724,6 +724,11 @@ async fn the_reconciler_sends_a_device_only_what_changed() {
         .unwrap()
         .0;
     let all = || vec![Dirty::All];
+    assert_eq!(
+        t.marked(),
+        vec![Dirty::Pod("u1".into())],
+        "holding an interface queues its reconcile"
+    );
 
     // Before the caches are synced, nothing is touched.
     assert!(reconcile(&t, &dev, all()).await.is_empty());
