@@ -1,27 +1,30 @@
 //! Cluster scale, simulated: N node names, each running the agent's real
-//! watches, index and scope loop in this process (`tests/sim/`), against a
-//! real kube-apiserver + etcd (`scripts/apiserver-lite`). Per cluster size,
-//! side by side in one run:
+//! watches, index, scope and reconcile loops in this process (`tests/sim/`),
+//! against a real kube-apiserver + etcd (`scripts/apiserver-lite`); each
+//! mesh node holds one recording device (its first pod's interface,
+//! reconciled by the agent like any other). Per cluster size, side by side
+//! in one run:
 //!
 //! 1. objects delivered cluster-wide per new pod (its attachment created,
 //!    then its status with key and address), against what watching every
 //!    attachment of the cluster delivered (every node, twice);
 //! 2. the time from that status write until every member node's index has
-//!    the new pod as a mesh peer (p50, p99);
+//!    the new pod as a mesh peer, and until every member's device has it
+//!    (p50, p99);
 //! 3. what one node holds in its index (a node of the mesh, a node of no
 //!    network) and the memory each costs this process (the mesh nodes are
 //!    started first, the others after, each group's RSS growth divided by
 //!    its size);
 //! 4. the apiserver's CPU at rest (10 s, every node watching) and per new
 //!    pod, its memory, and etcd's size;
-//! 5. the rest of the workload, each until every member node's index has
-//!    it: a key rotation (a member's status with a new key), a peer edit
+//! 5. the rest of the workload, each until every member's device has it:
+//!    a key rotation (a member's status with a new key), a peer edit
 //!    (a WireGuardPeer's allowedIPs in the mesh's namespace), a pod gone
 //!    (its attachment deleted).
 //!
 //! The cluster: `--pods` (30) pods per node, the pods of every tenth node
 //! (10% of the pods) in one mesh network `big`, the rest in none; one
-//! address block per mesh node. Not a test: nothing fails on a number.
+//! address block per mesh node; every pod its own key. Not a test: nothing fails on a number.
 //!
 //! `cargo bench -p wg-agent --bench cluster_scale -- [--sizes 10,100,1000]
 //! [--pods 30] [--samples 20]`
@@ -78,11 +81,11 @@ fn held(n: &SimNode) -> usize {
         + i.own_attachments.len()
 }
 
-fn attachment(name: &str, node: &str) -> WireGuardAttachment {
+fn attachment(name: &str, node: &str, uid: &str) -> WireGuardAttachment {
     serde_json::from_value(json!({
         "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardAttachment",
         "metadata": {"name": name},
-        "spec": {"network": "big", "podName": name, "podUID": format!("uid-{name}"),
+        "spec": {"network": "big", "podName": name, "podUID": uid,
                  "nodeName": node, "interface": "wg0"}
     }))
     .expect("attachment")
@@ -100,6 +103,8 @@ struct Row {
     before: usize,
     p50: f64,
     p99: f64,
+    dev: (f64, f64),
+    first_mesh: f64,
     held_member: usize,
     held_other: usize,
     rss_member: f64,
@@ -147,34 +152,41 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
         .expect("network");
     let node = |i: usize| format!("node-{i}");
     let mesh_node = |i: usize| i.is_multiple_of(10);
-    // The pods, their attachments (with key and address) and the blocks.
-    let key = PrivateKey::generate().expect("key").public_key();
-    let key = key.to_base64().to_string();
-    stream::iter(0..n * pods)
-        .for_each_concurrent(32, |k| {
+    // The pods, their attachments (with key and address) and the blocks;
+    // the UIDs of the mesh nodes' first pods, whose devices are held.
+    let addr_of = |i: usize, j: usize| block_of(i).replace(".0/24", &format!(".{}/14", j + 1));
+    let firsts: Vec<(usize, String)> = stream::iter(0..n * pods)
+        .map(|k| {
             let admin = admin.clone();
-            let key = key.clone();
             async move {
                 let (i, j) = (k / pods, k % pods);
                 let ns = if mesh_node(i) { "mesh" } else { "other" };
                 let name = format!("p{i}-{j}");
                 let p = pod(&name, &node(i), mesh_node(i).then_some("big"));
-                let _ = Api::namespaced(admin.clone(), ns)
+                let uid = Api::namespaced(admin.clone(), ns)
                     .create(&PostParams::default(), &p)
-                    .await;
+                    .await
+                    .ok()
+                    .and_then(|p: k8s_openapi::api::core::v1::Pod| p.metadata.uid)
+                    .unwrap_or_else(|| format!("uid-{name}"));
                 if mesh_node(i) {
                     let api: Api<WireGuardAttachment> = Api::namespaced(admin, ns);
                     let _ = api
-                        .create(&PostParams::default(), &attachment(&name, &node(i)))
+                        .create(&PostParams::default(), &attachment(&name, &node(i), &uid))
                         .await;
-                    let addr = block_of(i).replace(".0/24", &format!(".{}/14", j + 1));
-                    let st = json!({"status": {"publicKey": key, "addresses": [addr]}});
+                    let key = PrivateKey::generate().expect("key").public_key();
+                    let st = json!({"status": {"publicKey": key.to_base64().to_string(),
+                                               "addresses": [addr_of(i, j)]}});
                     let _ = api
                         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
                         .await;
                 }
+                (mesh_node(i) && j == 0).then_some((i, uid))
             }
         })
+        .buffer_unordered(32)
+        .filter_map(|x| async move { x })
+        .collect()
         .await;
     let blocks: Api<WireGuardAddressBlock> = Api::all(admin.clone());
     for i in (0..n).filter(|i| mesh_node(*i)) {
@@ -212,7 +224,34 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
         tokio::time::sleep(Duration::from_secs(2)).await;
         rss.push((rss_mib() - before) / ids.len().max(1) as f64);
     }
-    let nodes: Vec<SimNode> = slots.into_iter().flatten().collect();
+    let mut nodes: Vec<SimNode> = slots.into_iter().flatten().collect();
+    // Each mesh node's first pod gets its interface: the agent meshes it
+    // with every other pod of the network.
+    let mesh_start = Instant::now();
+    for (i, uid) in &firsts {
+        nodes[*i].hold(
+            "mesh",
+            &format!("p{i}-0"),
+            uid,
+            "big",
+            &addr_of(*i, 0),
+            51820,
+        );
+    }
+    let full = firsts.len() * pods - 1;
+    let first_mesh = until(mesh_start, || {
+        firsts
+            .iter()
+            .all(|(i, _)| nodes[*i].devices.iter().all(|d| d.peers() >= full))
+    })
+    .await;
+    for (i, _) in &firsts {
+        for d in &nodes[*i].devices {
+            if d.peers() < full {
+                eprintln!("node-{i}: {} of {full} peers on its device", d.peers());
+            }
+        }
+    }
     let setup = t0.elapsed().as_secs_f64();
     let cpu0 = lite.apiserver_cpu();
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -236,16 +275,22 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
             .iter()
             .any(|m| m.public_key == *k)
     };
+    let on_device =
+        |i: usize, k: &wg_netns::PublicKey| nodes[i].devices.iter().all(|d| d.has_peer(k));
     let mut times = Vec::new();
+    let mut dev_times = Vec::new();
     let mut fresh_keys = Vec::new();
     let api: Api<WireGuardAttachment> = Api::namespaced(admin.clone(), "mesh");
     for s in 0..samples {
         let host = members[s % members.len()];
         let name = format!("new-{s}");
         let before = total(&nodes);
-        api.create(&PostParams::default(), &attachment(&name, &node(host)))
-            .await
-            .expect("attachment");
+        api.create(
+            &PostParams::default(),
+            &attachment(&name, &node(host), &format!("uid-{name}")),
+        )
+        .await
+        .expect("attachment");
         let fresh = PrivateKey::generate().expect("key").public_key();
         let addr = block_of(host).replace(".0/24", &format!(".{}/14", 200 + s));
         let st =
@@ -255,6 +300,7 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
             .await
             .expect("status");
         times.push(until(written, || members.iter().all(|&i| has_key(i, &fresh))).await);
+        dev_times.push(until(written, || members.iter().all(|&i| on_device(i, &fresh))).await);
         // Let stragglers arrive before counting.
         tokio::time::sleep(Duration::from_millis(300)).await;
         delivered.push(total(&nodes) - before);
@@ -269,15 +315,17 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
     let mut rotations = Vec::new();
     for s in 0..samples {
         let host = members[s % members.len()];
-        let name = format!("p{host}-{}", s % pods);
+        // Not the first pod: that one's device is the measuring one.
+        let j = 1 + s % (pods - 1).max(1);
+        let name = format!("p{host}-{j}");
         let k = PrivateKey::generate().expect("key").public_key();
-        let addr = block_of(host).replace(".0/24", &format!(".{}/14", s % pods + 1));
+        let addr = addr_of(host, j);
         let st = json!({"status": {"publicKey": k.to_base64().to_string(), "addresses": [addr]}});
         let written = Instant::now();
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
             .await
             .expect("rotation");
-        rotations.push(until(written, || members.iter().all(|&i| has_key(i, &k))).await);
+        rotations.push(until(written, || members.iter().all(|&i| on_device(i, &k))).await);
     }
 
     // Peer edits: one WireGuardPeer of the mesh's namespace, its
@@ -294,22 +342,19 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
         .expect("peer")
     };
     peers
-        .create(&PostParams::default(), &peer_with("10.250.0.0/24"))
+        .create(&PostParams::default(), &peer_with("10.103.0.0/24"))
         .await
         .expect("peer");
-    let has_peer = |i: usize, cidr: &str| {
-        index_of(i)
-            .peers_of("big", "mesh")
-            .iter()
-            .any(|p| p.config.allowed_ips.iter().any(|a| a.to_string() == cidr))
-    };
+    // Its allowed IPs stay inside the network's pool (10.100.0.0/14, the
+    // blocks end at 10.100.99.0/24): no route is ever wanted.
+    let has_peer = |i: usize, cidr: &str| nodes[i].devices.iter().all(|d| d.allows(&gw, cidr));
     until(Instant::now(), || {
-        members.iter().all(|&i| has_peer(i, "10.250.0.0/24"))
+        members.iter().all(|&i| has_peer(i, "10.103.0.0/24"))
     })
     .await;
     let mut edits = Vec::new();
     for s in 1..=samples {
-        let cidr = format!("10.250.{s}.0/24");
+        let cidr = format!("10.103.{s}.0/24");
         let written = Instant::now();
         peers
             .replace("gw", &PostParams::default(), &{
@@ -332,7 +377,14 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
     for (name, k) in &fresh_keys {
         let written = Instant::now();
         api.delete(name, &Default::default()).await.expect("delete");
-        gone.push(until(written, || members.iter().all(|&i| !has_key(i, k))).await);
+        gone.push(
+            until(written, || {
+                members
+                    .iter()
+                    .all(|&i| nodes[i].devices.iter().all(|d| !d.has_peer(k)))
+            })
+            .await,
+        );
     }
     let row = Row {
         nodes: n,
@@ -341,6 +393,8 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
         before: 2 * n,
         p50: pct(&mut times.clone(), 0.5),
         p99: pct(&mut times, 0.99),
+        dev: p50_p99(&mut dev_times),
+        first_mesh,
         held_member: held(&nodes[0]),
         held_other: nodes.get(1).map(held).unwrap_or(0),
         rss_member: rss[0],
@@ -379,14 +433,14 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "| nodes | pods | mesh nodes | attachment objects delivered per new pod | before (every node, twice) | new pod in every member's index p50 / p99 | objects held: mesh node / other node | memory: mesh node / other node | apiserver CPU at rest / per new pod | apiserver RSS | etcd | setup |"
+        "| nodes | pods | mesh nodes | attachment objects delivered per new pod | before (every node, twice) | new pod in every member's index p50 / p99 | on every member's device p50 / p99 | objects held: mesh node / other node | memory: mesh node / other node | apiserver CPU at rest / per new pod | apiserver RSS | etcd | setup |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for n in sizes {
         let r = rt.block_on(size(n, pods, samples));
         println!(
-            "| {} | {} | {} | {:.1} | {} | {:.0} / {:.0} ms | {} / {} | {:.2} / {:.2} MiB | {:.1}% / {:.0} ms | {:.0} MiB | {:.0} MiB | {:.0} s |",
+            "| {} | {} | {} | {:.1} | {} | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {} / {} | {:.2} / {:.2} MiB | {:.1}% / {:.0} ms | {:.0} MiB | {:.0} MiB | {:.0} s |",
             r.nodes,
             r.nodes * pods,
             r.members,
@@ -394,6 +448,8 @@ fn main() {
             r.before,
             r.p50,
             r.p99,
+            r.dev.0,
+            r.dev.1,
             r.held_member,
             r.held_other,
             r.rss_member,
@@ -407,12 +463,19 @@ fn main() {
         rows.push(r);
     }
     println!();
-    println!("| nodes | key rotation in every member's index p50 / p99 | peer edit p50 / p99 | pod gone p50 / p99 |");
-    println!("|---|---|---|---|");
+    println!("| nodes | first mesh on every member's device | key rotation on every member's device p50 / p99 | peer edit p50 / p99 | pod gone p50 / p99 |");
+    println!("|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} ms |",
-            r.nodes, r.rotation.0, r.rotation.1, r.edit.0, r.edit.1, r.gone.0, r.gone.1
+            "| {} | {:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} ms |",
+            r.nodes,
+            r.first_mesh,
+            r.rotation.0,
+            r.rotation.1,
+            r.edit.0,
+            r.edit.1,
+            r.gone.0,
+            r.gone.1
         );
     }
 }

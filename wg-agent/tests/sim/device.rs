@@ -143,6 +143,22 @@ impl Recorder {
             .contains_key(&hex(key.as_bytes()))
     }
 
+    /// How many peers it has.
+    pub fn peers(&self) -> usize {
+        self.state.lock().expect("state").peers.len()
+    }
+
+    /// Whether peer `key` has `cidr` (as the agent wrote it) among its
+    /// allowed IPs.
+    pub fn allows(&self, key: &PublicKey, cidr: &str) -> bool {
+        self.state
+            .lock()
+            .expect("state")
+            .peers
+            .get(&hex(key.as_bytes()))
+            .is_some_and(|ips| ips.iter().any(|ip| ip == cidr))
+    }
+
     /// How many `set=1` it received.
     pub fn sets(&self) -> u64 {
         self.state.lock().expect("state").sets
