@@ -18,6 +18,9 @@
 //! `cargo bench -p wg-agent --bench agent -- [--sizes 10,100,1000]
 //! [--edits 20] [--mesh 100] [--synthetic 1000,10000]`
 
+#[path = "../tests/sim/mod.rs"]
+mod sim;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -29,6 +32,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
+use sim::{repo, Lite};
 use wg_k8s_types::{WireGuardAttachment, WireGuardPeer};
 use wg_netns::PrivateKey;
 
@@ -47,13 +51,6 @@ fn list(name: &str, default: &str) -> Vec<usize> {
         .collect()
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("root")
-        .to_path_buf()
-}
-
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -61,36 +58,6 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i.min(v.len() - 1)]
-}
-
-/// etcd + kube-apiserver on 127.0.0.1, down on drop.
-struct Lite {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl Lite {
-    fn up() -> Result<Lite, String> {
-        let out = Command::new(repo().join("scripts/apiserver-lite"))
-            .arg("up")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        let kubeconfig = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let dir = kubeconfig.parent().ok_or("no dir")?.to_path_buf();
-        Ok(Lite { dir, kubeconfig })
-    }
-}
-
-impl Drop for Lite {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/apiserver-lite"))
-            .arg("down")
-            .arg(&self.dir)
-            .status();
-    }
 }
 
 /// A pod's network namespace (`wgbench-PID-N`), removed on drop.
@@ -451,13 +418,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let client = rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(&lite.kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("config");
-        Client::try_from(cfg).expect("client")
-    });
+    let client = rt.block_on(lite.client());
     // Pods need their namespace's default service account (no controllers here).
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("sa");

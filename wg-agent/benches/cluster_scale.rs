@@ -61,16 +61,6 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[(((v.len() as f64 - 1.0) * p).round() as usize).min(v.len() - 1)]
 }
 
-fn rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// Objects one node's index holds: mesh members, blocks, peers, pods.
 fn held(n: &SimNode) -> usize {
     let i = n.agent.index.lock().unwrap_or_else(|e| e.into_inner());
@@ -211,7 +201,7 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
     let mut slots: Vec<Option<SimNode>> = (0..n).map(|_| None).collect();
     let mut rss = Vec::new();
     for group in [true, false] {
-        let before = rss_mib();
+        let before = sim::rss_mib("self");
         let ids: Vec<usize> = (0..n).filter(|i| mesh_node(*i) == group).collect();
         for &i in &ids {
             slots[i] = Some(SimNode::start(&lite, &node(i), "60s").await);
@@ -222,7 +212,7 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
         }
         // Settled: what the lists brought is in the indexes.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        rss.push((rss_mib() - before) / ids.len().max(1) as f64);
+        rss.push((sim::rss_mib("self") - before) / ids.len().max(1) as f64);
     }
     let mut nodes: Vec<SimNode> = slots.into_iter().flatten().collect();
     // Each mesh node's first pod gets its interface: the agent meshes it

@@ -80,13 +80,7 @@ impl Lite {
     /// The kube-apiserver's resident memory, in MiB.
     pub fn apiserver_rss_mib(&self) -> f64 {
         let pid = std::fs::read_to_string(self.dir.join("kube-apiserver.pid")).unwrap_or_default();
-        let s = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
+        rss_mib(pid.trim())
     }
 
     /// The size of etcd's database file, in bytes.
@@ -162,6 +156,18 @@ impl Drop for Lite {
             .arg(&self.dir)
             .status();
     }
+}
+
+/// The resident memory of process `pid` (`self`: this one), in MiB (0
+/// when it cannot be read).
+pub fn rss_mib(pid: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 /// A pod bound to `node` (no scheduler, no kubelet: it stays Pending,
