@@ -32,16 +32,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
-use sim::{repo, Lite};
+use sim::{flag, pct, repo, Lite};
 use wg_k8s_types::{WireGuardAttachment, WireGuardPeer};
 use wg_netns::PrivateKey;
-
-fn flag(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 fn list(name: &str, default: &str) -> Vec<usize> {
     flag(name)
@@ -49,15 +42,6 @@ fn list(name: &str, default: &str) -> Vec<usize> {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect()
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
 }
 
 /// A pod's network namespace (`wgbench-PID-N`), removed on drop.

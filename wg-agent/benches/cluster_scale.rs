@@ -24,7 +24,8 @@
 //!
 //! The cluster: `--pods` (30) pods per node, the pods of every tenth node
 //! (10% of the pods) in one mesh network `big`, the rest in none; one
-//! address block per mesh node; every pod its own key. Not a test: nothing fails on a number.
+//! address block per mesh node; every pod its own key. Not a test:
+//! nothing fails on a number.
 //!
 //! `cargo bench -p wg-agent --bench cluster_scale -- [--sizes 10,100,1000]
 //! [--pods 30] [--samples 20]`
@@ -38,27 +39,12 @@ use futures::{stream, StreamExt};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
-use sim::{pod, Lite, SimNode};
+use sim::{flag, pct, pod, Lite, SimNode};
 use wg_k8s_types::{WireGuardAddressBlock, WireGuardAttachment, WireGuardNetwork, WireGuardPeer};
 use wg_netns::PrivateKey;
 
-fn flag(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
 fn num(name: &str, default: usize) -> usize {
     flag(name).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[(((v.len() as f64 - 1.0) * p).round() as usize).min(v.len() - 1)]
 }
 
 /// Objects one node's index holds: mesh members, blocks, peers, pods.

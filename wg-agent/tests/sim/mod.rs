@@ -158,6 +158,24 @@ impl Drop for Lite {
     }
 }
 
+/// The value after `name` on the command line (a benchmark's flag).
+pub fn flag(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// The `p` quantile (0..=1) of `v`, sorted in place (NaN when empty).
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
 /// The resident memory of process `pid` (`self`: this one), in MiB (0
 /// when it cannot be read).
 pub fn rss_mib(pid: &str) -> f64 {
