@@ -637,6 +637,73 @@ async fn a_failed_device_write_is_retried_with_backoff() {
     let _ = key;
 }
 
+/// A WireGuardPeer's `Ready` is one fact every agent applying it comes
+/// to, and each write of it reaches every node of the namespace: an agent
+/// writes it only when the peer does not already say it, the first time
+/// with the peer's creation as its transition (so agents racing to write
+/// it write the same content).
+#[tokio::test]
+async fn a_peers_ready_is_written_only_when_the_peer_does_not_say_it() {
+    let t = test_agent(|s| match s.method {
+        Method::PATCH => (200, json!({})),
+        _ => status(500, "InternalError"),
+    });
+    let (_key, dev) = held_device(&t, json!({"addressPools": [{"cidr": "10.77.0.0/16"}]}));
+    t.agent.set_synced();
+    scope_listed(&t);
+    let created = "2026-01-02T03:04:05Z";
+    let peer = |name: &str, st: Value| {
+        let k = PrivateKey::generate().unwrap().public_key();
+        let p: wg_k8s_types::WireGuardPeer = serde_json::from_value(json!({
+            "apiVersion": wg_k8s_types::API_VERSION, "kind": "WireGuardPeer",
+            "metadata": {"name": name, "namespace": "ns1", "creationTimestamp": created},
+            "spec": {"network": "n0", "publicKey": k.to_base64(), "allowedIPs": ["10.77.200.0/24"]},
+            "status": st,
+        }))
+        .unwrap();
+        t.agent.index.lock().unwrap().peer(&p)
+    };
+    peer("fresh", json!({}));
+    peer(
+        "said",
+        json!({"conditions": [{"type": "Ready", "status": "True", "reason": "Applied",
+            "message": "applied to the pods it selects", "lastTransitionTime": "2026-01-02T03:04:09Z"}]}),
+    );
+    peer(
+        "stale",
+        json!({"conditions": [{"type": "Ready", "status": "False", "reason": "SecretNotFound",
+            "message": "gone", "lastTransitionTime": "2026-01-02T03:04:09Z"}]}),
+    );
+    let sets = reconcile(&t, &dev, vec![Dirty::All]).await;
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let patch_of = |name: &str| {
+        t.log.all().into_iter().find(|s| {
+            s.method == Method::PATCH && s.path.ends_with(&format!("/wireguardpeers/{name}/status"))
+        })
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(patch_of("fresh").is_some() && patch_of("stale").is_some())
+        && std::time::Instant::now() < until
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let fresh = patch_of("fresh").expect("fresh's status");
+    let cond = &fresh.body["status"]["conditions"][0];
+    assert_eq!(cond["status"], "True", "{}", fresh.body);
+    assert_eq!(cond["lastTransitionTime"], created, "{}", fresh.body);
+    // A change of state is written, at the time it happened.
+    let stale = patch_of("stale").expect("stale's status");
+    let cond = &stale.body["status"]["conditions"][0];
+    assert_eq!(cond["status"], "True", "{}", stale.body);
+    assert_ne!(cond["lastTransitionTime"], created, "{}", stale.body);
+    // Written in the background alongside the others: time to arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        patch_of("said").is_none(),
+        "a peer that already says it was written again"
+    );
+}
+
 /// A network's peerEndpoints bound where its WireGuardPeers may send: a
 /// peer outside is left off the device and its status says why; one
 /// inside is applied.
