@@ -28,7 +28,11 @@
 //! nothing fails on a number.
 //!
 //! `cargo bench -p wg-agent --bench cluster_scale -- [--sizes 10,100,1000]
-//! [--pods 30] [--samples 20]`
+//! [--pods 30] [--samples 20] [--profile DIR]`
+//!
+//! `--profile DIR`: a CPU profile of the kube-apiserver over the workload
+//! of each size (`DIR/apiserver-N.pprof`, from the first new pod for 20 s;
+//! `go tool pprof -top` reads it).
 
 #[path = "../tests/sim/mod.rs"]
 mod sim;
@@ -108,7 +112,7 @@ fn p50_p99(v: &mut [f64]) -> (f64, f64) {
     (pct(&mut v.to_vec(), 0.5), pct(v, 0.99))
 }
 
-async fn size(n: usize, pods: usize, samples: usize) -> Row {
+async fn size(n: usize, pods: usize, samples: usize, profile: Option<&str>) -> Row {
     let t0 = Instant::now();
     let lite = Lite::up().expect("apiserver-lite");
     lite.install_crds().await;
@@ -257,6 +261,12 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
     let mut dev_times = Vec::new();
     let mut fresh_keys = Vec::new();
     let api: Api<WireGuardAttachment> = Api::namespaced(admin.clone(), "mesh");
+    let profiling = profile.and_then(|dir| {
+        let out = std::path::Path::new(dir).join(format!("apiserver-{n}.pprof"));
+        lite.profile(20, &out)
+            .map_err(|e| eprintln!("no apiserver profile: {e}"))
+            .ok()
+    });
     for s in 0..samples {
         let host = members[s % members.len()];
         let name = format!("new-{s}");
@@ -362,6 +372,9 @@ async fn size(n: usize, pods: usize, samples: usize) -> Row {
             .await,
         );
     }
+    if let Some(mut p) = profiling {
+        let _ = p.wait();
+    }
     let row = Row {
         nodes: n,
         members: members.len(),
@@ -396,6 +409,7 @@ fn main() {
         .collect();
     let pods = num("--pods", 30);
     let samples = num("--samples", 20);
+    let profile = flag("--profile");
     // Every simulated node holds a connection per watch.
     let _ = rustix::process::setrlimit(
         rustix::process::Resource::Nofile,
@@ -414,7 +428,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for n in sizes {
-        let r = rt.block_on(size(n, pods, samples));
+        let r = rt.block_on(size(n, pods, samples, profile.as_deref()));
         println!(
             "| {} | {} | {} | {:.1} | {} | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {} / {} | {:.2} / {:.2} MiB | {:.1}% / {:.0} ms | {:.0} MiB | {:.0} MiB | {:.0} s |",
             r.nodes,

@@ -90,6 +90,41 @@ impl Lite {
             .unwrap_or(0)
     }
 
+    /// Start a CPU profile of the kube-apiserver over the next `seconds`
+    /// (its `/debug/pprof/profile`, written to `out` by curl with the
+    /// admin's certificate); wait for the returned process to have it.
+    /// Read with `go tool pprof -top OUT` (Go's profiles carry their
+    /// symbols).
+    pub fn profile(&self, seconds: u32, out: &Path) -> std::io::Result<std::process::Child> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let cluster = kc
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.clone())
+            .ok_or_else(|| std::io::Error::other("no cluster"))?;
+        let user = kc
+            .auth_infos
+            .first()
+            .and_then(|u| u.auth_info.clone())
+            .ok_or_else(|| std::io::Error::other("no user"))?;
+        let (Some(server), Some(ca), Some(cert), Some(key)) = (
+            cluster.server,
+            cluster.certificate_authority,
+            user.client_certificate,
+            user.client_key,
+        ) else {
+            return Err(std::io::Error::other("kubeconfig without certificates"));
+        };
+        Command::new("curl")
+            .args([
+                "-fsS", "--cacert", &ca, "--cert", &cert, "--key", &key, "-o",
+            ])
+            .arg(out)
+            .arg(format!("{server}/debug/pprof/profile?seconds={seconds}"))
+            .spawn()
+    }
+
     /// A client of its own (each simulated node has one, as each agent).
     pub async fn client(&self) -> Client {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
