@@ -193,6 +193,30 @@ impl Drift {
         }
     }
 
+    /// Whether this is a difference of the WireGuard device's own
+    /// configuration (key, port, mark, peers), as opposed to the link, its
+    /// addresses and routes. A caller that does not know what the device
+    /// should hold (and so leaves it as it is) judges only the others.
+    pub fn is_device(&self) -> bool {
+        match self {
+            Drift::PrivateKey
+            | Drift::ListenPort { .. }
+            | Drift::Fwmark { .. }
+            | Drift::PeerMissing { .. }
+            | Drift::PeerUnexpected { .. }
+            | Drift::PeerAllowedIps { .. }
+            | Drift::PeerKeepalive { .. }
+            | Drift::PeerPresharedKey { .. }
+            | Drift::PeerEndpoint { .. } => true,
+            Drift::Missing { .. }
+            | Drift::AddressMissing { .. }
+            | Drift::AddressUnexpected { .. }
+            | Drift::RouteMissing { .. }
+            | Drift::Mtu { .. }
+            | Drift::Down => false,
+        }
+    }
+
     /// Where `have` differs from `want` read as a complete desired state:
     /// exactly the parts of `want.diff(have)`.
     pub fn of_device(want: &DeviceConfig, have: &Device) -> Vec<Drift> {
@@ -323,6 +347,9 @@ mod tests {
         ];
         for (d, kind) in &all {
             assert_eq!(d.kind(), *kind, "{d}");
+            let device = kind.starts_with("peer_")
+                || ["private_key", "listen_port", "fwmark"].contains(kind);
+            assert_eq!(d.is_device(), device, "{d}");
         }
     }
 

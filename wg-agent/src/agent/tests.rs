@@ -1332,6 +1332,24 @@ async fn an_interface_deleted_while_the_agent_was_away_is_kept_to_be_made_again(
     );
 }
 
+/// An interface whose target is not known yet (an agent restarted before
+/// its namespace's peers listed) keeps its device as it is: what the
+/// device holds is not drift then, its link and addresses still are.
+#[test]
+fn without_a_target_the_device_is_not_judged() {
+    let peer = PrivateKey::generate().unwrap().public_key();
+    let found = vec![
+        verify::Finding::Drift(wg_netns::Drift::PeerUnexpected { peer }),
+        verify::Finding::Drift(wg_netns::Drift::ListenPort { have: 1, want: 2 }),
+        verify::Finding::Drift(wg_netns::Drift::AddressMissing {
+            address: "10.77.0.2/16".parse().unwrap(),
+        }),
+        verify::Finding::Drift(wg_netns::Drift::Down),
+    ];
+    assert_eq!(verify::judged(true, found.clone()), found);
+    assert_eq!(verify::judged(false, found.clone()), found[2..].to_vec());
+}
+
 #[test]
 fn a_port_another_program_holds_is_skipped() {
     let held = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();

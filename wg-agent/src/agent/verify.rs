@@ -48,6 +48,23 @@ pub fn describe(found: &[Finding]) -> String {
         .join("; ")
 }
 
+/// What of `found` is drift: all of it when the interface's target is
+/// known; without one (its network's or namespace's watches not listed
+/// yet, its pod unknown, its network gone) the device is left as it is
+/// by the reconcile, so what it holds is not judged either (an agent
+/// restarted before its namespace's peers listed found its mesh peers
+/// "unexpected" and rewrote them). The link, its addresses and the kill
+/// switch are judged always.
+pub(super) fn judged(target_known: bool, found: Vec<Finding>) -> Vec<Finding> {
+    if target_known {
+        return found;
+    }
+    found
+        .into_iter()
+        .filter(|f| !matches!(f, Finding::Drift(d) if d.is_device()))
+        .collect()
+}
+
 impl Agent {
     /// Read one interface back, compare it with what it should be now
     /// (`Agent::target`: the resources, not what was last written, so a
@@ -113,6 +130,7 @@ impl Agent {
             Ok::<_, wg_netns::Error>(found)
         })
         .await??;
+        let found = judged(target.is_some(), found);
         if repair {
             for f in &found {
                 self.metrics.drift_found(f.kind());
