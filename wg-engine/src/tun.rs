@@ -16,6 +16,7 @@ use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
 use rustix::fs::{Mode, OFlags};
 use rustix::ioctl::{opcode, Opcode, Updater};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::watch;
 
 use wg_netns::{IfName, Netns};
@@ -92,7 +93,13 @@ impl Tun {
         // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open
         // and refers to the same file description until the AsyncFd drops,
         // and OwnedFd::as_raw_fd always returns that descriptor.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        let fd = unsafe {
+            AsyncFd::register_with_interest(
+                fd,
+                Interest::READABLE | Interest::WRITABLE | Interest::ERROR,
+            )
+        }
+        .map_err(io::Error::from)?;
         Ok((
             Tun {
                 fd: Arc::new(fd),
@@ -132,7 +139,9 @@ impl IpRecv for Tun {
         loop {
             let mut packet = pool.get();
             let n = loop {
-                let mut guard = self.fd.readable().await?;
+                // A deleted interface shows as EPOLLERR only (read then
+                // fails with EBADFD): tokio's `readable()` would not wake.
+                let mut guard = self.fd.ready(Interest::READABLE | Interest::ERROR).await?;
                 match guard.try_io(|fd| {
                     rustix::io::read(fd.get_ref(), &mut packet[..]).map_err(io::Error::from)
                 }) {

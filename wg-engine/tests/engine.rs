@@ -1,0 +1,237 @@
+//! The engine against wireguard-go, in namespaces made by the test: the
+//! engine device's TUN is born in a "pod" namespace while its UDP socket
+//! lives in a "node" namespace wired to wireguard-go's. Everything is
+//! configured and read back through wg-netns's UAPI client, as for any
+//! userspace daemon.
+//!
+//! Root only; run under `flock /tmp/wg-nstest.lock` (shared machine).
+//! Addresses: 10.213.0.0/16 inside the test's namespaces, 10.250.X.0/24 on
+//! testkit's veth.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use wg_engine::{DeviceSpec, Engine, EngineConfig};
+use wg_netns::{DeviceConfig, PeerConfig, PrivateKey, Userspace, WgDevice};
+use wg_netns_testkit::{self as kit, TestNs, WireguardGo};
+
+const PORT_GO: u16 = 51820;
+const PORT_ENGINE: u16 = 51821;
+
+fn net(s: &str) -> wg_netns::IpNetwork {
+    s.parse().expect("network")
+}
+
+/// A wg-netns handle on an engine device (the engine's socket directory).
+fn engine_handle(engine: &Engine, name: &str) -> WgDevice {
+    let mut u = Userspace::new("wg-engine");
+    u.socket_dir = engine.socket_dir().to_path_buf();
+    u.io_timeout = Duration::from_secs(5);
+    WgDevice::open_userspace(&u, name).expect("engine control socket answers")
+}
+
+#[test]
+fn engine_device_with_tun_in_pod_and_udp_in_node_talks_to_wireguard_go() {
+    let test = "engine_device_with_tun_in_pod_and_udp_in_node_talks_to_wireguard_go";
+    if kit::unavailable(test, &["ip", "ping", "wireguard-go"]) {
+        return;
+    }
+    // Declared first, dropped last: everything below is gone before the
+    // namespaces are deleted.
+    let go_node = TestNs::new("ego");
+    let node = TestNs::new("eno");
+    let pod = TestNs::new("epo");
+    let w = kit::wire(&go_node, &node);
+    let go_name = kit::ifname("egwg");
+    let eng_name = kit::ifname("egen");
+    let go = WireguardGo::start(&go_node, go_name.as_str());
+    // Default socket directory, so that the `wg` tool finds it too.
+    let engine = Engine::new(EngineConfig::default()).expect("engine");
+    engine
+        .create_device(&DeviceSpec::new(eng_name.as_str(), &pod.ns, &node.ns))
+        .expect("create engine device");
+
+    // The TUN is in the pod, not in the node.
+    assert!(pod.link_names().contains(&eng_name.to_string()));
+    assert!(!node.link_names().contains(&eng_name.to_string()));
+
+    let (k_go, k_eng) = (
+        PrivateKey::generate().expect("key"),
+        PrivateKey::generate().expect("key"),
+    );
+    let (p_go, p_eng) = (k_go.public_key(), k_eng.public_key());
+    let go_ep: SocketAddr = format!("{}:{PORT_GO}", w.a_ip).parse().expect("addr");
+    let eng_ep: SocketAddr = format!("{}:{PORT_ENGINE}", w.b_ip).parse().expect("addr");
+
+    let dev_go = WgDevice::open_userspace(&Userspace::new("wireguard-go"), go_name.as_str())
+        .expect("wireguard-go socket");
+    dev_go
+        .set(
+            &DeviceConfig::new()
+                .private_key(k_go)
+                .listen_port(PORT_GO)
+                .peer(
+                    PeerConfig::new(p_eng)
+                        .endpoint(eng_ep)
+                        .allowed_ip(net("10.213.7.2/32")),
+                ),
+        )
+        .expect("configure wireguard-go");
+    let dev_eng = engine_handle(&engine, eng_name.as_str());
+    dev_eng
+        .set(
+            &DeviceConfig::new()
+                .private_key(k_eng)
+                .listen_port(PORT_ENGINE)
+                .peer(
+                    PeerConfig::new(p_go)
+                        .endpoint(go_ep)
+                        .allowed_ip(net("10.213.7.1/32")),
+                ),
+        )
+        .expect("configure the engine device over UAPI");
+
+    // The UDP socket is in the node namespace, not in the pod.
+    assert!(
+        node.udp_ports().contains(&PORT_ENGINE),
+        "node: {:?}",
+        node.udp_ports()
+    );
+    assert!(!pod.udp_ports().contains(&PORT_ENGINE));
+
+    kit::ip(&format!(
+        "-n {} addr add 10.213.7.1/24 dev {go_name}",
+        go_node.name
+    ));
+    kit::ip(&format!("-n {} link set {go_name} up", go_node.name));
+    kit::ip(&format!(
+        "-n {} addr add 10.213.7.2/24 dev {eng_name}",
+        pod.name
+    ));
+    kit::ip(&format!("-n {} link set {eng_name} up", pod.name));
+
+    assert!(
+        pod.ping("10.213.7.1", Duration::from_secs(15)),
+        "pod -> wireguard-go through the engine"
+    );
+    assert!(
+        go_node.ping("10.213.7.2", Duration::from_secs(5)),
+        "wireguard-go -> pod through the engine"
+    );
+
+    // Read back like `wg show`: the handshake and counters.
+    let state = dev_eng.get().expect("get");
+    assert_eq!(state.public_key.as_ref(), Some(&p_eng));
+    assert_eq!(state.listen_port, PORT_ENGINE);
+    let peer = state.peer(&p_go).expect("peer").clone();
+    let hs = peer.last_handshake.expect("engine reports a handshake");
+    assert!(peer.rx_bytes > 0 && peer.tx_bytes > 0, "{peer:?}");
+    assert!(SystemTime::now().duration_since(hs).unwrap_or_default() < Duration::from_secs(60));
+    let go_state = dev_go.get().expect("get wireguard-go");
+    assert!(go_state
+        .peer(&p_eng)
+        .expect("peer")
+        .last_handshake
+        .is_some());
+    if kit::has_wg_tool() {
+        let dump = kit::wg_dump(&node, eng_name.as_str());
+        assert_eq!(dump.len(), 2, "{dump:?}");
+        assert_eq!(dump[0][2], PORT_ENGINE.to_string());
+        assert_eq!(dump[1][0], p_go.to_base64().as_str());
+        assert_ne!(dump[1][4], "0", "wg show: latest handshake {dump:?}");
+    }
+
+    // A set that changes one peer and adds another keeps the first
+    // peer's session: same handshake, counters not reset.
+    let other = PrivateKey::generate().expect("key").public_key();
+    dev_eng
+        .set(
+            &DeviceConfig::new()
+                .peer(
+                    PeerConfig::new(p_go)
+                        .update_only()
+                        .persistent_keepalive(Duration::from_secs(25)),
+                )
+                .peer(PeerConfig::new(other).allowed_ip(net("10.213.8.0/24"))),
+        )
+        .expect("incremental set");
+    let after = dev_eng.get().expect("get");
+    assert_eq!(after.peers.len(), 2);
+    let p = after.peer(&p_go).expect("peer");
+    assert_eq!(p.persistent_keepalive, Some(Duration::from_secs(25)));
+    let hs2 = p.last_handshake.expect("session kept across set");
+    let drift = hs2.duration_since(hs).unwrap_or_else(|e| e.duration());
+    assert!(
+        drift < Duration::from_secs(1),
+        "handshake moved by {drift:?}"
+    );
+    assert!(p.rx_bytes >= peer.rx_bytes, "counters reset: {p:?}");
+    assert!(pod.ping("10.213.7.1", Duration::from_secs(2)));
+    if kit::has_wg_tool() {
+        let out = kit::run(&[
+            "wg",
+            "set",
+            eng_name.as_str(),
+            "peer",
+            &other.to_base64(),
+            "remove",
+        ]);
+        assert!(
+            out.status.success(),
+            "wg set: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let after = dev_eng.get().expect("get");
+        assert_eq!(after.peers.len(), 1);
+        assert!(after.peer(&p_go).expect("peer").last_handshake.is_some());
+    }
+
+    // Removal takes the TUN, the control socket and the UDP socket.
+    engine.remove_device(eng_name.as_str()).expect("remove");
+    assert!(!pod.link_names().contains(&eng_name.to_string()));
+    assert!(!engine.socket_path(eng_name.as_str()).exists());
+    assert!(!node.udp_ports().contains(&PORT_ENGINE));
+    assert!(engine.devices().is_empty());
+    drop(go);
+}
+
+#[test]
+fn deleting_the_pod_namespace_drops_the_device() {
+    let test = "deleting_the_pod_namespace_drops_the_device";
+    if kit::unavailable(test, &["ip"]) {
+        return;
+    }
+    let node = TestNs::new("eno");
+    let pod = TestNs::new("epo");
+    let dir = kit::WorkDir::new("wg-engine-sock");
+    let name = kit::ifname("egen");
+    let engine = Engine::new(EngineConfig::default().socket_dir(dir.path.clone())).expect("engine");
+    engine
+        .create_device(&DeviceSpec::new(name.as_str(), &pod.ns, &node.ns))
+        .expect("create");
+    engine_handle(&engine, name.as_str())
+        .set(
+            &DeviceConfig::new()
+                .private_key(PrivateKey::generate().expect("key"))
+                .listen_port(PORT_ENGINE),
+        )
+        .expect("set key");
+    assert!(node.udp_ports().contains(&PORT_ENGINE));
+    assert_eq!(engine.devices(), vec![name.to_string()]);
+
+    // What a runtime does when a pod goes: its namespace (and the links in
+    // it) are deleted. The engine notices as wireguard-go does and drops the
+    // device with its control socket and UDP socket.
+    drop(pod);
+    assert!(
+        kit::eventually(Duration::from_secs(5), || engine.devices().is_empty()),
+        "device still hosted: {:?}",
+        engine.devices()
+    );
+    assert!(kit::eventually(Duration::from_secs(2), || !engine
+        .socket_path(name.as_str())
+        .exists()));
+    assert!(kit::eventually(Duration::from_secs(2), || !node
+        .udp_ports()
+        .contains(&PORT_ENGINE)));
+}
