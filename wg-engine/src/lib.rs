@@ -103,6 +103,11 @@ pub struct EngineConfig {
     pub socket_dir: PathBuf,
     /// Worker threads of the runtime shared by all devices.
     pub worker_threads: usize,
+    /// Serve the control sockets with gotatun's own UAPI server instead of
+    /// the engine's: only to compare their behaviour (gotatun's `set`
+    /// re-creates every peer it names, losing its session).
+    #[doc(hidden)]
+    pub gotatun_uapi: bool,
 }
 
 impl Default for EngineConfig {
@@ -110,6 +115,7 @@ impl Default for EngineConfig {
         EngineConfig {
             socket_dir: PathBuf::from(wg_netns::DEFAULT_SOCKET_DIR),
             worker_threads: 2,
+            gotatun_uapi: false,
         }
     }
 }
@@ -178,6 +184,7 @@ impl Inner {
 pub struct Engine {
     rt: Option<tokio::runtime::Runtime>,
     socket_dir: PathBuf,
+    gotatun_uapi: bool,
     inner: Arc<Inner>,
     next_id: std::sync::atomic::AtomicU64,
 }
@@ -198,6 +205,7 @@ impl Engine {
         Ok(Engine {
             rt: Some(rt),
             socket_dir: config.socket_dir,
+            gotatun_uapi: config.gotatun_uapi,
             inner: Arc::new(Inner {
                 devices: Mutex::new(HashMap::new()),
             }),
@@ -294,8 +302,15 @@ impl Engine {
         let (tun, dead) = tun::Tun::new(fd, spec.mtu).map_err(io("registering the TUN"))?;
         let tun_alive = tun.weak();
         let factory = udp::NsUdpFactory::new(udp_ns, rt.handle().clone());
+        let builder = DeviceBuilder::new().with_udp(factory).with_ip(tun);
+        let (api, builder) = if self.gotatun_uapi {
+            let (client, server) = gotatun::device::uapi::UapiServer::new();
+            (Api::Gotatun(client), builder.with_uapi(server))
+        } else {
+            (Api::Engine, builder)
+        };
         let device = rt
-            .block_on(DeviceBuilder::new().with_udp(factory).with_ip(tun).build())
+            .block_on(builder.build())
             .map_err(|source| Error::Gotatun {
                 name: key.clone(),
                 source,
@@ -311,6 +326,7 @@ impl Engine {
             name: key.clone(),
             id,
             device: Arc::new(device),
+            api,
             listener,
             path,
             dead,
@@ -356,10 +372,19 @@ impl Drop for Engine {
     }
 }
 
+/// Who answers a device's control socket.
+enum Api {
+    /// The engine (uapi.rs).
+    Engine,
+    /// gotatun's own server, through its client handle.
+    Gotatun(gotatun::device::uapi::UapiClient),
+}
+
 struct Supervised {
     name: String,
     id: u64,
     device: Arc<Device<Transports>>,
+    api: Api,
     listener: UnixListener,
     path: PathBuf,
     dead: watch::Receiver<bool>,
@@ -375,6 +400,7 @@ async fn supervise(s: Supervised) {
         name,
         id,
         device,
+        api,
         listener,
         path,
         mut dead,
@@ -388,9 +414,19 @@ async fn supervise(s: Supervised) {
             _ = &mut stop => break true,
             _ = async { dead.wait_for(|d| *d).await.is_ok() } => break false,
             conn = listener.accept() => match conn {
-                Ok((stream, _)) => {
-                    tokio::spawn(uapi::serve(stream, weak.clone()));
-                }
+                Ok((stream, _)) => match &api {
+                    Api::Engine => {
+                        tokio::spawn(uapi::serve(stream, weak.clone()));
+                    }
+                    // gotatun serves a blocking stream on a thread of its own.
+                    Api::Gotatun(client) => {
+                        if let Ok(s) = stream.into_std() {
+                            if s.set_nonblocking(false).is_ok() {
+                                client.clone().wrap_read_write(s);
+                            }
+                        }
+                    }
+                },
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
         }

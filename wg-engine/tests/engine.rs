@@ -30,94 +30,139 @@ fn engine_handle(engine: &Engine, name: &str) -> WgDevice {
     WgDevice::open_userspace(&u, name).expect("engine control socket answers")
 }
 
+/// wireguard-go in `go_node`; an engine device with its TUN in `pod` and
+/// its UDP socket in `node`; `go_node` and `node` wired; both configured
+/// through wg-netns and pinged through. Fields drop in order: daemons and
+/// engine first, namespaces last.
+struct Pair {
+    engine: Engine,
+    _go: WireguardGo,
+    dev_go: WgDevice,
+    dev_eng: WgDevice,
+    p_go: wg_netns::PublicKey,
+    p_eng: wg_netns::PublicKey,
+    eng_name: wg_netns::IfName,
+    pod: TestNs,
+    node: TestNs,
+    _go_node: TestNs,
+}
+
+impl Pair {
+    fn new(config: EngineConfig) -> Pair {
+        let go_node = TestNs::new("ego");
+        let node = TestNs::new("eno");
+        let pod = TestNs::new("epo");
+        let w = kit::wire(&go_node, &node);
+        let go_name = kit::ifname("egwg");
+        let eng_name = kit::ifname("egen");
+        let go = WireguardGo::start(&go_node, go_name.as_str());
+        let engine = Engine::new(config).expect("engine");
+        engine
+            .create_device(&DeviceSpec::new(eng_name.as_str(), &pod.ns, &node.ns))
+            .expect("create engine device");
+
+        // The TUN is in the pod, not in the node.
+        assert!(pod.link_names().contains(&eng_name.to_string()));
+        assert!(!node.link_names().contains(&eng_name.to_string()));
+
+        let (k_go, k_eng) = (
+            PrivateKey::generate().expect("key"),
+            PrivateKey::generate().expect("key"),
+        );
+        let (p_go, p_eng) = (k_go.public_key(), k_eng.public_key());
+        let go_ep: SocketAddr = format!("{}:{PORT_GO}", w.a_ip).parse().expect("addr");
+        let eng_ep: SocketAddr = format!("{}:{PORT_ENGINE}", w.b_ip).parse().expect("addr");
+
+        let dev_go = WgDevice::open_userspace(&Userspace::new("wireguard-go"), go_name.as_str())
+            .expect("wireguard-go socket");
+        dev_go
+            .set(
+                &DeviceConfig::new()
+                    .private_key(k_go)
+                    .listen_port(PORT_GO)
+                    .peer(
+                        PeerConfig::new(p_eng)
+                            .endpoint(eng_ep)
+                            .allowed_ip(net("10.213.7.2/32")),
+                    ),
+            )
+            .expect("configure wireguard-go");
+        let dev_eng = engine_handle(&engine, eng_name.as_str());
+        dev_eng
+            .set(
+                &DeviceConfig::new()
+                    .private_key(k_eng)
+                    .listen_port(PORT_ENGINE)
+                    .peer(
+                        PeerConfig::new(p_go)
+                            .endpoint(go_ep)
+                            .allowed_ip(net("10.213.7.1/32")),
+                    ),
+            )
+            .expect("configure the engine device over UAPI");
+
+        // The UDP socket is in the node namespace, not in the pod.
+        assert!(
+            node.udp_ports().contains(&PORT_ENGINE),
+            "node: {:?}",
+            node.udp_ports()
+        );
+        assert!(!pod.udp_ports().contains(&PORT_ENGINE));
+
+        kit::ip(&format!(
+            "-n {} addr add 10.213.7.1/24 dev {go_name}",
+            go_node.name
+        ));
+        kit::ip(&format!("-n {} link set {go_name} up", go_node.name));
+        kit::ip(&format!(
+            "-n {} addr add 10.213.7.2/24 dev {eng_name}",
+            pod.name
+        ));
+        kit::ip(&format!("-n {} link set {eng_name} up", pod.name));
+
+        assert!(
+            pod.ping("10.213.7.1", Duration::from_secs(15)),
+            "pod -> wireguard-go through the engine"
+        );
+        assert!(
+            go_node.ping("10.213.7.2", Duration::from_secs(5)),
+            "wireguard-go -> pod through the engine"
+        );
+        Pair {
+            engine,
+            _go: go,
+            dev_go,
+            dev_eng,
+            p_go,
+            p_eng,
+            eng_name,
+            pod,
+            node,
+            _go_node: go_node,
+        }
+    }
+}
+
 #[test]
 fn engine_device_with_tun_in_pod_and_udp_in_node_talks_to_wireguard_go() {
     let test = "engine_device_with_tun_in_pod_and_udp_in_node_talks_to_wireguard_go";
     if kit::unavailable(test, &["ip", "ping", "wireguard-go"]) {
         return;
     }
-    // Declared first, dropped last: everything below is gone before the
-    // namespaces are deleted.
-    let go_node = TestNs::new("ego");
-    let node = TestNs::new("eno");
-    let pod = TestNs::new("epo");
-    let w = kit::wire(&go_node, &node);
-    let go_name = kit::ifname("egwg");
-    let eng_name = kit::ifname("egen");
-    let go = WireguardGo::start(&go_node, go_name.as_str());
     // Default socket directory, so that the `wg` tool finds it too.
-    let engine = Engine::new(EngineConfig::default()).expect("engine");
-    engine
-        .create_device(&DeviceSpec::new(eng_name.as_str(), &pod.ns, &node.ns))
-        .expect("create engine device");
-
-    // The TUN is in the pod, not in the node.
-    assert!(pod.link_names().contains(&eng_name.to_string()));
-    assert!(!node.link_names().contains(&eng_name.to_string()));
-
-    let (k_go, k_eng) = (
-        PrivateKey::generate().expect("key"),
-        PrivateKey::generate().expect("key"),
-    );
-    let (p_go, p_eng) = (k_go.public_key(), k_eng.public_key());
-    let go_ep: SocketAddr = format!("{}:{PORT_GO}", w.a_ip).parse().expect("addr");
-    let eng_ep: SocketAddr = format!("{}:{PORT_ENGINE}", w.b_ip).parse().expect("addr");
-
-    let dev_go = WgDevice::open_userspace(&Userspace::new("wireguard-go"), go_name.as_str())
-        .expect("wireguard-go socket");
-    dev_go
-        .set(
-            &DeviceConfig::new()
-                .private_key(k_go)
-                .listen_port(PORT_GO)
-                .peer(
-                    PeerConfig::new(p_eng)
-                        .endpoint(eng_ep)
-                        .allowed_ip(net("10.213.7.2/32")),
-                ),
-        )
-        .expect("configure wireguard-go");
-    let dev_eng = engine_handle(&engine, eng_name.as_str());
-    dev_eng
-        .set(
-            &DeviceConfig::new()
-                .private_key(k_eng)
-                .listen_port(PORT_ENGINE)
-                .peer(
-                    PeerConfig::new(p_go)
-                        .endpoint(go_ep)
-                        .allowed_ip(net("10.213.7.1/32")),
-                ),
-        )
-        .expect("configure the engine device over UAPI");
-
-    // The UDP socket is in the node namespace, not in the pod.
-    assert!(
-        node.udp_ports().contains(&PORT_ENGINE),
-        "node: {:?}",
-        node.udp_ports()
-    );
-    assert!(!pod.udp_ports().contains(&PORT_ENGINE));
-
-    kit::ip(&format!(
-        "-n {} addr add 10.213.7.1/24 dev {go_name}",
-        go_node.name
-    ));
-    kit::ip(&format!("-n {} link set {go_name} up", go_node.name));
-    kit::ip(&format!(
-        "-n {} addr add 10.213.7.2/24 dev {eng_name}",
-        pod.name
-    ));
-    kit::ip(&format!("-n {} link set {eng_name} up", pod.name));
-
-    assert!(
-        pod.ping("10.213.7.1", Duration::from_secs(15)),
-        "pod -> wireguard-go through the engine"
-    );
-    assert!(
-        go_node.ping("10.213.7.2", Duration::from_secs(5)),
-        "wireguard-go -> pod through the engine"
-    );
+    let pair = Pair::new(EngineConfig::default());
+    let Pair {
+        engine,
+        dev_go,
+        dev_eng,
+        p_go,
+        p_eng,
+        eng_name,
+        pod,
+        node,
+        ..
+    } = &pair;
+    let (p_go, p_eng) = (*p_go, *p_eng);
 
     // Read back like `wg show`: the handshake and counters.
     let state = dev_eng.get().expect("get");
@@ -134,7 +179,7 @@ fn engine_device_with_tun_in_pod_and_udp_in_node_talks_to_wireguard_go() {
         .last_handshake
         .is_some());
     if kit::has_wg_tool() {
-        let dump = kit::wg_dump(&node, eng_name.as_str());
+        let dump = kit::wg_dump(node, eng_name.as_str());
         assert_eq!(dump.len(), 2, "{dump:?}");
         assert_eq!(dump[0][2], PORT_ENGINE.to_string());
         assert_eq!(dump[1][0], p_go.to_base64().as_str());
@@ -192,7 +237,46 @@ fn engine_device_with_tun_in_pod_and_udp_in_node_talks_to_wireguard_go() {
     assert!(!engine.socket_path(eng_name.as_str()).exists());
     assert!(!node.udp_ports().contains(&PORT_ENGINE));
     assert!(engine.devices().is_empty());
-    drop(go);
+}
+
+/// The behaviour the engine's own UAPI avoids, recorded: gotatun's UAPI
+/// server re-creates any peer a `set` names, so an `update_only` keepalive
+/// change loses that peer's session (no handshake, counters back to 0)
+/// until traffic makes a new one.
+#[test]
+fn gotatun_own_uapi_set_resets_the_named_peers_session() {
+    let test = "gotatun_own_uapi_set_resets_the_named_peers_session";
+    if kit::unavailable(test, &["ip", "ping", "wireguard-go"]) {
+        return;
+    }
+    let dir = kit::WorkDir::new("wg-engine-sock");
+    let mut config = EngineConfig::default().socket_dir(dir.path.clone());
+    config.gotatun_uapi = true;
+    let pair = Pair::new(config);
+    let before = pair.dev_eng.get().expect("get");
+    let peer = before.peer(&pair.p_go).expect("peer");
+    assert!(
+        peer.last_handshake.is_some() && peer.rx_bytes > 0,
+        "{peer:?}"
+    );
+    pair.dev_eng
+        .set(
+            &DeviceConfig::new().peer(
+                PeerConfig::new(pair.p_go)
+                    .update_only()
+                    .persistent_keepalive(Duration::from_secs(25)),
+            ),
+        )
+        .expect("set over gotatun's UAPI");
+    let after = pair.dev_eng.get().expect("get");
+    let peer = after.peer(&pair.p_go).expect("peer");
+    assert_eq!(peer.persistent_keepalive, Some(Duration::from_secs(25)));
+    assert_eq!(peer.last_handshake, None, "session kept? {peer:?}");
+    assert_eq!((peer.rx_bytes, peer.tx_bytes), (0, 0), "{peer:?}");
+    // Traffic makes a new session (one handshake round trip).
+    assert!(pair.pod.ping("10.213.7.1", Duration::from_secs(10)));
+    drop(pair);
+    drop(dir);
 }
 
 #[test]
@@ -209,13 +293,21 @@ fn deleting_the_pod_namespace_drops_the_device() {
     engine
         .create_device(&DeviceSpec::new(name.as_str(), &pod.ns, &node.ns))
         .expect("create");
-    engine_handle(&engine, name.as_str())
-        .set(
-            &DeviceConfig::new()
-                .private_key(PrivateKey::generate().expect("key"))
-                .listen_port(PORT_ENGINE),
-        )
-        .expect("set key");
+    let dev = engine_handle(&engine, name.as_str());
+    // A peer before any private key: wireguard-go accepts it; gotatun
+    // cannot build a peer without the device key (its own UAPI panics), so
+    // the engine answers ENOKEY and stays up.
+    let early = PrivateKey::generate().expect("key").public_key();
+    match dev.set(&DeviceConfig::new().peer(PeerConfig::new(early))) {
+        Err(wg_netns::Error::UapiErrno { errno: 126, .. }) => {}
+        other => panic!("peer before key: {other:?}"),
+    }
+    dev.set(
+        &DeviceConfig::new()
+            .private_key(PrivateKey::generate().expect("key"))
+            .listen_port(PORT_ENGINE),
+    )
+    .expect("set key");
     assert!(node.udp_ports().contains(&PORT_ENGINE));
     assert_eq!(engine.devices(), vec![name.to_string()]);
 
