@@ -30,11 +30,13 @@ mod uapi;
 mod udp;
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gotatun::device::{Device, DeviceBuilder};
+use rustix::fs::OFlags;
 use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 
@@ -161,6 +163,7 @@ impl<'a> DeviceSpec<'a> {
 
 struct Hosted {
     id: u64,
+    tun: std::sync::Weak<tokio::io::unix::AsyncFd<OwnedFd>>,
     stop: oneshot::Sender<()>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -243,6 +246,36 @@ impl Engine {
     ///
     /// Not to be called from inside an async runtime (it blocks).
     pub fn create_device(&self, spec: &DeviceSpec<'_>) -> Result<(), Error> {
+        self.host(spec, None)
+    }
+
+    /// Host a device on a TUN descriptor that already exists (`tun`, an
+    /// fd on the interface `spec.name` in `spec.tun_ns`), e.g. one handed
+    /// over by the process that hosted it before ([`Engine::tun_fd`], then
+    /// `SCM_RIGHTS`): the interface keeps its index, addresses and routes.
+    /// Its MTU is left alone. gotatun has no way to import sessions: peers
+    /// handshake again once configured.
+    pub fn adopt_device(&self, spec: &DeviceSpec<'_>, tun: OwnedFd) -> Result<(), Error> {
+        self.host(spec, Some(tun))
+    }
+
+    /// A duplicate of device `name`'s TUN descriptor: while it is open the
+    /// interface survives the device's removal (for a handover).
+    pub fn tun_fd(&self, name: &str) -> Result<OwnedFd, Error> {
+        let fd = self
+            .inner
+            .devices()
+            .get(name)
+            .and_then(|h| h.tun.upgrade())
+            .ok_or_else(|| Error::NotFound(name.to_string()))?;
+        fd.get_ref().try_clone().map_err(|source| Error::Io {
+            name: name.to_string(),
+            op: "duplicating the TUN descriptor",
+            source,
+        })
+    }
+
+    fn host(&self, spec: &DeviceSpec<'_>, adopted: Option<OwnedFd>) -> Result<(), Error> {
         let name = IfName::new(spec.name).map_err(|source| Error::Name {
             name: spec.name.to_string(),
             source,
@@ -280,17 +313,26 @@ impl Engine {
             _ => {}
         }
 
-        let fd = tun::open_in(spec.tun_ns, &name)?;
-        // The link exists from here; closing `fd` (on any error below)
-        // deletes it.
-        let rtnl =
-            wg_netns::Rtnl::open(spec.tun_ns).map_err(netns("netlink in the TUN's namespace"))?;
-        let link = rtnl
-            .link_by_name(&name)
-            .map_err(netns("finding the new TUN"))?;
-        rtnl.set_mtu(link.index, u32::from(spec.mtu))
-            .map_err(netns("setting the MTU"))?;
-        drop(rtnl);
+        let fd = match adopted {
+            Some(fd) => {
+                rustix::fs::fcntl_setfl(&fd, OFlags::NONBLOCK | OFlags::RDWR)
+                    .map_err(|e| io("making the TUN non-blocking")(e.into()))?;
+                fd
+            }
+            None => {
+                let fd = tun::open_in(spec.tun_ns, &name)?;
+                // The link exists from here; closing `fd` (on any error
+                // below) deletes it.
+                let rtnl = wg_netns::Rtnl::open(spec.tun_ns)
+                    .map_err(netns("netlink in the TUN's namespace"))?;
+                let link = rtnl
+                    .link_by_name(&name)
+                    .map_err(netns("finding the new TUN"))?;
+                rtnl.set_mtu(link.index, u32::from(spec.mtu))
+                    .map_err(netns("setting the MTU"))?;
+                fd
+            }
+        };
         let udp_ns = Arc::new(
             spec.udp_ns
                 .try_clone()
@@ -331,13 +373,14 @@ impl Engine {
             path,
             dead,
             stop: stop_rx,
-            tun_alive,
+            tun_alive: tun_alive.clone(),
             inner: Arc::clone(&self.inner),
         }));
         devices.insert(
             key,
             Hosted {
                 id,
+                tun: tun_alive,
                 stop: stop_tx,
                 done,
             },
