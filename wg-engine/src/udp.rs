@@ -11,6 +11,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use gotatun::udp::socket::{SockOpt, UdpSocket};
 use gotatun::udp::{UdpRecv, UdpTransportFactory, UdpTransportFactoryParams};
@@ -48,13 +49,39 @@ impl UdpTransportFactory for NsUdpFactory {
                 ns.run(|| {
                     // The socket registers with the runtime's reactor.
                     let _entered = rt.enter();
-                    bind_here(&params)
+                    bind_retrying(&params)
                 })
                 .map_err(io::Error::other)?
             })
             .await
             .map_err(io::Error::other)?
             .map(|udp| (udp.clone(), udp))
+        }
+    }
+}
+
+/// How long a re-bind waits for the device's previous socket to close.
+const REBIND_PATIENCE: Duration = Duration::from_secs(1);
+
+/// [`bind_here`], retrying `EADDRINUSE` on a fixed port for a moment.
+///
+/// gotatun re-binds the same port when a device's key or fwmark changes,
+/// right after stopping the previous connection; but the previous socket is
+/// held by buffer tasks that are aborted, not awaited, so it closes a little
+/// later. Without the retry, 36 of 50 key changes on a fixed port failed
+/// here with EADDRINUSE, leaving the device without any socket.
+fn bind_retrying(params: &UdpTransportFactoryParams) -> io::Result<UdpSocket> {
+    let deadline = Instant::now() + REBIND_PATIENCE;
+    loop {
+        match bind_here(params) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && params.port != 0
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            r => return r,
         }
     }
 }

@@ -212,6 +212,62 @@ fn engine_device_with_tun_in_pod_and_udp_in_node_talks_to_wireguard_go() {
     );
     assert!(p.rx_bytes >= peer.rx_bytes, "counters reset: {p:?}");
     assert!(pod.ping("10.213.7.1", Duration::from_secs(2)));
+    // A set that names only the other peer leaves this one alone.
+    dev_eng
+        .set(
+            &DeviceConfig::new().peer(
+                PeerConfig::new(other)
+                    .update_only()
+                    .replace_allowed_ips()
+                    .allowed_ip(net("10.213.9.0/24")),
+            ),
+        )
+        .expect("set on the other peer only");
+    let p = dev_eng
+        .get()
+        .expect("get")
+        .peer(&p_go)
+        .expect("peer")
+        .clone();
+    // gotatun keeps "time since"; the wall-clock time read back moves by
+    // microseconds between reads.
+    let same = |t: Option<SystemTime>| {
+        t.and_then(|t| {
+            t.duration_since(hs2)
+                .or_else(|e| Ok::<_, ()>(e.duration()))
+                .ok()
+        })
+        .is_some_and(|d| d < Duration::from_millis(100))
+    };
+    assert!(same(p.last_handshake), "{p:?}");
+
+    // A new listen port makes gotatun re-bind the UDP socket (still in the
+    // node namespace); the session survives and wireguard-go follows the
+    // new source port.
+    let new_port = PORT_ENGINE + 1;
+    dev_eng
+        .set(&DeviceConfig::new().listen_port(new_port))
+        .expect("new port");
+    assert!(node.udp_ports().contains(&new_port));
+    // gotatun closes the old socket asynchronously (its buffer tasks are
+    // aborted, not awaited): it lingers for a moment.
+    assert!(kit::eventually(Duration::from_secs(2), || !node
+        .udp_ports()
+        .contains(&PORT_ENGINE)));
+    assert!(!pod.udp_ports().contains(&new_port));
+    assert!(pod.ping("10.213.7.1", Duration::from_secs(2)));
+    let p = dev_eng
+        .get()
+        .expect("get")
+        .peer(&p_go)
+        .expect("peer")
+        .clone();
+    let hs3 = p.last_handshake.expect("session kept across re-bind");
+    assert!(
+        hs3.duration_since(hs).unwrap_or_else(|e| e.duration()) < Duration::from_secs(1),
+        "re-bind made a new handshake: {p:?}"
+    );
+
     if kit::has_wg_tool() {
         let out = kit::run(&[
             "wg",
@@ -235,7 +291,9 @@ fn engine_device_with_tun_in_pod_and_udp_in_node_talks_to_wireguard_go() {
     engine.remove_device(eng_name.as_str()).expect("remove");
     assert!(!pod.link_names().contains(&eng_name.to_string()));
     assert!(!engine.socket_path(eng_name.as_str()).exists());
-    assert!(!node.udp_ports().contains(&PORT_ENGINE));
+    assert!(kit::eventually(Duration::from_secs(2), || !node
+        .udp_ports()
+        .contains(&new_port)));
     assert!(engine.devices().is_empty());
 }
 
@@ -396,4 +454,43 @@ fn tun_handover_to_a_new_engine_keeps_the_interface() {
     );
     drop(engine2);
     assert!(!pair.pod.link_names().contains(&name.to_string()));
+}
+
+/// A new private key (or fwmark) on a device with a fixed port makes gotatun
+/// re-bind that same port while the old socket may still be open (it is
+/// closed by aborted tasks, asynchronously). Without the engine's retry in
+/// its UDP factory, 36 of 50 such sets failed with EADDRINUSE and left the
+/// device without a socket.
+#[test]
+fn changing_the_key_rebinds_the_same_port() {
+    let test = "changing_the_key_rebinds_the_same_port";
+    if kit::unavailable(test, &["ip"]) {
+        return;
+    }
+    let node = TestNs::new("eno");
+    let pod = TestNs::new("epo");
+    let dir = kit::WorkDir::new("wg-engine-sock");
+    let name = kit::ifname("egen");
+    let engine = Engine::new(EngineConfig::default().socket_dir(dir.path.clone())).expect("engine");
+    engine
+        .create_device(&DeviceSpec::new(name.as_str(), &pod.ns, &node.ns))
+        .expect("create");
+    let dev = engine_handle(&engine, name.as_str());
+    let mut failures = Vec::new();
+    for i in 0..50 {
+        let r = dev.set(
+            &DeviceConfig::new()
+                .private_key(PrivateKey::generate().expect("key"))
+                .listen_port(PORT_ENGINE),
+        );
+        if let Err(e) = r {
+            failures.push(format!("{i}: {e}"));
+        }
+    }
+    eprintln!(
+        "key changes on a fixed port: {} of 50 failed {failures:?}",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(node.udp_ports().contains(&PORT_ENGINE));
 }
