@@ -256,7 +256,7 @@ impl<'c> Plan<'c> {
     pub fn record(&self, a: &Attachment, backend: &Backend, created: u64) -> Record {
         let userspace = match backend {
             Backend::Userspace(u) => Some(u.program.clone()),
-            Backend::Kernel => None,
+            Backend::Kernel | Backend::Engine(_) => None,
         };
         Record {
             network: self.conf.name.clone(),

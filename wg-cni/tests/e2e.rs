@@ -41,6 +41,7 @@ fn backend_name(b: &wg_netns::Backend) -> &'static str {
     match b {
         wg_netns::Backend::Kernel => "kernel",
         wg_netns::Backend::Userspace(_) => "userspace",
+        wg_netns::Backend::Engine(_) => "engine",
     }
 }
 

@@ -328,7 +328,43 @@ impl Birthplace {
         match &self.backend {
             Backend::Kernel => self.attach_kernel(spec),
             Backend::Userspace(_) => self.attach_userspace(spec),
+            Backend::Engine(e) => self.attach_engine(e, spec),
         }
+    }
+
+    /// An engine device is born where it ends up: the engine opens its TUN
+    /// from a thread inside the target (under the birth name, which also
+    /// names its UAPI socket) and binds its UDP socket from a thread inside
+    /// the birthplace, so nothing moves; it is configured, renamed in the
+    /// target, and addressed.
+    fn attach_engine(
+        &self,
+        engine: &crate::engine::EngineDaemon,
+        spec: &InterfaceSpec,
+    ) -> Result<Attachment> {
+        let rtnl = self.target_rtnl()?;
+        let mtu = spec
+            .mtu
+            .and_then(|m| u16::try_from(m).ok())
+            .unwrap_or(crate::engine::proto::DEFAULT_MTU);
+        let dev =
+            WgDevice::create_engine(engine, &spec.birth_name, &self.target, &self.birth, mtu)?;
+        let result = rtnl
+            .link_by_name(&spec.birth_name)
+            .or_else(|_| rtnl.link_by_name(&spec.name))
+            .and_then(|link| {
+                rtnl.set_alias(link.index, &owner_alias(&spec.birth_name))?;
+                dev.set(&spec.device)?;
+                if link.name != spec.name.as_str() {
+                    rtnl.rename(link.index, &spec.name)?;
+                }
+                self.finish_attach(spec, rtnl, link.index)
+            });
+        if result.is_err() {
+            // Deleting it from the engine removes the TUN, wherever it is.
+            let _ = engine.delete(&spec.birth_name);
+        }
+        result
     }
 
     fn attach_kernel(&self, spec: &InterfaceSpec) -> Result<Attachment> {
@@ -473,6 +509,7 @@ impl Birthplace {
                 DevRef::Index(index),
             )),
             Backend::Userspace(u) => WgDevice::open_userspace(u, birth_name.as_str()),
+            Backend::Engine(e) => WgDevice::open_engine(e, birth_name.as_str()),
         }
     }
 
@@ -527,7 +564,7 @@ impl Birthplace {
     pub(crate) fn is_our_kind(&self, link: &crate::rtnl::Link) -> bool {
         let kind = match &self.backend {
             Backend::Kernel => "wireguard",
-            Backend::Userspace(_) => "tun",
+            Backend::Userspace(_) | Backend::Engine(_) => "tun",
         };
         link.kind.as_deref() == Some(kind)
     }
@@ -539,6 +576,14 @@ impl Birthplace {
     pub fn cleanup_birth(&self, birth_name: &IfName) -> Result<bool> {
         let mut removed = false;
         let mut errors = Vec::new();
+        if let Backend::Engine(e) = &self.backend {
+            // First, so that the engine forgets it (and its record) rather
+            // than seeing its TUN vanish.
+            match e.delete(birth_name) {
+                Ok(r) => removed |= r,
+                Err(e) => errors.push(e),
+            }
+        }
         match self.birth_rtnl() {
             Ok(rtnl) => {
                 if let Ok(l) = rtnl.link_by_name(birth_name) {
@@ -568,12 +613,15 @@ impl Birthplace {
 
     /// The WireGuard devices whose interface is in the target namespace
     /// (kernel backend) or whose UDP socket lives at the birthplace
-    /// (userspace backend: its daemon runs there), see [`list_devices`].
+    /// (userspace backend: its daemon runs there; engine), see [`list_devices`].
     pub fn list(&self) -> Result<Vec<ListedDevice>> {
-        match &self.backend {
-            Backend::Kernel => list_kernel(self.target_rtnl()?),
-            Backend::Userspace(u) => list_userspace(&self.birth, u),
-        }
+        list_devices_in(
+            &self.birth,
+            &self.backend,
+            matches!(self.backend, Backend::Kernel)
+                .then(|| self.target_rtnl())
+                .transpose()?,
+        )
     }
 }
 
@@ -611,17 +659,51 @@ pub enum ListedDevice {
         /// The daemon's process id.
         pid: u32,
     },
+    /// An engine device whose UDP socket lives in the namespace (its
+    /// interface is in another, or the same).
+    Engine {
+        /// The UAPI socket's name (the interface's birth name).
+        socket_name: String,
+        /// Its interface index, in its TUN's namespace.
+        ifindex: u32,
+    },
 }
 
 /// The WireGuard devices of `netns`: for the kernel backend, its
 /// `wireguard` interfaces; for a userspace backend, the daemons of that
 /// implementation whose control socket answers and whose network namespace
 /// is `netns` (where their UDP socket lives; a userspace device's interface
-/// may have moved into another namespace, where it is a plain TUN).
+/// may have moved into another namespace, where it is a plain TUN); for
+/// the engine, its devices whose UDP socket is bound in `netns`.
 pub fn list_devices(netns: &Netns, backend: &Backend) -> Result<Vec<ListedDevice>> {
+    list_devices_in(netns, backend, None)
+}
+
+fn list_devices_in(
+    netns: &Netns,
+    backend: &Backend,
+    rtnl: Option<&Rtnl>,
+) -> Result<Vec<ListedDevice>> {
     match backend {
-        Backend::Kernel => list_kernel(&Rtnl::open(netns)?),
+        Backend::Kernel => match rtnl {
+            Some(r) => list_kernel(r),
+            None => list_kernel(&Rtnl::open(netns)?),
+        },
         Backend::Userspace(u) => list_userspace(netns, u),
+        Backend::Engine(e) => {
+            let id = netns.id()?;
+            let mut out: Vec<ListedDevice> = e
+                .list()?
+                .into_iter()
+                .filter(|d| d.udp_netns_id == id)
+                .map(|d| ListedDevice::Engine {
+                    socket_name: d.name.to_string(),
+                    ifindex: d.ifindex,
+                })
+                .collect();
+            out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+            Ok(out)
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::device::{Device, DeviceConfig};
+use crate::engine::EngineDaemon;
 use crate::error::{Error, Result};
 use crate::kernel::{DevRef, KernelConn};
 use crate::netns::Netns;
@@ -29,16 +30,21 @@ pub enum Backend {
     Kernel,
     /// A userspace implementation over its UAPI socket.
     Userspace(Userspace),
+    /// Devices hosted by the node's engine daemon (`wg-engine serve`),
+    /// created over its control socket and configured over their UAPI
+    /// sockets like [`Backend::Userspace`] ones (see [`crate::engine`]).
+    Engine(EngineDaemon),
 }
 
-/// The two kinds of backend, without their settings. Written and parsed as
-/// `kernel` / `userspace` (also by serde), the words records and
+/// The kinds of backend, without their settings. Written and parsed as
+/// `kernel` / `userspace` / `engine` (also by serde), the words records and
 /// configurations use.
 ///
 /// ```
 /// use wg_netns::BackendKind;
 /// assert_eq!("kernel".parse::<BackendKind>()?, BackendKind::Kernel);
 /// assert_eq!(BackendKind::Userspace.to_string(), "userspace");
+/// assert_eq!("engine".parse::<BackendKind>()?, BackendKind::Engine);
 /// # Ok::<(), wg_netns::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,8 +53,10 @@ pub enum Backend {
 pub enum BackendKind {
     /// Kernel WireGuard.
     Kernel,
-    /// Userspace WireGuard.
+    /// Userspace WireGuard, one daemon per device.
     Userspace,
+    /// Userspace WireGuard, many devices in the node's engine daemon.
+    Engine,
 }
 
 impl BackendKind {
@@ -57,6 +65,7 @@ impl BackendKind {
         match self {
             BackendKind::Kernel => "kernel",
             BackendKind::Userspace => "userspace",
+            BackendKind::Engine => "engine",
         }
     }
 }
@@ -73,9 +82,10 @@ impl std::str::FromStr for BackendKind {
         match s {
             "kernel" => Ok(BackendKind::Kernel),
             "userspace" => Ok(BackendKind::Userspace),
+            "engine" => Ok(BackendKind::Engine),
             other => Err(Error::invalid(
                 "backend",
-                format!("{other:?} is not \"kernel\" or \"userspace\""),
+                format!("{other:?} is not \"kernel\", \"userspace\" or \"engine\""),
             )),
         }
     }
@@ -117,7 +127,9 @@ impl std::str::FromStr for BackendChoice {
             other => other.parse().map(BackendChoice::Only).map_err(|_| {
                 Error::invalid(
                     "backend",
-                    format!("{other:?} is not one of \"auto\", \"kernel\", \"userspace\""),
+                    format!(
+                        "{other:?} is not one of \"auto\", \"kernel\", \"userspace\", \"engine\""
+                    ),
                 )
             }),
         }
@@ -162,6 +174,9 @@ impl Backend {
     /// The backend `choice` asks for, with `userspace` as the userspace
     /// implementation. [`Error::NoBackend`] when the chosen kind is not
     /// available here; another error when the kernel could not be asked.
+    /// `engine` is the daemon with its defaults ([`EngineDaemon::default`]),
+    /// available when it answers or its program is installed; `auto` never
+    /// picks it (yet).
     ///
     /// ```no_run
     /// use wg_netns::{Backend, BackendChoice, Userspace};
@@ -188,6 +203,18 @@ impl Backend {
                 "kernel WireGuard was asked for and the kernel has none".into(),
             )),
             BackendChoice::Only(BackendKind::Userspace) => userspace_or(""),
+            BackendChoice::Only(BackendKind::Engine) => {
+                let engine = EngineDaemon::default();
+                if engine.available() {
+                    Ok(Backend::Engine(engine))
+                } else {
+                    Err(Error::NoBackend(format!(
+                        "the engine daemon does not answer on {} and {} is not installed",
+                        engine.control_socket.display(),
+                        engine.program.display()
+                    )))
+                }
+            }
             BackendChoice::Auto if Self::probe_kernel()? => Ok(Backend::Kernel),
             BackendChoice::Auto => userspace_or("the kernel has no WireGuard and "),
         }
@@ -201,11 +228,13 @@ impl Backend {
     }
 
     /// A backend of `kind` without probing, for a device that exists already
-    /// (found in a record): `userspace` is used for the userspace kind.
+    /// (found in a record): `userspace` is used for the userspace kind, the
+    /// default [`EngineDaemon`] for the engine.
     pub fn of_kind(kind: BackendKind, userspace: Userspace) -> Backend {
         match kind {
             BackendKind::Kernel => Backend::Kernel,
             BackendKind::Userspace => Backend::Userspace(userspace),
+            BackendKind::Engine => Backend::Engine(EngineDaemon::default()),
         }
     }
 
@@ -214,6 +243,7 @@ impl Backend {
         match self {
             Backend::Kernel => BackendKind::Kernel,
             Backend::Userspace(_) => BackendKind::Userspace,
+            Backend::Engine(_) => BackendKind::Engine,
         }
     }
 }
@@ -228,6 +258,12 @@ enum Control {
         conn: UapiConn,
         userspace: Userspace,
     },
+    /// An engine device: UAPI as for userspace, created and deleted through
+    /// the daemon.
+    Engine {
+        conn: UapiConn,
+        engine: EngineDaemon,
+    },
 }
 
 /// A handle to configure and read one WireGuard device.
@@ -235,8 +271,8 @@ enum Control {
 /// Kernel devices are addressed by interface index when the handle was
 /// opened by index (as [`crate::Birthplace`] does: a rename does not break
 /// it), else by name, in the namespace the handle was opened in; userspace
-/// devices by the name of their control socket, which keeps the interface's
-/// *birth* name after a rename or a move.
+/// and engine devices by the name of their control socket, which keeps the
+/// interface's *birth* name after a rename or a move.
 ///
 /// A handle is `Send + Sync`: share it in an `Arc` across threads; requests
 /// on one handle are serialized.
@@ -248,6 +284,8 @@ pub struct WgDevice {
 impl WgDevice {
     /// Create a device called `name` in `netns`. Its UDP socket will live in
     /// `netns` for the device's whole life, wherever the interface is moved.
+    /// An engine device's TUN is born in `netns` too (see
+    /// [`crate::Birthplace`] for one born elsewhere).
     pub fn create(netns: &Netns, name: &IfName, backend: &Backend) -> Result<(WgDevice, Link)> {
         Self::create_with(netns, &Rtnl::open(netns)?, name, backend)
     }
@@ -293,7 +331,62 @@ impl WgDevice {
                     }
                 }
             }
+            Backend::Engine(engine) => {
+                let dev = Self::create_engine(
+                    engine,
+                    name,
+                    netns,
+                    netns,
+                    crate::engine::proto::DEFAULT_MTU,
+                )?;
+                match rtnl.link_by_name(name) {
+                    Ok(link) => Ok((dev, link)),
+                    Err(e) => {
+                        let _ = dev.stop_daemon();
+                        Err(e)
+                    }
+                }
+            }
         }
+    }
+
+    /// Have the engine create device `name` with its TUN in `tun_ns` and
+    /// its UDP socket in `udp_ns`, and open its UAPI socket. The engine
+    /// refuses a name taken by another interface in `tun_ns`, and answers
+    /// a repeated create of a device it hosts there with that device.
+    pub(crate) fn create_engine(
+        engine: &EngineDaemon,
+        name: &IfName,
+        tun_ns: &Netns,
+        udp_ns: &Netns,
+        mtu: u16,
+    ) -> Result<WgDevice> {
+        let created = engine.create(name, tun_ns, udp_ns, mtu)?;
+        match engine.uapi(name.as_str()) {
+            Ok(conn) => Ok(WgDevice {
+                control: Control::Engine {
+                    conn,
+                    engine: engine.clone(),
+                },
+            }),
+            Err(e) => {
+                if created {
+                    let _ = engine.delete(name);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Open the engine device whose UAPI socket is `socket_name` (its birth
+    /// name). [`Error::NotFound`] if nothing answers.
+    pub fn open_engine(engine: &EngineDaemon, socket_name: &str) -> Result<WgDevice> {
+        Ok(WgDevice {
+            control: Control::Engine {
+                conn: engine.uapi(socket_name)?,
+                engine: engine.clone(),
+            },
+        })
     }
 
     /// Open the kernel device `name` in `netns`.
@@ -342,6 +435,7 @@ impl WgDevice {
         match self.control {
             Control::Kernel { .. } => BackendKind::Kernel,
             Control::Userspace { .. } => BackendKind::Userspace,
+            Control::Engine { .. } => BackendKind::Engine,
         }
     }
 
@@ -367,7 +461,7 @@ impl WgDevice {
         cfg.validate()?;
         match &self.control {
             Control::Kernel { conn, dev } => conn.set(dev, cfg),
-            Control::Userspace { conn, .. } => conn.set(cfg),
+            Control::Userspace { conn, .. } | Control::Engine { conn, .. } => conn.set(cfg),
         }
     }
 
@@ -375,7 +469,7 @@ impl WgDevice {
     pub fn get(&self) -> Result<Device> {
         match &self.control {
             Control::Kernel { conn, dev } => conn.get(dev),
-            Control::Userspace { conn, .. } => conn.get(),
+            Control::Userspace { conn, .. } | Control::Engine { conn, .. } => conn.get(),
         }
     }
 
@@ -414,10 +508,12 @@ impl WgDevice {
         Ok(diff)
     }
 
-    /// For a userspace device, the daemon's process id.
+    /// For a userspace device, the daemon's process id; for an engine
+    /// device, the engine's.
     pub fn daemon_pid(&self) -> Option<u32> {
         match &self.control {
             Control::Userspace { conn, userspace } => userspace.daemon_pid(conn.name()),
+            Control::Engine { engine, .. } => engine.daemon_pid(),
             Control::Kernel { .. } => None,
         }
     }
@@ -425,12 +521,16 @@ impl WgDevice {
     /// Stop a userspace daemon that is still running (normally it exits by
     /// itself within a second of its interface being deleted). Only processes
     /// of the configured implementation serving this device are signalled.
-    /// No-op for kernel devices.
+    /// No-op for kernel devices. An engine device is deleted from its
+    /// engine (the engine itself keeps running).
     pub(crate) fn stop_daemon(&self) -> Result<()> {
-        let Control::Userspace { conn, userspace } = &self.control else {
-            return Ok(());
-        };
-        wait_userspace_gone(userspace, conn.name(), Duration::from_secs(3))
+        match &self.control {
+            Control::Kernel { .. } => Ok(()),
+            Control::Userspace { conn, userspace } => {
+                wait_userspace_gone(userspace, conn.name(), Duration::from_secs(3))
+            }
+            Control::Engine { conn, engine } => engine.delete(&IfName::new(conn.name())?).map(drop),
+        }
     }
 }
 

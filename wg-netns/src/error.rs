@@ -106,6 +106,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// The engine daemon (`wg-engine serve`) refused or failed a request,
+    /// or could not be reached or started.
+    #[error("wg-engine {op}: {kind}: {reason}")]
+    Engine {
+        /// What was asked ("create", "delete", "list", "start", ...).
+        op: &'static str,
+        /// Why, as the daemon classifies it.
+        kind: crate::engine::proto::ErrorKind,
+        /// For a human.
+        reason: String,
+    },
+
     /// No WireGuard backend is available (no kernel module, no userspace program).
     #[error("no WireGuard backend available: {0}")]
     NoBackend(String),

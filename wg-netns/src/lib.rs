@@ -10,6 +10,7 @@
 //! | namespace entry | [`Netns`] | [`netns`] |
 //! | links, addresses, routes (rtnetlink) | [`Rtnl`], [`Link`], [`Route`] | [`rtnl`] |
 //! | WireGuard device (kernel genl or userspace UAPI) | [`WgDevice`], [`Backend`] | [`backend`], `kernel`, [`uapi`] |
+//! | many userspace devices in one engine daemon | [`EngineDaemon`] | [`engine`] |
 //! | device configuration and state, diffing | [`DeviceConfig`], [`Device`] | [`device`] |
 //! | attachment (create here, move there) | [`Birthplace`], [`InterfaceSpec`] | [`attach`] |
 //! | make it so / is it so | [`Birthplace::ensure`], [`Birthplace::verify`], [`Drift`] | [`reconcile`], [`drift`] |
@@ -55,6 +56,7 @@ pub mod backend;
 pub mod device;
 pub mod drift;
 pub mod endpoint;
+pub mod engine;
 pub mod error;
 pub mod events;
 mod fault;
@@ -79,6 +81,7 @@ pub use backend::{Backend, BackendChoice, BackendKind, WgDevice};
 pub use device::{Device, DeviceConfig, Peer, PeerConfig};
 pub use drift::Drift;
 pub use endpoint::Endpoint;
+pub use engine::EngineDaemon;
 pub use error::{Error, Object, Result};
 pub use events::{LinkEvent, LinkEvents, LinkUpdate};
 pub use ipnetwork::IpNetwork;

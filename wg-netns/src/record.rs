@@ -151,8 +151,12 @@ impl AttachmentRecord {
             (None, SocketNamespace::Container) => {
                 // The runtime let go of the namespace, but a userspace daemon
                 // born inside keeps it alive: reach it through the daemon.
-                let Backend::Userspace(u) = &backend else {
-                    return Ok(false);
+                let u = match &backend {
+                    Backend::Userspace(u) => u,
+                    // The engine's device went with the namespace; its
+                    // record goes too.
+                    Backend::Engine(e) => return e.delete(&self.birth_name),
+                    Backend::Kernel => return Ok(false),
                 };
                 let pid = WgDevice::open_userspace(u, self.birth_name.as_str())
                     .ok()

@@ -35,7 +35,7 @@ fn foreign_link(ns: &TestNs, name: &str, backend: &Backend) {
             "type",
             "wireguard",
         ]),
-        Backend::Userspace(_) => must(&[
+        Backend::Userspace(_) | Backend::Engine(_) => must(&[
             "ip", "-n", &ns.name, "tuntap", "add", "dev", name, "mode", "tun",
         ]),
     };

@@ -80,7 +80,7 @@ fn assert_wireguard_control_matches(ns: &TestNs, name: &str, backend: &Backend, 
             .ns
             .run(|| wireguard_control::Device::get(&iname, wireguard_control::Backend::Kernel))
             .expect("namespace thread"),
-        Backend::Userspace(_) => {
+        Backend::Userspace(_) | Backend::Engine(_) => {
             wireguard_control::Device::get(&iname, wireguard_control::Backend::Userspace)
         }
     }

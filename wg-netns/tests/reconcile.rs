@@ -172,9 +172,9 @@ fn ensure_repairs_what_verify_names() {
             }));
             assert_eq!(list_devices(&pod.ns, &backend).unwrap(), listed);
         }
-        Backend::Userspace(_) => {
+        Backend::Userspace(_) | Backend::Engine(_) => {
             assert!(
-                listed.iter().any(|d| matches!(d, ListedDevice::Userspace { socket_name, .. } if socket_name == birth.as_str())),
+                listed.iter().any(|d| matches!(d, ListedDevice::Userspace { socket_name, .. } | ListedDevice::Engine { socket_name, .. } if socket_name == birth.as_str())),
                 "{listed:?}"
             );
             assert_eq!(list_devices(&node.ns, &backend).unwrap(), listed);
@@ -227,7 +227,7 @@ fn a_record_detaches_whatever_is_left() {
             backend: a.kind,
             userspace_implementation: match &backend {
                 Backend::Userspace(u) => Some(u.program.clone()),
-                Backend::Kernel => None,
+                Backend::Kernel | Backend::Engine(_) => None,
             },
         };
         // The runtime lets go of the pod: unmounted, our handles dropped.

@@ -165,7 +165,7 @@ pub fn attach(container_id: &str, target: impl Into<Target>, config: &Config) ->
     let done = place.ensure(&spec).map_err(attach_err)?;
     let userspace = match &backend {
         Backend::Userspace(u) => u.resolve().or_else(|| Some(u.program.clone())),
-        Backend::Kernel => None,
+        Backend::Kernel | Backend::Engine(_) => None,
     };
     Ok(Record {
         container_id: container_id.to_string(),
@@ -225,7 +225,7 @@ pub fn detach_unrecorded(container_id: &str, config: &Config) -> Result<bool> {
     let plan = Plan::for_teardown(conf, &req).map_err(Error::config)?;
     let userspace = match &backend {
         Backend::Userspace(u) => Some(u.program.clone()),
-        Backend::Kernel => None,
+        Backend::Kernel | Backend::Engine(_) => None,
     };
     let record = Record {
         container_id: container_id.to_string(),

@@ -1369,7 +1369,7 @@ async fn an_add_launches_through_the_plugin_only_when_told_and_able() {
     use wg_attach::managed::{Launched, LAUNCH_PROTOCOL_VERSION, OLDEST_PROTOCOL_VERSION};
     let launcher_of = |b: &Backend| match b {
         Backend::Userspace(u) => u.launcher().cloned(),
-        Backend::Kernel => panic!("the test agent is userspace"),
+        Backend::Kernel | Backend::Engine(_) => panic!("the test agent is userspace"),
     };
     let (agent_end, plugin_end) = UnixStream::pair().unwrap();
     plugin_end
