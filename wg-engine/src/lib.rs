@@ -147,6 +147,11 @@ pub struct DeviceSpec<'a> {
     pub udp_ns: &'a Netns,
     /// MTU set on the TUN at creation (wireguard-go's default: 1420).
     pub mtu: u16,
+    /// Make the TUN persistent: if this process dies, the interface stays
+    /// (with its index, addresses and routes) for the next engine to adopt
+    /// ([`Engine::adopt_device`] on a descriptor opened by name). Removing
+    /// the device, or dropping the engine, still deletes it.
+    pub persist: bool,
 }
 
 impl<'a> DeviceSpec<'a> {
@@ -157,19 +162,32 @@ impl<'a> DeviceSpec<'a> {
             tun_ns,
             udp_ns,
             mtu: 1420,
+            persist: false,
         }
+    }
+
+    /// The same device with a persistent TUN (see [`DeviceSpec::persist`]).
+    pub fn persistent(mut self) -> Self {
+        self.persist = true;
+        self
     }
 }
 
 struct Hosted {
     id: u64,
+    persist: bool,
     tun: std::sync::Weak<tokio::io::unix::AsyncFd<OwnedFd>>,
     stop: oneshot::Sender<()>,
     done: tokio::task::JoinHandle<()>,
 }
 
+/// Called with a device's name when the engine drops it on its own (its
+/// TUN went away, e.g. with its namespace).
+type GoneHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 struct Inner {
     devices: Mutex<HashMap<String, Hosted>>,
+    on_gone: Mutex<Option<GoneHook>>,
 }
 
 impl Inner {
@@ -211,9 +229,21 @@ impl Engine {
             gotatun_uapi: config.gotatun_uapi,
             inner: Arc::new(Inner {
                 devices: Mutex::new(HashMap::new()),
+                on_gone: Mutex::new(None),
             }),
             next_id: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Call `f` with a device's name whenever the engine drops that device
+    /// on its own because its TUN went away (its namespace was deleted, or
+    /// someone deleted the link): not for [`Engine::remove_device`].
+    pub fn on_device_gone(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        *self
+            .inner
+            .on_gone
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(f));
     }
 
     fn rt(&self) -> &tokio::runtime::Runtime {
@@ -313,10 +343,14 @@ impl Engine {
             _ => {}
         }
 
+        let fresh = adopted.is_none();
         let fd = match adopted {
             Some(fd) => {
                 rustix::fs::fcntl_setfl(&fd, OFlags::NONBLOCK | OFlags::RDWR)
                     .map_err(|e| io("making the TUN non-blocking")(e.into()))?;
+                if spec.persist {
+                    tun::set_persist(&fd, true).map_err(io("making the TUN persistent"))?;
+                }
                 fd
             }
             None => {
@@ -330,7 +364,50 @@ impl Engine {
                     .map_err(netns("finding the new TUN"))?;
                 rtnl.set_mtu(link.index, u32::from(spec.mtu))
                     .map_err(netns("setting the MTU"))?;
+                if spec.persist {
+                    // Undone before the descriptor closes on any error
+                    // below, so that the new link still goes with it.
+                    tun::set_persist(&fd, true).map_err(io("making the TUN persistent"))?;
+                }
                 fd
+            }
+        };
+        let undo = (fresh && spec.persist)
+            .then(|| fd.try_clone().ok())
+            .flatten();
+        let r = self.serve(spec, key, fd, path);
+        if r.is_err() {
+            // A new link must not outlive a failed creation.
+            if let Some(d) = undo {
+                let _ = tun::set_persist(&d, false);
+            }
+        }
+        r
+    }
+
+    /// Host the device on its TUN descriptor `fd`: gotatun, the control
+    /// socket at `path`, the supervising task.
+    fn serve(
+        &self,
+        spec: &DeviceSpec<'_>,
+        key: String,
+        fd: OwnedFd,
+        path: PathBuf,
+    ) -> Result<(), Error> {
+        let io = |op: &'static str| {
+            let key = key.clone();
+            move |source| Error::Io {
+                name: key,
+                op,
+                source,
+            }
+        };
+        let netns = |op: &'static str| {
+            let key = key.clone();
+            move |source| Error::Netns {
+                name: key,
+                op,
+                source,
             }
         };
         let udp_ns = Arc::new(
@@ -380,6 +457,7 @@ impl Engine {
             key,
             Hosted {
                 id,
+                persist: spec.persist,
                 tun: tun_alive,
                 stop: stop_tx,
                 done,
@@ -396,6 +474,7 @@ impl Engine {
             .devices()
             .remove(name)
             .ok_or_else(|| Error::NotFound(name.to_string()))?;
+        unpersist(&hosted);
         let _ = hosted.stop.send(());
         let _ = self.rt().block_on(hosted.done);
         Ok(())
@@ -407,10 +486,20 @@ impl Drop for Engine {
         let all: Vec<Hosted> = self.inner.devices().drain().map(|(_, h)| h).collect();
         if let Some(rt) = self.rt.take() {
             for h in all {
+                unpersist(&h);
                 let _ = h.stop.send(());
                 let _ = rt.block_on(h.done);
             }
             rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Let a persistent device's TUN go with its last descriptor again.
+fn unpersist(h: &Hosted) {
+    if h.persist {
+        if let Some(fd) = h.tun.upgrade() {
+            let _ = tun::set_persist(fd.get_ref(), false);
         }
     }
 }
@@ -479,9 +568,21 @@ async fn supervise(s: Supervised) {
     if !by_engine {
         // The TUN went away on its own: forget the device, unless a new
         // device of the same name replaced it meanwhile.
-        let mut devices = inner.devices();
-        if devices.get(&name).is_some_and(|h| h.id == id) {
-            devices.remove(&name);
+        let mine = {
+            let mut devices = inner.devices();
+            let mine = devices.get(&name).is_some_and(|h| h.id == id);
+            if mine {
+                devices.remove(&name);
+            }
+            mine
+        };
+        let hook = inner
+            .on_gone
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let (true, Some(hook)) = (mine, hook) {
+            hook(&name);
         }
     }
     match Arc::try_unwrap(device) {

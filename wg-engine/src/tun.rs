@@ -28,6 +28,24 @@ const IFF_NO_PI: i16 = 0x1000;
 /// `TUNSETIFF = _IOW('T', 202, int)`.
 const TUNSETIFF: Opcode = opcode::write::<rustix::ffi::c_int>(b'T', 202);
 
+/// `TUNSETPERSIST = _IOW('T', 203, int)`; the argument is passed by value.
+const TUNSETPERSIST: Opcode = opcode::write::<rustix::ffi::c_int>(b'T', 203);
+
+/// Make the interface of `fd` persistent (it outlives its last descriptor,
+/// so a daemon that dies leaves it, with its addresses and routes, for the
+/// next one to adopt) or not (it goes with its last descriptor).
+pub(crate) fn set_persist(fd: &impl std::os::fd::AsFd, on: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes an int by value and touches no memory of
+    // ours.
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            rustix::ioctl::IntegerSetter::<TUNSETPERSIST>::new_usize(usize::from(on)),
+        )
+    }
+    .map_err(io::Error::from)
+}
+
 /// `struct ifreq` as TUNSETIFF reads it: the name, the flags, and the rest
 /// of the 40-byte union.
 #[repr(C)]
@@ -39,8 +57,11 @@ struct IfReq {
 
 /// Open `/dev/net/tun` and create the TUN interface `name` from a thread in
 /// `ns`: the interface lives in `ns` from its birth. The descriptor is
-/// non-blocking and close-on-exec; the interface (not persistent) disappears
-/// when the last descriptor on it is closed.
+/// non-blocking and close-on-exec; the interface (unless made persistent)
+/// disappears when the last descriptor on it is closed. When a persistent
+/// TUN called `name` exists in `ns` with no descriptor on it, this attaches
+/// to it instead (how a restarted engine adopts its devices): callers that
+/// mean to create check the name is free first.
 pub(crate) fn open_in(ns: &Netns, name: &IfName) -> Result<OwnedFd, crate::Error> {
     ns.run(|| open_here(name))
         .map_err(|source| crate::Error::Netns {
