@@ -349,17 +349,14 @@ impl Birthplace {
             .unwrap_or(crate::engine::proto::DEFAULT_MTU);
         let dev =
             WgDevice::create_engine(engine, &spec.birth_name, &self.target, &self.birth, mtu)?;
-        let result = rtnl
-            .link_by_name(&spec.birth_name)
-            .or_else(|_| rtnl.link_by_name(&spec.name))
-            .and_then(|link| {
-                rtnl.set_alias(link.index, &owner_alias(&spec.birth_name))?;
-                dev.set(&spec.device)?;
-                if link.name != spec.name.as_str() {
-                    rtnl.rename(link.index, &spec.name)?;
-                }
-                self.finish_attach(spec, rtnl, link.index)
-            });
+        let result = rtnl.link_by_name(&spec.birth_name).and_then(|link| {
+            rtnl.set_alias(link.index, &owner_alias(&spec.birth_name))?;
+            dev.set(&spec.device)?;
+            if link.name != spec.name.as_str() {
+                rtnl.rename(link.index, &spec.name)?;
+            }
+            self.finish_attach(spec, rtnl, link.index)
+        });
         if result.is_err() {
             // Deleting it from the engine removes the TUN, wherever it is.
             let _ = engine.delete(&spec.birth_name);

@@ -352,8 +352,10 @@ impl WgDevice {
 
     /// Have the engine create device `name` with its TUN in `tun_ns` and
     /// its UDP socket in `udp_ns`, and open its UAPI socket. The engine
-    /// refuses a name taken by another interface in `tun_ns`, and answers
-    /// a repeated create of a device it hosts there with that device.
+    /// refuses a name taken by another interface in `tun_ns`. A device it
+    /// hosts there already is an error here too (as a second daemon of one
+    /// name is for userspace), and is left alone: creating is for new
+    /// devices; [`crate::Birthplace::ensure`] keeps existing ones.
     pub(crate) fn create_engine(
         engine: &EngineDaemon,
         name: &IfName,
@@ -362,6 +364,13 @@ impl WgDevice {
         mtu: u16,
     ) -> Result<WgDevice> {
         let created = engine.create(name, tun_ns, udp_ns, mtu)?;
+        if !created {
+            return Err(Error::Engine {
+                op: "create",
+                kind: crate::engine::proto::ErrorKind::Exists,
+                reason: format!("the engine already hosts {name} in that namespace"),
+            });
+        }
         match engine.uapi(name.as_str()) {
             Ok(conn) => Ok(WgDevice {
                 control: Control::Engine {
@@ -370,20 +379,34 @@ impl WgDevice {
                 },
             }),
             Err(e) => {
-                if created {
-                    let _ = engine.delete(name);
-                }
+                let _ = engine.delete(name);
                 Err(e)
             }
         }
     }
 
     /// Open the engine device whose UAPI socket is `socket_name` (its birth
-    /// name). [`Error::NotFound`] if nothing answers.
+    /// name). [`Error::NotFound`] if nothing answers. When the daemon is
+    /// down but holds a record of the device, it is started first (with
+    /// [`EngineDaemon::start_on_demand`]): it takes the device back, with
+    /// the pod's interface as it was, so that a caller repairing the
+    /// device (`ensure`) configures it rather than making a new one.
     pub fn open_engine(engine: &EngineDaemon, socket_name: &str) -> Result<WgDevice> {
+        let conn = match engine.uapi(socket_name) {
+            Err(e)
+                if e.is_not_found()
+                    && engine.start_on_demand
+                    && engine.record_path(socket_name).exists()
+                    && !engine.answers() =>
+            {
+                engine.start()?;
+                engine.uapi(socket_name)?
+            }
+            r => r?,
+        };
         Ok(WgDevice {
             control: Control::Engine {
-                conn: engine.uapi(socket_name)?,
+                conn,
                 engine: engine.clone(),
             },
         })
