@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod daemon;
 mod tun;
 mod uapi;
 mod udp;
