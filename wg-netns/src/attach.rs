@@ -689,17 +689,15 @@ fn list_devices_in(
         Backend::Userspace(u) => list_userspace(netns, u),
         Backend::Engine(e) => {
             let id = netns.id()?;
-            let mut out: Vec<ListedDevice> = e
-                .list()?
+            // The daemon lists its devices sorted by name.
+            Ok(e.list()?
                 .into_iter()
                 .filter(|d| d.udp_netns_id == id)
                 .map(|d| ListedDevice::Engine {
                     socket_name: d.name.to_string(),
                     ifindex: d.ifindex,
                 })
-                .collect();
-            out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-            Ok(out)
+                .collect())
         }
     }
 }
