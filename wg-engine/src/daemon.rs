@@ -16,7 +16,8 @@
 //!   WireGuard traffic stops until a daemon runs again and the device's
 //!   owner sets its key and peers again (keys are never written to disk).
 //! - **Records**: `STATE/devices/NAME.json` ([`DeviceRecord`]): the
-//!   namespace paths with their `(dev, inode)`, MTU and interface index. On
+//!   namespace paths with their `(dev, inode)`, MTU, interface index and
+//!   the listen port last set over UAPI. On
 //!   start, a record whose namespace path no longer opens to the recorded
 //!   inode is dropped (the pod is gone; a surviving UDP-less TUN is
 //!   deleted); otherwise the recorded TUN is adopted (found by index, opened
@@ -121,6 +122,18 @@ pub struct DeviceRecord {
     pub mtu: u16,
     /// The TUN's interface index in its namespace.
     pub ifindex: u32,
+    /// The listen port last set over the device's UAPI socket, set again
+    /// when the device is taken back after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<u16>,
+}
+
+/// What the engine's hooks tell the daemon's bookkeeping thread.
+enum Event {
+    /// The device's TUN went away.
+    Gone(String),
+    /// A listen port was set on the device.
+    Port(String, u16),
 }
 
 /// The daemon's state: the engine, the records, and its own namespace.
@@ -273,6 +286,23 @@ impl State {
         }
     }
 
+    /// Set the recorded listen port on a device taken back, over its UAPI
+    /// socket (as its owner would).
+    fn restore_port(&self, rec: &DeviceRecord) {
+        let Some(port) = rec.listen_port else { return };
+        let mut u = wg_netns::Userspace::new("wg-engine");
+        u.socket_dir = self.cfg.socket_dir.clone();
+        u.io_timeout = CONN_TIMEOUT;
+        let r = wg_netns::WgDevice::open_userspace(&u, &rec.name)
+            .and_then(|d| d.set(&wg_netns::DeviceConfig::new().listen_port(port)));
+        if let Err(e) = r {
+            log(format_args!(
+                "{}: setting listen port {port}: {e}",
+                rec.name
+            ));
+        }
+    }
+
     /// Read every record and take its device back.
     fn restore_all(&self) {
         let dir = self.records_dir();
@@ -301,6 +331,7 @@ impl State {
             };
             match self.restore(rec.clone()) {
                 Some(kept) => {
+                    self.restore_port(&kept);
                     if kept != rec {
                         if let Err(e) = self.save(&kept) {
                             log(format_args!("{}: saving its record: {e}", kept.name));
@@ -329,8 +360,7 @@ impl State {
             return Reply::error(
                 ErrorKind::Invalid,
                 format!(
-                    "a create with {} namespace paths carries {} descriptors, not {}",
-                    c.fds(),
+                    "a create naming {} namespaces must carry as many descriptors, not {}",
                     c.fds(),
                     fds.len()
                 ),
@@ -417,6 +447,7 @@ impl State {
             udp_netns_ino: udp_id.1,
             mtu: c.mtu,
             ifindex: rtnl.link_by_name(&c.name).map(|l| l.index).unwrap_or(0),
+            listen_port: None,
         };
         if let Err(e) = self.save(&rec) {
             // A device without a record would not come back after a
@@ -566,24 +597,48 @@ impl Daemon {
         // Devices that go away on their own (their pod's namespace deleted)
         // lose their record, on a thread of the daemon's (the hook runs on
         // the engine's runtime, which must not wait for the records' lock).
-        let (gone_tx, gone_rx) = mpsc::channel::<String>();
-        let gone_tx = Mutex::new(gone_tx);
+        // Ports set over UAPI go into the records the same way.
+        let (tx, rx) = mpsc::channel::<Event>();
+        let gone_tx = Mutex::new(tx.clone());
         state.engine.on_device_gone(move |name| {
             let _ = gone_tx
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .send(name.to_string());
+                .send(Event::Gone(name.to_string()));
+        });
+        let port_tx = Mutex::new(tx);
+        state.engine.on_listen_port_set(move |name, port| {
+            let _ = port_tx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .send(Event::Port(name.to_string(), port));
         });
         let weak = Arc::downgrade(&state);
         std::thread::Builder::new()
-            .name("wg-engine-gone".into())
+            .name("wg-engine-records".into())
             .spawn(move || {
-                for name in gone_rx {
+                for event in rx {
                     let Some(state) = weak.upgrade() else { return };
                     let mut records = state.records();
-                    if !state.engine.devices().contains(&name) && records.remove(&name).is_some() {
-                        state.forget(&name);
-                        log(format_args!("{name}: its TUN went away, record dropped"));
+                    match event {
+                        Event::Gone(name) => {
+                            if !state.engine.devices().contains(&name)
+                                && records.remove(&name).is_some()
+                            {
+                                state.forget(&name);
+                                log(format_args!("{name}: its TUN went away, record dropped"));
+                            }
+                        }
+                        Event::Port(name, port) => {
+                            if let Some(r) = records.get_mut(&name) {
+                                if r.listen_port != Some(port) {
+                                    r.listen_port = Some(port);
+                                    if let Err(e) = state.save(r) {
+                                        log(format_args!("{name}: saving its record: {e}"));
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             })

@@ -18,6 +18,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! [`daemon`] is the engine as the node's daemon (`wg-engine serve`), which
+//! wg-netns's engine backend (`wg_netns::engine`) talks to over a control
+//! socket.
+//!
 //! Threads: the engine runs one tokio runtime (a fixed number of workers)
 //! for all its devices; a device costs tokio tasks (gotatun's seven plus
 //! one for its control socket), no thread. Entering a namespace (to create
@@ -186,9 +190,14 @@ struct Hosted {
 /// TUN went away, e.g. with its namespace).
 type GoneHook = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Called with a device's name and listen port after a UAPI `set` that
+/// named a listen port succeeded.
+type PortHook = Arc<dyn Fn(&str, u16) + Send + Sync>;
+
 struct Inner {
     devices: Mutex<HashMap<String, Hosted>>,
     on_gone: Mutex<Option<GoneHook>>,
+    on_port: Mutex<Option<PortHook>>,
 }
 
 impl Inner {
@@ -231,6 +240,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 devices: Mutex::new(HashMap::new()),
                 on_gone: Mutex::new(None),
+                on_port: Mutex::new(None),
             }),
             next_id: std::sync::atomic::AtomicU64::new(0),
         })
@@ -243,6 +253,18 @@ impl Engine {
         *self
             .inner
             .on_gone
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(f));
+    }
+
+    /// Call `f` with a device's name and its listen port whenever a `set`
+    /// over its UAPI socket that names a listen port succeeds (so that an
+    /// owner can record the port). Runs on the engine's runtime: it must
+    /// not block.
+    pub fn on_listen_port_set(&self, f: impl Fn(&str, u16) + Send + Sync + 'static) {
+        *self
+            .inner
+            .on_port
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(f));
     }
@@ -549,7 +571,14 @@ async fn supervise(s: Supervised) {
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => match &api {
                     Api::Engine => {
-                        tokio::spawn(uapi::serve(stream, weak.clone()));
+                        let hook = inner
+                            .on_port
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .clone();
+                        let name = name.clone();
+                        let on_port = hook.map(|h| move |port: u16| h(&name, port));
+                        tokio::spawn(uapi::serve(stream, weak.clone(), on_port));
                     }
                     // gotatun serves a blocking stream on a thread of its own.
                     Api::Gotatun(client) => {

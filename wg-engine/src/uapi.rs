@@ -33,7 +33,14 @@ const MAX_REQUEST: u64 = 64 << 20;
 /// Serve one connection: requests end with a blank line; each gets its
 /// reply (ending with `errno=N` and a blank line). Returns when the client
 /// closes, on I/O errors, or when the device is gone.
-pub(crate) async fn serve<T: DeviceTransports>(stream: UnixStream, device: Weak<Device<T>>) {
+///
+/// `on_port` is told the device's listen port after each successful `set`
+/// that named one.
+pub(crate) async fn serve<T: DeviceTransports>(
+    stream: UnixStream,
+    device: Weak<Device<T>>,
+    on_port: Option<impl Fn(u16)>,
+) {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r).take(MAX_REQUEST);
     let mut request = Zeroizing::new(String::new());
@@ -58,6 +65,13 @@ pub(crate) async fn serve<T: DeviceTransports>(stream: UnixStream, device: Weak<
             return;
         };
         let reply = handle(&dev, &request).await;
+        if let Some(f) = &on_port {
+            let names_port = request.starts_with("set=1\n")
+                && request.lines().any(|l| l.starts_with("listen_port="));
+            if names_port && reply.as_str() == "errno=0\n\n" {
+                f(dev.read(async |d| d.listen_port()).await);
+            }
+        }
         drop(dev);
         request.clear();
         if w.write_all(reply.as_bytes()).await.is_err() {

@@ -340,8 +340,17 @@ fn a_restarted_daemon_takes_its_devices_back_from_their_records() {
         .create(&gone, &gone_pod.ns, &s.node.ns, 1420)
         .expect("create"));
 
-    // The record: where, which namespace (by inode), MTU, index; no key.
-    let rec = std::fs::read_to_string(engine.record_path(s.birth.as_str())).expect("record");
+    // The record: where, which namespace (by inode), MTU, index, the port
+    // set over UAPI (recorded a moment after the set); no key.
+    let read_rec =
+        || std::fs::read_to_string(engine.record_path(s.birth.as_str())).expect("record");
+    assert!(
+        kit::eventually(Duration::from_secs(2), || read_rec()
+            .contains(&format!("\"listen_port\": {PORT_ENGINE}"))),
+        "{}",
+        read_rec()
+    );
+    let rec = read_rec();
     let v: serde_json::Value = serde_json::from_str(&rec).expect("json");
     assert_eq!(v["name"], s.birth.as_str());
     assert_eq!(v["netns"], format!("/var/run/netns/{}", s.pod.name));
@@ -395,7 +404,12 @@ fn a_restarted_daemon_takes_its_devices_back_from_their_records() {
     );
     assert_eq!(rtnl.link_by_name(&spec.name).expect("wg0").index, a.index);
     let dev = place.device(&a).expect("UAPI socket answers again");
-    assert_eq!(dev.get().expect("get").public_key, None);
+    let state = dev.get().expect("get");
+    assert_eq!(state.public_key, None);
+    assert_eq!(
+        state.listen_port, PORT_ENGINE,
+        "the recorded port is set again"
+    );
     let ensured = place.ensure(&spec).expect("ensure");
     assert!(!ensured.created, "{ensured:?}");
     assert!(!ensured.device.is_empty());
@@ -502,4 +516,69 @@ fn a_non_root_client_is_refused() {
     assert!(log_of(&engine).contains("refused a request from uid 65534"));
     // Root still is served.
     assert!(engine.list().expect("list as root").is_empty());
+}
+
+#[test]
+fn malformed_requests_get_typed_errors_and_the_daemon_stays_up() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use wg_netns::engine::proto::{self, Create, Reply, Request};
+
+    let test = "malformed_requests_get_typed_errors_and_the_daemon_stays_up";
+    if kit::unavailable(test, &[]) {
+        return;
+    }
+    let dir = WorkDir::new("wg-engine-d");
+    let mut engine = engine_in(&dir);
+    engine.start_on_demand = false;
+    let _daemon = DaemonPid::spawn(&engine);
+    let connect = || {
+        let s = UnixStream::connect(&engine.control_socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s
+    };
+    let raw = |text: &str| {
+        let mut s = connect();
+        s.write_all(text.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let kind = |r: Reply| match r {
+        Reply::Error { kind, .. } => Some(kind),
+        _ => None,
+    };
+    // Not the protocol, unknown op, another version.
+    assert!(raw("get=1\n\n").contains("error=invalid"));
+    assert!(raw("wg_engine=1\nop=format\n\n").contains("error=invalid"));
+    assert!(raw("wg_engine=9\nop=list\n\n").contains("error=version"));
+    // A create whose namespaces did not come along.
+    let name = IfName::new("dgenbad").expect("name");
+    let s = connect();
+    proto::send_request(&s, &Request::Create(Create::new(name.clone(), "/x")), &[]).expect("send");
+    assert_eq!(
+        kind(proto::recv_reply(&s).expect("reply")),
+        Some(ErrorKind::Invalid)
+    );
+    // A descriptor that is not a network namespace.
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    let s = connect();
+    proto::send_request(
+        &s,
+        &Request::Create(Create::new(name.clone(), "/dev/null")),
+        &[null.as_fd()],
+    )
+    .expect("send");
+    assert_eq!(
+        kind(proto::recv_reply(&s).expect("reply")),
+        Some(ErrorKind::Invalid)
+    );
+    // A client that says nothing and goes.
+    drop(connect());
+    // Still serving; nothing was created or recorded.
+    assert!(engine.list().expect("list").is_empty());
+    assert!(!engine.record_path(name.as_str()).exists());
+    assert!(!engine.delete(&name).expect("delete"));
 }
