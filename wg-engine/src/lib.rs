@@ -564,33 +564,50 @@ async fn supervise(s: Supervised) {
         inner,
     } = s;
     let weak = Arc::downgrade(&device);
-    let by_engine = loop {
-        tokio::select! {
-            _ = &mut stop => break true,
-            _ = async { dead.wait_for(|d| *d).await.is_ok() } => break false,
-            conn = listener.accept() => match conn {
-                Ok((stream, _)) => match &api {
-                    Api::Engine => {
-                        let hook = inner
-                            .on_port
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .clone();
-                        let name = name.clone();
-                        let on_port = hook.map(|h| move |port: u16| h(&name, port));
-                        tokio::spawn(uapi::serve(stream, weak.clone(), on_port));
-                    }
-                    // gotatun serves a blocking stream on a thread of its own.
-                    Api::Gotatun(client) => {
-                        if let Ok(s) = stream.into_std() {
-                            if s.set_nonblocking(false).is_ok() {
-                                client.clone().wrap_read_write(s);
+    // gotatun reads the TUN only once the device has a key: until then only
+    // this notices the interface being deleted (a deleted TUN polls as
+    // EPOLLERR and nothing else). It holds a TUN handle: dropped with the
+    // block, before the wait for the last handle below.
+    let by_engine = {
+        let tun_error = {
+            let fd = tun_alive.upgrade();
+            async move {
+                match fd {
+                    Some(fd) => drop(fd.ready(tokio::io::Interest::ERROR).await),
+                    None => std::future::pending::<()>().await,
+                }
+            }
+        };
+        tokio::pin!(tun_error);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break true,
+                _ = async { dead.wait_for(|d| *d).await.is_ok() } => break false,
+                () = &mut tun_error => break false,
+                conn = listener.accept() => match conn {
+                    Ok((stream, _)) => match &api {
+                        Api::Engine => {
+                            let hook = inner
+                                .on_port
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .clone();
+                            let name = name.clone();
+                            let on_port = hook.map(|h| move |port: u16| h(&name, port));
+                            tokio::spawn(uapi::serve(stream, weak.clone(), on_port));
+                        }
+                        // gotatun serves a blocking stream on a thread of its own.
+                        Api::Gotatun(client) => {
+                            if let Ok(s) = stream.into_std() {
+                                if s.set_nonblocking(false).is_ok() {
+                                    client.clone().wrap_read_write(s);
+                                }
                             }
                         }
-                    }
+                    },
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 },
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
+            }
         }
     };
     drop(listener);
