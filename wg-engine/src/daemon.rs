@@ -518,6 +518,10 @@ impl State {
                     "refused a request from uid {uid} (pid {})",
                     pid.as_raw_nonzero()
                 ));
+                // Read (and drop) its request first, so that it is not cut
+                // off mid-write and gets to read why.
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                drop(proto::recv_request(&stream));
                 let _ = proto::send_reply(
                     &stream,
                     &Reply::error(ErrorKind::Refused, "only root may use wg-engine"),

@@ -315,8 +315,14 @@ impl EngineDaemon {
             Err(e) => return Err(e),
         };
         crate::fault::check("engine request")?;
-        proto::send_request(&stream, req, fds)?;
-        match proto::recv_reply(&stream)? {
+        let sent = proto::send_request(&stream, req, fds);
+        // A daemon that refuses may answer before reading all of it: its
+        // reply says more than the broken pipe.
+        let reply = match (sent, proto::recv_reply(&stream)) {
+            (_, Ok(r)) => r,
+            (Err(e), Err(_)) | (Ok(()), Err(e)) => return Err(e),
+        };
+        match reply {
             Reply::Error { kind, message } => Err(Self::err(op, kind, message)),
             r => Ok(r),
         }
