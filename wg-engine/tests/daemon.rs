@@ -582,3 +582,81 @@ fn malformed_requests_get_typed_errors_and_the_daemon_stays_up() {
     assert!(!engine.record_path(name.as_str()).exists());
     assert!(!engine.delete(&name).expect("delete"));
 }
+
+/// The processes running this test's daemon (its control socket's path is
+/// on their command line).
+fn daemons_of(engine: &EngineDaemon) -> Vec<u32> {
+    let want = engine.control_socket.to_string_lossy().to_string();
+    kit::processes("wg-engine")
+        .into_iter()
+        .filter(|p| p.args.contains(&want))
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[test]
+fn clients_starting_the_daemon_at_once_get_one_daemon_and_all_their_devices() {
+    let test = "clients_starting_the_daemon_at_once_get_one_daemon_and_all_their_devices";
+    if kit::unavailable(test, &["ip"]) {
+        return;
+    }
+    let dir = WorkDir::new("wg-engine-d");
+    let engine = engine_in(&dir);
+    let node = TestNs::new("dno");
+    let pods: Vec<TestNs> = (0..4).map(|_| TestNs::new("dpo")).collect();
+    let names: Vec<IfName> = (0..4).map(|_| kit::ifname("dgcc")).collect();
+    let results: Vec<Result<bool, String>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = pods
+            .iter()
+            .zip(&names)
+            .map(|(pod, name)| {
+                let engine = &engine;
+                let node = &node;
+                sc.spawn(move || {
+                    engine
+                        .create(name, &pod.ns, &node.ns, 1420)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())))
+            .collect()
+    });
+    // A second instance that lost the lock exits at once; give it that
+    // moment. Then every daemon this test started goes, whatever happened.
+    kit::eventually(Duration::from_secs(5), || daemons_of(&engine).len() == 1);
+    let _daemons: Vec<DaemonPid> = daemons_of(&engine)
+        .into_iter()
+        .map(|p| DaemonPid(p, None))
+        .collect();
+    assert!(
+        results.iter().all(|r| r == &Ok(true)),
+        "{results:?}\n{}",
+        log_of(&engine)
+    );
+    assert_eq!(_daemons.len(), 1, "{}", log_of(&engine));
+    let listed: Vec<String> = engine
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|d| d.name.to_string())
+        .collect();
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    assert_eq!(listed, want);
+
+    // A pod's namespace deleted while the daemon runs: the device goes,
+    // and its record with it.
+    let mut pods = pods;
+    drop(pods.remove(0));
+    assert!(
+        kit::eventually(Duration::from_secs(5), || !engine
+            .record_path(names[0].as_str())
+            .exists()),
+        "{}",
+        log_of(&engine)
+    );
+    assert_eq!(engine.list().expect("list").len(), 3);
+}
