@@ -1,5 +1,6 @@
-//! One type for both WireGuard implementations: [`Backend`] says which to use,
-//! [`WgDevice`] configures and reads a device whichever it is.
+//! One type for every WireGuard implementation (the kernel's, a userspace
+//! daemon per device, the node's engine daemon): [`Backend`] says which to
+//! use, [`WgDevice`] configures and reads a device whichever it is.
 //!
 //! ```no_run
 //! use wg_netns::{Backend, DeviceConfig, IfName, Netns, PrivateKey, WgDevice};
@@ -98,6 +99,8 @@ impl std::str::FromStr for BackendKind {
 /// assert_eq!("auto".parse::<BackendChoice>()?, BackendChoice::Auto);
 /// assert_eq!("".parse::<BackendChoice>()?, BackendChoice::Auto);
 /// assert_eq!("kernel".parse::<BackendChoice>()?, BackendChoice::Only(BackendKind::Kernel));
+/// assert_eq!("engine".parse::<BackendChoice>()?, BackendChoice::Only(BackendKind::Engine));
+/// assert_eq!(BackendChoice::Only(BackendKind::Engine).to_string(), "engine");
 /// assert!("ebpf".parse::<BackendChoice>().is_err());
 /// # Ok::<(), wg_netns::Error>(())
 /// ```
@@ -608,4 +611,44 @@ pub(crate) fn wait_userspace_gone(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_word() {
+        for k in [
+            BackendKind::Kernel,
+            BackendKind::Userspace,
+            BackendKind::Engine,
+        ] {
+            assert_eq!(k.as_str().parse::<BackendKind>().unwrap(), k);
+            assert_eq!(
+                k.to_string().parse::<BackendChoice>().unwrap(),
+                BackendChoice::Only(k)
+            );
+            assert_eq!(
+                Backend::of_kind(k, Userspace::new("wireguard-go")).kind(),
+                k
+            );
+        }
+        assert!("Engine".parse::<BackendKind>().is_err());
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn the_engine_kind_is_engine_in_records() {
+        let v = serde_json::to_string(&BackendKind::Engine).unwrap();
+        assert_eq!(v, "\"engine\"");
+        assert_eq!(
+            serde_json::from_str::<BackendKind>(&v).unwrap(),
+            BackendKind::Engine
+        );
+        assert_eq!(
+            serde_json::from_str::<BackendChoice>("\"engine\"").unwrap(),
+            BackendChoice::Only(BackendKind::Engine)
+        );
+    }
 }

@@ -55,6 +55,22 @@ pub const DEFAULT_PROGRAM: &str = "wg-engine";
 /// exists, see [`EngineDaemon::delete`]).
 pub const DEVICES_DIR: &str = "devices";
 
+/// Connect to a unix socket, waiting at most `timeout` (a listener whose
+/// backlog is full makes `connect` wait; `SO_SNDTIMEO` bounds that too).
+fn connect_bounded(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use rustix::net::{sockopt, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let addr = SocketAddrUnix::new(path)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(timeout))?;
+    rustix::net::connect(&fd, &addr)?;
+    Ok(UnixStream::from(fd))
+}
+
 /// The engine daemon a [`crate::Backend::Engine`] talks to, and how to
 /// start it when it is not running.
 ///
@@ -170,7 +186,7 @@ impl EngineDaemon {
     /// root (or as this process's user). `Error::NotFound` when nothing
     /// listens there.
     fn connect(&self) -> Result<UnixStream> {
-        let s = UnixStream::connect(&self.control_socket).map_err(|e| {
+        let s = connect_bounded(&self.control_socket, self.io_timeout).map_err(|e| {
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
