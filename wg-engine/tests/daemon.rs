@@ -577,6 +577,19 @@ fn malformed_requests_get_typed_errors_and_the_daemon_stays_up() {
     );
     // A client that says nothing and goes.
     drop(connect());
+    // Starting it again while it runs is harmless: the new process sees
+    // the lock taken and exits 0; the running one goes on.
+    let t = Instant::now();
+    let again = Command::new(&engine.program)
+        .args(engine.serve_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("second serve");
+    assert!(again.success(), "{again:?}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(engine.answers());
     // Still serving; nothing was created or recorded.
     assert!(engine.list().expect("list").is_empty());
     assert!(!engine.record_path(name.as_str()).exists());
