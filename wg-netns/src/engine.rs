@@ -245,7 +245,8 @@ impl EngineDaemon {
     /// child of this process (it is re-parented to init, or to the nearest
     /// subreaper) and no signal to the caller's process group reaches it.
     /// stdin and stdout are `/dev/null`; stderr is appended to
-    /// `STATE_DIR/wg-engine.log`. Two callers starting it at once start two
+    /// `STATE_DIR/wg-engine.log`; the environment is empty but for a
+    /// standard `PATH`, the working directory `/`. Two callers starting it at once start two
     /// processes; the daemon's lock on its control socket lets one serve
     /// and the other exit.
     pub fn start(&self) -> Result<()> {
@@ -269,7 +270,16 @@ impl EngineDaemon {
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::null());
         let mut cmd = Command::new(&program);
+        // Nothing of the caller's (a CNI plugin's CNI_* variables, its
+        // working directory, which might be a mount to let go of) stays with
+        // a process that outlives it.
         cmd.args(self.serve_args())
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
