@@ -673,3 +673,105 @@ fn clients_starting_the_daemon_at_once_get_one_daemon_and_all_their_devices() {
     );
     assert_eq!(engine.list().expect("list").len(), 3);
 }
+
+/// The short-lived caller of the test below (a CNI plugin's part): create
+/// one device through a daemon started on demand, then exit. Does nothing
+/// in a normal run.
+#[test]
+fn short_lived_caller_helper() {
+    let Some(args) = std::env::var_os("WG_ENGINE_TEST_CALLER") else {
+        return;
+    };
+    let args = args.to_string_lossy().to_string();
+    let [dir, pod, node, name]: [&str; 4] = args
+        .split(';')
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("four arguments");
+    let engine =
+        EngineDaemon::new(env!("CARGO_BIN_EXE_wg-engine")).in_dir(std::path::Path::new(dir));
+    let pod = wg_netns::Netns::from_path(pod).expect("pod");
+    let node = wg_netns::Netns::from_path(node).expect("node");
+    let name = IfName::new(name).expect("name");
+    match engine.create(&name, &pod, &node, 1420) {
+        Ok(created) => println!("RESULT created={created}"),
+        Err(e) => println!("RESULT error {e}"),
+    }
+}
+
+#[test]
+fn a_device_outlives_the_short_lived_caller_that_started_the_daemon() {
+    let test = "a_device_outlives_the_short_lived_caller_that_started_the_daemon";
+    if kit::unavailable(test, &["ip"]) {
+        return;
+    }
+    let dir = WorkDir::new("wg-engine-d");
+    let engine = engine_in(&dir);
+    let node = TestNs::new("dno");
+    let pod = TestNs::new("dpo");
+    let name = kit::ifname("dgsl");
+    let mut caller = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "short_lived_caller_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            "WG_ENGINE_TEST_CALLER",
+            format!(
+                "{};/var/run/netns/{};/var/run/netns/{};{name}",
+                dir.path.display(),
+                pod.name,
+                node.name
+            ),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("caller");
+    let caller_pid = caller.id();
+    let mut out = String::new();
+    if let Some(mut o) = caller.stdout.take() {
+        use std::io::Read;
+        let _ = o.read_to_string(&mut out);
+    }
+    let status = caller.wait().expect("caller exits");
+    // Whatever happened, the daemon it started goes with this test.
+    let pid = engine.daemon_pid();
+    let _daemon = pid.map(|p| DaemonPid(p, None));
+    assert!(
+        status.success() && out.contains("RESULT created=true"),
+        "{out}\n{}",
+        log_of(&engine)
+    );
+    let pid = pid.expect("the daemon runs after its starter exited");
+    // Not the caller's child (it was never this test's either), no trace of
+    // the caller's environment or working directory.
+    assert_ne!(ppid_and_sid(pid).0, caller_pid);
+    assert_ne!(ppid_and_sid(pid).0, std::process::id());
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("WG_ENGINE_TEST_CALLER"),
+        "the daemon kept its starter's environment"
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd"),
+        PathBuf::from("/")
+    );
+    // The device is there, in the pod, answering.
+    assert_eq!(
+        engine
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|d| d.name)
+            .collect::<Vec<_>>(),
+        vec![name.clone()]
+    );
+    assert!(pod.link_names().contains(&name.to_string()));
+    assert!(WgDevice::open_engine(&engine, name.as_str())
+        .and_then(|d| d.get())
+        .is_ok());
+    assert!(engine.delete(&name).expect("delete"));
+}
