@@ -866,8 +866,17 @@ mod tests {
                 s.push_str(&format!("{k}={v}\n"));
             }
             s.push('\n');
-            let _ = Request::parse(&s);
-            let _ = Reply::parse(&s);
+            // What parses encodes again and reads back the same.
+            if let Ok(r) = Request::parse(&s) {
+                if let Ok(text) = r.encode() {
+                    prop_assert_eq!(Request::parse(&text).ok(), Some(r));
+                }
+            }
+            if let Ok(r) = Reply::parse(&s) {
+                if let Ok(text) = r.encode() {
+                    prop_assert_eq!(Reply::parse(&text).ok(), Some(r));
+                }
+            }
         }
     }
 }
