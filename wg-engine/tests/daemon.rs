@@ -438,6 +438,32 @@ fn a_restarted_daemon_takes_its_devices_back_from_their_records() {
     assert!(!ensured.created, "{ensured:?}");
     assert_eq!(ensured.attachment.index, a.index);
     assert!(s.pings_both_ways(), "traffic after the on-demand restart");
+
+    // Killed once more, and this time the interface is deleted while no
+    // daemon runs: the next daemon makes the device again from its record
+    // (a new TUN under the birth name, the UAPI socket answering), and the
+    // owner's ensure attaches it afresh.
+    let mut daemon3 = _daemon3;
+    daemon3.kill();
+    kit::ip(&format!("-n {} link del wg0", s.pod.name));
+    engine.start_on_demand = false;
+    let _daemon4 = DaemonPid::spawn(&engine);
+    assert!(
+        log_of(&engine).contains("its TUN was gone, created again"),
+        "{}",
+        log_of(&engine)
+    );
+    let listed = engine.list().expect("list");
+    assert_eq!(listed.len(), 1);
+    let fresh = rtnl
+        .link_by_name(&s.birth)
+        .expect("a new TUN under the birth name");
+    assert_eq!(listed[0].ifindex, fresh.index);
+    assert!(WgDevice::open_engine(&engine, s.birth.as_str()).is_ok());
+    let place = s.place(&engine);
+    let ensured = place.ensure(&spec).expect("ensure");
+    assert!(ensured.created, "{ensured:?}");
+    assert!(s.pings_both_ways(), "traffic on the new interface");
     assert!(place.detach(&spec.name, &spec.birth_name).expect("detach"));
     assert!(engine.list().expect("list").is_empty());
     drop(s.go);
