@@ -159,14 +159,7 @@ impl EngineDaemon {
 
     /// The program's full path, if it can be found.
     pub fn resolve(&self) -> Option<PathBuf> {
-        if self.program.components().count() > 1 {
-            return self.program.is_file().then(|| self.program.clone());
-        }
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(&self.program))
-                .find(|p| p.is_file())
-        })
+        crate::uapi::find_program(&self.program)
     }
 
     /// Usable here: the daemon answers, or it can be started.

@@ -19,6 +19,7 @@ pub use userspace::Userspace;
 
 pub(crate) use conn::UapiConn;
 pub(crate) use launch::process_alive;
+pub(crate) use userspace::find_program;
 pub(crate) use wire::parse_get;
 
 mod conn;

@@ -148,14 +148,7 @@ impl Userspace {
 
     /// The full path of the program, if it can be found.
     pub fn resolve(&self) -> Option<PathBuf> {
-        if self.program.components().count() > 1 {
-            return self.program.is_file().then(|| self.program.clone());
-        }
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(&self.program))
-                .find(|p| p.is_file())
-        })
+        find_program(&self.program)
     }
 
     /// The control socket of device `name`.
@@ -231,4 +224,17 @@ impl Default for Userspace {
     fn default() -> Self {
         Self::from_env()
     }
+}
+
+/// `program` itself when it is a path (one with a directory) to a file,
+/// else the first file of that name in a directory of `PATH`.
+pub(crate) fn find_program(program: &std::path::Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
 }
