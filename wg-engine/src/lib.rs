@@ -102,6 +102,28 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// For device `name`: what makes an [`Error::Io`] of an operation's
+    /// I/O error (`map_err(io("binding"))`).
+    fn io(name: &str) -> impl Fn(&'static str) -> Box<dyn FnOnce(std::io::Error) -> Error> {
+        let name = name.to_string();
+        move |op| {
+            let name = name.clone();
+            Box::new(move |source| Error::Io { name, op, source })
+        }
+    }
+
+    /// For device `name`: what makes an [`Error::Netns`] of an
+    /// operation's namespace or netlink error.
+    fn netns(name: &str) -> impl Fn(&'static str) -> Box<dyn FnOnce(wg_netns::Error) -> Error> {
+        let name = name.to_string();
+        move |op| {
+            let name = name.clone();
+            Box::new(move |source| Error::Netns { name, op, source })
+        }
+    }
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -334,22 +356,7 @@ impl Engine {
             source,
         })?;
         let key = name.as_str().to_string();
-        let io = |op: &'static str| {
-            let key = key.clone();
-            move |source| Error::Io {
-                name: key,
-                op,
-                source,
-            }
-        };
-        let netns = |op: &'static str| {
-            let key = key.clone();
-            move |source| Error::Netns {
-                name: key,
-                op,
-                source,
-            }
-        };
+        let (io, netns) = (Error::io(&key), Error::netns(&key));
         if self.inner.devices().contains_key(&key) {
             return Err(Error::Exists(key));
         }
@@ -417,22 +424,7 @@ impl Engine {
         fd: OwnedFd,
         path: PathBuf,
     ) -> Result<(), Error> {
-        let io = |op: &'static str| {
-            let key = key.clone();
-            move |source| Error::Io {
-                name: key,
-                op,
-                source,
-            }
-        };
-        let netns = |op: &'static str| {
-            let key = key.clone();
-            move |source| Error::Netns {
-                name: key,
-                op,
-                source,
-            }
-        };
+        let (io, netns) = (Error::io(&key), Error::netns(&key));
         let udp_ns = Arc::new(
             spec.udp_ns
                 .try_clone()
