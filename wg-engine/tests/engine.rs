@@ -30,6 +30,43 @@ fn engine_handle(engine: &Engine, name: &str) -> WgDevice {
     WgDevice::open_userspace(&u, name).expect("engine control socket answers")
 }
 
+/// A node and a pod namespace and one engine device between them (its TUN
+/// in the pod, its UDP socket in the node), with its UAPI handle. Fields
+/// in the order a test binds them, so they drop device first, namespaces
+/// last.
+struct OneDevice {
+    node: TestNs,
+    pod: TestNs,
+    dir: kit::WorkDir,
+    name: wg_netns::IfName,
+    engine: Engine,
+    dev: WgDevice,
+}
+
+/// [`OneDevice`], or `None` (the test skipped) when `ip` is missing.
+fn one_device(test: &str) -> Option<OneDevice> {
+    if kit::unavailable(test, &["ip"]) {
+        return None;
+    }
+    let node = TestNs::new("eno");
+    let pod = TestNs::new("epo");
+    let dir = kit::WorkDir::new("wg-engine-sock");
+    let name = kit::ifname("egen");
+    let engine = Engine::new(EngineConfig::default().socket_dir(dir.path.clone())).expect("engine");
+    engine
+        .create_device(&DeviceSpec::new(name.as_str(), &pod.ns, &node.ns))
+        .expect("create");
+    let dev = engine_handle(&engine, name.as_str());
+    Some(OneDevice {
+        node,
+        pod,
+        dir,
+        name,
+        engine,
+        dev,
+    })
+}
+
 /// wireguard-go in `go_node`; an engine device with its TUN in `pod` and
 /// its UDP socket in `node`; `go_node` and `node` wired; both configured
 /// through wg-netns and pinged through. Fields drop in order: daemons and
@@ -339,19 +376,17 @@ fn gotatun_own_uapi_set_resets_the_named_peers_session() {
 
 #[test]
 fn deleting_the_pod_namespace_drops_the_device() {
-    let test = "deleting_the_pod_namespace_drops_the_device";
-    if kit::unavailable(test, &["ip"]) {
+    let Some(OneDevice {
+        node,
+        pod,
+        dir: _dir,
+        name,
+        engine,
+        dev,
+    }) = one_device("deleting_the_pod_namespace_drops_the_device")
+    else {
         return;
-    }
-    let node = TestNs::new("eno");
-    let pod = TestNs::new("epo");
-    let dir = kit::WorkDir::new("wg-engine-sock");
-    let name = kit::ifname("egen");
-    let engine = Engine::new(EngineConfig::default().socket_dir(dir.path.clone())).expect("engine");
-    engine
-        .create_device(&DeviceSpec::new(name.as_str(), &pod.ns, &node.ns))
-        .expect("create");
-    let dev = engine_handle(&engine, name.as_str());
+    };
     // A peer before any private key: wireguard-go accepts it; gotatun
     // cannot build a peer without the device key (its own UAPI panics), so
     // the engine answers ENOKEY and stays up.
@@ -463,19 +498,17 @@ fn tun_handover_to_a_new_engine_keeps_the_interface() {
 /// device without a socket.
 #[test]
 fn changing_the_key_rebinds_the_same_port() {
-    let test = "changing_the_key_rebinds_the_same_port";
-    if kit::unavailable(test, &["ip"]) {
+    let Some(OneDevice {
+        node,
+        pod: _pod,
+        dir: _dir,
+        name: _name,
+        engine: _engine,
+        dev,
+    }) = one_device("changing_the_key_rebinds_the_same_port")
+    else {
         return;
-    }
-    let node = TestNs::new("eno");
-    let pod = TestNs::new("epo");
-    let dir = kit::WorkDir::new("wg-engine-sock");
-    let name = kit::ifname("egen");
-    let engine = Engine::new(EngineConfig::default().socket_dir(dir.path.clone())).expect("engine");
-    engine
-        .create_device(&DeviceSpec::new(name.as_str(), &pod.ns, &node.ns))
-        .expect("create");
-    let dev = engine_handle(&engine, name.as_str());
+    };
     let mut failures = Vec::new();
     for i in 0..50 {
         let r = dev.set(
