@@ -179,22 +179,8 @@ impl EngineDaemon {
     /// root (or as this process's user). `Error::NotFound` when nothing
     /// listens there.
     fn connect(&self) -> Result<UnixStream> {
-        let s = connect_bounded(&self.control_socket, self.io_timeout).map_err(|e| {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) {
-                Error::NotFound {
-                    what: crate::error::Object::File,
-                    name: self.control_socket.display().to_string(),
-                }
-            } else {
-                Error::io(
-                    format!("connecting to {}", self.control_socket.display()),
-                    e,
-                )
-            }
-        })?;
+        let s = connect_bounded(&self.control_socket, self.io_timeout)
+            .map_err(|e| Error::connecting(crate::error::Object::File, &self.control_socket, e))?;
         let cred = rustix::net::sockopt::socket_peercred(&s).map_err(|e| {
             Error::io(
                 format!("SO_PEERCRED on {}", self.control_socket.display()),

@@ -266,6 +266,22 @@ impl Error {
         }
     }
 
+    /// A failed connect to the Unix socket at `path`: [`Error::NotFound`]
+    /// (of `what`) when nothing listens there, else the I/O error.
+    pub(crate) fn connecting(what: Object, path: &std::path::Path, source: io::Error) -> Self {
+        if matches!(
+            source.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+        ) {
+            Error::NotFound {
+                what,
+                name: path.display().to_string(),
+            }
+        } else {
+            Error::io(format!("connecting to {}", path.display()), source)
+        }
+    }
+
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         Error::Invalid {
             field,

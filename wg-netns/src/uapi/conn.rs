@@ -37,19 +37,8 @@ impl UapiConn {
     }
 
     fn stream(&self) -> Result<UnixStream> {
-        let s = UnixStream::connect(&self.socket).map_err(|e| {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) {
-                Error::NotFound {
-                    what: crate::error::Object::Device,
-                    name: self.socket.display().to_string(),
-                }
-            } else {
-                Error::io(format!("connecting to {}", self.socket.display()), e)
-            }
-        })?;
+        let s = UnixStream::connect(&self.socket)
+            .map_err(|e| Error::connecting(crate::error::Object::Device, &self.socket, e))?;
         let _ = s.set_read_timeout(Some(self.io_timeout));
         let _ = s.set_write_timeout(Some(self.io_timeout));
         Ok(s)
